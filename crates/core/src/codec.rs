@@ -1,0 +1,115 @@
+//! The wire codec: named MessagePack bodies and the headers that describe them.
+//!
+//! Bodies are encoded with field names (`to_vec_named`) so a field added with `#[serde(default)]`
+//! stays readable by older and newer workers alike. The `Chorus-Type` header says what the body
+//! is; decoding checks it first and names the mismatch.
+
+use crate::messages::Envelope;
+
+/// Header names Chorus sets or reads.
+pub mod headers {
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// `kind/version` of the body, e.g. `llm.call/1`.
+    pub const TYPE: &str = "Chorus-Type";
+    pub const JOB: &str = "Chorus-Job";
+    pub const TENANT: &str = "Chorus-Tenant";
+    /// On dead letters: the stage, error kind and route, so tools can filter without decoding.
+    pub const STAGE: &str = "Chorus-Stage";
+    pub const ERROR_KIND: &str = "Chorus-Error-Kind";
+    pub const ROUTE: &str = "Chorus-Route";
+    /// On a message replayed from the DLQ: how often it has been replayed.
+    pub const REPLAYS: &str = "Chorus-Replays";
+}
+
+pub const MSGPACK: &str = "application/msgpack";
+pub const JSON: &str = "application/json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("missing {} header: expected a `{expected}` message", headers::TYPE)]
+    MissingType { expected: &'static str },
+    #[error("unexpected message type `{found}`: expected `{expected}`")]
+    WrongType { expected: String, found: String },
+    #[error("undecodable `{kind}` body: {source}")]
+    Decode {
+        kind: &'static str,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("cannot encode `{kind}`: {source}")]
+    Encode {
+        kind: &'static str,
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+}
+
+/// The `Chorus-Type` value for `T`.
+pub fn type_header<T: Envelope>() -> String {
+    format!("{}/{}", T::KIND, T::VERSION)
+}
+
+pub fn encode<T: Envelope>(value: &T) -> Result<bytes::Bytes, CodecError> {
+    rmp_serde::to_vec_named(value)
+        .map(bytes::Bytes::from)
+        .map_err(|source| CodecError::Encode {
+            kind: T::KIND,
+            source,
+        })
+}
+
+/// Decodes a body whose `Chorus-Type` header is `type_header`.
+pub fn decode<T: Envelope>(type_header: Option<&str>, body: &[u8]) -> Result<T, CodecError> {
+    let found = type_header.ok_or(CodecError::MissingType { expected: T::KIND })?;
+    let expected = self::type_header::<T>();
+    if found != expected {
+        return Err(CodecError::WrongType {
+            expected,
+            found: found.to_owned(),
+        });
+    }
+    rmp_serde::from_slice(body).map_err(|source| CodecError::Decode {
+        kind: T::KIND,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::LlmCall;
+    use crate::spec::{ChatMessage, Params, Role};
+    use crate::{JobId, Tenant};
+
+    fn call() -> LlmCall {
+        LlmCall {
+            job_id: JobId::new(),
+            tenant: Tenant::new("t").expect("tenant"),
+            step: 2,
+            route: "sim:echo".into(),
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+            params: Params::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_checks_the_type() {
+        let value = call();
+        let bytes = encode(&value).expect("encode");
+        let back: LlmCall = decode(Some("llm.call/1"), &bytes).expect("decode");
+        assert_eq!(back, value);
+        let err = decode::<LlmCall>(Some("llm.call/2"), &bytes).expect_err("wrong version");
+        assert!(err.to_string().contains("llm.call/2"), "{err}");
+        assert!(matches!(
+            decode::<LlmCall>(None, &bytes),
+            Err(CodecError::MissingType { .. })
+        ));
+        assert!(matches!(
+            decode::<LlmCall>(Some("llm.call/1"), b"\xc1garbage"),
+            Err(CodecError::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,643 @@
+//! Typed configuration: an optional TOML file, then `CHORUS_<SECTION>_<KEY>` environment
+//! variables over it (`CHORUS_NATS_URL`, `CHORUS_DATABASE_URL`, `CHORUS_EDGE_LISTEN`, …).
+//!
+//! Every section denies unknown keys and [`Config::validate`] checks values, so a typo in the
+//! file or in a variable name stops start-up with the key's name instead of being ignored.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub database: DatabaseConfig,
+    pub edge: EdgeConfig,
+    pub orchestrator: OrchestratorConfig,
+    pub llm: LlmConfig,
+    pub evaluator: EvaluatorConfig,
+    pub persister: PersisterConfig,
+    pub supervision: SupervisionConfig,
+    pub log: LogConfig,
+    pub faults: FaultConfig,
+    pub dlq: DlqConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Prefix of every subject; stream names use it upper-cased, the jobs bucket as `<prefix>_jobs`.
+    pub prefix: String,
+    /// Replicas of every stream (1 on one server, 3 on a JetStream cluster).
+    pub replicas: usize,
+    /// A directory of stream and consumer definitions to use instead of the built-in ones.
+    pub definitions: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "chorus".into(),
+            replicas: 1,
+            definitions: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Run pending migrations at start-up (turn off where a separate migration job runs them).
+    pub auto_migrate: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://.chorus/chorus.db?mode=rwc".into(),
+            max_connections: 8,
+            auto_migrate: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub body_limit: ByteSize,
+    /// Longest `?wait=` a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Tenant of requests until API keys arrive.
+    pub tenant: String,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: ByteSize::mib(1),
+            max_wait: Duration::from_secs(300),
+            tenant: "default".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Worker actors; events for one job always go to the same worker.
+    pub workers: usize,
+    /// Messages pulled but not yet settled, across all workers.
+    pub max_in_flight: usize,
+    /// Job states (with their KV revision) each worker keeps to skip a read before a write.
+    pub cache_per_worker: usize,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            workers: 32,
+            max_in_flight: 2048,
+            cache_per_worker: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Concurrent calls per process (one worker actor each).
+    pub workers: usize,
+    /// Provider calls per delivery of a message, first try included.
+    pub retry_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_min_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// First redelivery delay once in-process retries are spent; doubles per delivery.
+    #[serde(with = "humantime_serde")]
+    pub nak_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub nak_max_delay: Duration,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            workers: 512,
+            retry_attempts: 3,
+            retry_min_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(10),
+            nak_delay: Duration::from_secs(1),
+            nak_max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluatorConfig {
+    pub workers: usize,
+}
+
+impl Default for EvaluatorConfig {
+    fn default() -> Self {
+        Self { workers: 8 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersisterConfig {
+    /// Most events written in one transaction.
+    pub batch_size: usize,
+}
+
+impl Default for PersisterConfig {
+    fn default() -> Self {
+        Self { batch_size: 512 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts a role supervisor allows within `window` before it gives up and the process exits.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long shutdown waits for in-flight messages before NAKing them.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `chorus=debug,async_nats=warn`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Replaying dead letters (`chorus dlq replay`, `POST /v1/admin/dlq/replay`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// How often one message may be replayed from the DLQ; an entry at the cap is refused.
+    pub max_replays: u32,
+    /// Replayed messages per second.
+    pub replay_rate: f64,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            max_replays: 3,
+            replay_rate: 50.0,
+        }
+    }
+}
+
+/// Fault injection for tests: an llm worker panics on calls to `llm_panic_route`. Off unless set;
+/// start-up logs a warning whenever it is on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    pub llm_panic_route: Option<String>,
+    /// Panics at most this many times per process (0: on every matching call).
+    pub llm_panic_times: u32,
+}
+
+impl FaultConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.llm_panic_route.is_some()
+    }
+}
+
+/// A named way to call a model: a provider, its endpoint and credentials, and the limits, timeouts,
+/// prices and fallbacks that apply to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// `sim`, `openai` (any OpenAI-compatible server), `anthropic` or `ollama`.
+    pub provider: String,
+    pub model: String,
+    /// The provider's base URL (`https://api.openai.com/v1`, an Azure deployment URL, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key. Keys never go in the file itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// A file holding the API key (a mounted secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Azure OpenAI's `api-version` (selects Azure's URL and `api-key` header), or Anthropic's
+    /// `anthropic-version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Bound on each attempt, connection included.
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Routes tried in order when this one fails permanently or runs out of retries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// Requests per minute, across every process serving the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute, across every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
+    /// Calls in flight at once, across every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// `max_tokens` sent when a job sets none (Anthropic requires one); also the completion part
+    /// of the token estimate a `tpm` limit reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+}
+
+/// US dollars per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl RouteConfig {
+    /// A route with defaults for everything but what names it.
+    pub fn new(
+        name: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            provider: provider.into(),
+            model: model.into(),
+            base_url: None,
+            api_key_env: None,
+            api_key_file: None,
+            api_version: None,
+            timeout: default_route_timeout(),
+            connect_timeout: default_connect_timeout(),
+            fallbacks: Vec::new(),
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            max_tokens: None,
+            price: None,
+        }
+    }
+}
+
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// Section names, longest first, for splitting `CHORUS_<SECTION>_<KEY>`.
+const SECTIONS: [&str; 11] = [
+    "orchestrator",
+    "supervision",
+    "evaluator",
+    "persister",
+    "database",
+    "faults",
+    "nats",
+    "edge",
+    "dlq",
+    "llm",
+    "log",
+];
+
+/// Variables read by the command line rather than the configuration.
+const NOT_CONFIG: [&str; 1] = ["CONFIG"];
+
+/// Maps `NATS_URL` to `nats.url`; an unknown section is left whole so deserialization names it.
+fn env_key(key: &str) -> String {
+    let lower = key.to_ascii_lowercase();
+    SECTIONS
+        .iter()
+        .find_map(|section| {
+            lower
+                .strip_prefix(section)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .map(|rest| format!("{section}.{rest}"))
+        })
+        .unwrap_or(lower)
+}
+
+impl Config {
+    /// File (if any) first, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = Env::prefixed("CHORUS_")
+            .filter(|key| {
+                !NOT_CONFIG
+                    .iter()
+                    .any(|n| key.as_str().eq_ignore_ascii_case(n))
+            })
+            .map(|key| env_key(key.as_str()).into());
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot; every problem names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        require(
+            token(&self.nats.prefix),
+            "nats.prefix: use letters, digits, '_' or '-'",
+        );
+        require(self.nats.replicas >= 1, "nats.replicas: must be at least 1");
+        require(
+            crate::Tenant::new(self.edge.tenant.clone()).is_ok(),
+            "edge.tenant: use 1-64 characters of a-z, 0-9, '_' or '-'",
+        );
+        require(
+            self.edge.body_limit.as_u64() >= 1024,
+            "edge.body_limit: must be at least 1KiB",
+        );
+        require(
+            self.orchestrator.workers >= 1,
+            "orchestrator.workers: must be at least 1",
+        );
+        require(
+            self.orchestrator.max_in_flight >= self.orchestrator.workers,
+            "orchestrator.max_in_flight: must be at least orchestrator.workers",
+        );
+        require(self.llm.workers >= 1, "llm.workers: must be at least 1");
+        require(
+            self.llm.retry_attempts >= 1,
+            "llm.retry_attempts: must be at least 1",
+        );
+        require(
+            self.llm.retry_min_delay <= self.llm.retry_max_delay,
+            "llm.retry_min_delay: must not exceed llm.retry_max_delay",
+        );
+        require(
+            self.evaluator.workers >= 1,
+            "evaluator.workers: must be at least 1",
+        );
+        require(
+            self.persister.batch_size >= 1,
+            "persister.batch_size: must be at least 1",
+        );
+        require(
+            self.dlq.replay_rate.is_finite() && self.dlq.replay_rate > 0.0,
+            "dlq.replay_rate: must be a number of messages per second above 0",
+        );
+        require(
+            self.database.max_connections >= 1,
+            "database.max_connections: must be at least 1",
+        );
+        let db = &self.database.url;
+        require(
+            db.starts_with("sqlite:")
+                || db.starts_with("postgres://")
+                || db.starts_with("postgresql://"),
+            "database.url: must start with sqlite:, postgres:// or postgresql://",
+        );
+        let mut names = HashSet::new();
+        let mut limited = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.name.is_empty() || route.name.chars().any(char::is_whitespace) {
+                problems.push(format!(
+                    "routes[{i}].name: must be non-empty without whitespace"
+                ));
+            }
+            if !names.insert(route.name.as_str()) {
+                problems.push(format!(
+                    "routes[{i}].name: `{}` is defined twice",
+                    route.name
+                ));
+            }
+            if route.timeout.is_zero() || route.connect_timeout.is_zero() {
+                problems.push(format!("routes[{i}]: timeouts must be more than zero"));
+            }
+            for (key, value) in [
+                ("rpm", route.rpm),
+                ("tpm", route.tpm),
+                ("max_concurrency", route.max_concurrency),
+            ] {
+                if value == Some(0) {
+                    problems.push(format!(
+                        "routes[{i}].{key}: must be at least 1 (leave it out for no limit)"
+                    ));
+                }
+            }
+            let has_limits =
+                route.rpm.is_some() || route.tpm.is_some() || route.max_concurrency.is_some();
+            if has_limits && !limited.insert(crate::subjects::name_token(&route.name)) {
+                problems.push(format!(
+                    "routes[{i}].name: `{}` reads the same as another limited route once reduced to \
+                     letters, digits, '-' and '_'",
+                    route.name
+                ));
+            }
+            if route.api_key_env.is_some() && route.api_key_file.is_some() {
+                problems.push(format!(
+                    "routes[{i}]: give api_key_env or api_key_file, not both"
+                ));
+            }
+            if let Some(price) = route.price
+                && !(price.input_per_mtok >= 0.0 && price.output_per_mtok >= 0.0)
+            {
+                problems.push(format!("routes[{i}].price: prices must be numbers >= 0"));
+            }
+            for fallback in &route.fallbacks {
+                if fallback == &route.name {
+                    problems.push(format!(
+                        "routes[{i}].fallbacks: `{fallback}` is the route itself"
+                    ));
+                } else if !self.routes.iter().any(|r| &r.name == fallback) {
+                    problems.push(format!(
+                        "routes[{i}].fallbacks: no route is named `{fallback}`"
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "chorus.toml",
+                r#"
+                [nats]
+                url = "nats://file:4222"
+                [database]
+                auto_migrate = false
+                [[routes]]
+                name = "fast"
+                provider = "sim"
+                model = "echo"
+                timeout = "2s"
+                "#,
+            )?;
+            jail.set_env("CHORUS_NATS_URL", "nats://env:4222");
+            jail.set_env("CHORUS_EDGE_BODY_LIMIT", "2MiB");
+            jail.set_env("CHORUS_LLM_RETRY_MIN_DELAY", "50ms");
+            jail.set_env("CHORUS_CONFIG", "ignored.toml");
+            let config = Config::load(Some(Path::new("chorus.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.nats.url, "nats://env:4222");
+            assert!(!config.database.auto_migrate);
+            assert_eq!(config.edge.body_limit, ByteSize::mib(2));
+            assert_eq!(config.llm.retry_min_delay, Duration::from_millis(50));
+            assert_eq!(config.routes[0].timeout, Duration::from_secs(2));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHORUS_NATS_URLL", "x");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("urll"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("CHORUS_LLM_WORKERS", "many");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.to_lowercase().contains("llm.workers"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[edge]\nlisten = \"nowhere\"\n")?;
+            let err = Config::load(Some(Path::new("c.toml")))
+                .err()
+                .map(|e| e.to_string());
+            assert!(err.unwrap_or_default().contains("listen"));
+            jail.set_env("CHORUS_LLM_WORKERS", "0");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("llm.workers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dlq_settings_come_from_the_environment_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("CHORUS_DLQ_MAX_REPLAYS", "5");
+            jail.set_env("CHORUS_DLQ_REPLAY_RATE", "2.5");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.dlq.max_replays, 5);
+            assert_eq!(config.dlq.replay_rate, 2.5);
+            jail.set_env("CHORUS_DLQ_REPLAY_RATE", "0");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("dlq.replay_rate"), "{err}");
+            Ok(())
+        });
+    }
+}

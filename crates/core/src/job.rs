@@ -1,0 +1,519 @@
+//! A job's state and its transitions: the orchestrator's logic as pure functions.
+//!
+//! `apply(state, input)` returns the next state and the effects to publish. It is deterministic
+//! and idempotent: an input that was already applied leaves the state unchanged and returns the
+//! same effects again, and every effect publishes under a message id derived from the job, so a
+//! redelivered event after a crash between "state saved" and "effects published" repairs the gap
+//! without doing anything twice.
+//!
+//! The state is also the job's record: every version written to the jobs bucket is a snapshot the
+//! persister mirrors into the database, so the final state alone is the complete record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, Tenant, UnixMillis};
+use crate::messages::{
+    Attempt, EvalRequest, EvalTarget, EvaluationResult, LlmCall, StepError, StepOutcome,
+    StepOutput, StepResult, TargetEvaluation, Usage,
+};
+use crate::spec::{ChatMessage, JobSpec, Role};
+use crate::template::{self, Answer};
+use crate::trace::TraceContext;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Evaluating,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Evaluating,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Evaluating => "evaluating",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Fanout,
+    Synthesis,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 2] = [Self::Fanout, Self::Synthesis];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fanout => "fanout",
+            Self::Synthesis => "synthesis",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Dispatched,
+    Succeeded,
+    Failed,
+}
+
+impl StepStatus {
+    pub const ALL: [StepStatus; 4] = [
+        Self::Pending,
+        Self::Dispatched,
+        Self::Succeeded,
+        Self::Failed,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Dispatched => "dispatched",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub index: u32,
+    pub kind: StepKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+    pub route: String,
+    pub status: StepStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<StepOutput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepError>,
+    pub attempts: u32,
+    /// Every provider call of the delivery that settled the step (fallbacks included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Attempt>,
+    /// The DLQ replay whose result settled the step (0: the original call).
+    #[serde(default)]
+    pub replays: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMillis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvaluation {
+    /// Mean of the target scores.
+    pub score: f64,
+    /// True when every target passed.
+    pub passed: bool,
+    pub targets: Vec<TargetEvaluation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    pub id: JobId,
+    pub tenant: Tenant,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    /// Bumped by every transition; storage keeps the highest it has seen.
+    pub version: u64,
+    pub steps: Vec<StepState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<JobEvaluation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// What the orchestrator feeds the machine.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// The job's submission (possibly redelivered).
+    Submitted {
+        at: UnixMillis,
+    },
+    Step(StepResult),
+    Evaluated(EvaluationResult),
+}
+
+/// What a transition asks the orchestrator to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Call(LlmCall),
+    Evaluate(EvalRequest),
+}
+
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub state: JobState,
+    pub changed: bool,
+    pub effects: Vec<Effect>,
+}
+
+impl JobState {
+    /// A queued job with its steps planned: personas × routes, then the synthesis step.
+    pub fn new(
+        id: JobId,
+        tenant: Tenant,
+        spec: JobSpec,
+        now: UnixMillis,
+        trace: Option<TraceContext>,
+    ) -> Self {
+        let mut steps: Vec<StepState> = spec
+            .fanout_plan()
+            .into_iter()
+            .map(|(persona, route)| (StepKind::Fanout, persona.map(|p| p.name.clone()), route))
+            .chain(spec.synthesis.as_ref().map(|s| {
+                let route = s.model.as_deref().or(spec.fanout_routes().first().copied());
+                (StepKind::Synthesis, None, route.unwrap_or_default())
+            }))
+            .enumerate()
+            .map(|(index, (kind, persona, route))| StepState {
+                index: index as u32,
+                kind,
+                persona,
+                route: route.to_owned(),
+                status: StepStatus::Pending,
+                output: None,
+                error: None,
+                attempts: 0,
+                calls: Vec::new(),
+                replays: 0,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
+        steps.shrink_to_fit();
+        Self {
+            id,
+            tenant,
+            spec,
+            status: JobStatus::Queued,
+            version: 1,
+            steps,
+            evaluation: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            trace,
+        }
+    }
+
+    /// The steps' cost, when any answering route has prices.
+    pub fn cost_usd(&self) -> Option<f64> {
+        self.steps
+            .iter()
+            .filter_map(|s| s.output.as_ref()?.cost_usd)
+            .reduce(|a, b| a + b)
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.steps
+            .iter()
+            .filter_map(|s| s.output.as_ref().map(|o| o.usage))
+            .fold(Usage::default(), |a, b| a + b)
+    }
+
+    fn fanout(&self) -> impl Iterator<Item = &StepState> {
+        self.steps.iter().filter(|s| s.kind == StepKind::Fanout)
+    }
+
+    fn synthesis_index(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| s.kind == StepKind::Synthesis)
+    }
+
+    /// The call for a step, built from the spec and (for synthesis) the fan-out answers.
+    fn call(&self, index: usize) -> LlmCall {
+        let step = &self.steps[index];
+        let (messages, params) = match step.kind {
+            StepKind::Fanout => {
+                let mut messages = Vec::with_capacity(self.spec.messages.len() + 2);
+                if let Some(persona) = step
+                    .persona
+                    .as_ref()
+                    .and_then(|name| self.spec.personas.iter().find(|p| &p.name == name))
+                {
+                    messages.push(ChatMessage::new(Role::System, persona.system.clone()));
+                }
+                match &self.spec.prompt {
+                    // Validated at submission; a failure here means the spec changed under us.
+                    Some(prompt) => messages.push(ChatMessage::new(
+                        Role::User,
+                        template::render(prompt, &template::Context::input(&self.spec.input))
+                            .unwrap_or_else(|e| e.to_string()),
+                    )),
+                    None => messages.extend(self.spec.messages.iter().cloned()),
+                }
+                (messages, self.spec.params.clone())
+            }
+            StepKind::Synthesis => {
+                let synthesis = self.spec.synthesis.as_ref();
+                let answers: Vec<Answer> = self
+                    .fanout()
+                    .map(|s| Answer {
+                        persona: s.persona.clone(),
+                        model: s.route.clone(),
+                        text: s
+                            .output
+                            .as_ref()
+                            .map(|o| o.text.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                let mut messages = Vec::with_capacity(2);
+                if let Some(system) = synthesis.and_then(|s| s.system.clone()) {
+                    messages.push(ChatMessage::new(Role::System, system));
+                }
+                let prompt = synthesis.map(|s| s.prompt.as_str()).unwrap_or_default();
+                messages.push(ChatMessage::new(
+                    Role::User,
+                    template::render(
+                        prompt,
+                        &template::Context::synthesis(&self.spec.input, &answers),
+                    )
+                    .unwrap_or_else(|e| e.to_string()),
+                ));
+                let params = synthesis
+                    .and_then(|s| s.params.clone())
+                    .unwrap_or_else(|| self.spec.params.clone());
+                (messages, params)
+            }
+        };
+        LlmCall {
+            job_id: self.id,
+            tenant: self.tenant.clone(),
+            step: step.index,
+            route: step.route.clone(),
+            messages,
+            params,
+        }
+    }
+
+    fn eval_request(&self) -> Option<EvalRequest> {
+        let evaluate = self.spec.evaluate.clone()?;
+        let targets = match self.synthesis_index() {
+            Some(i) => vec![&self.steps[i]],
+            None => self.fanout().collect(),
+        };
+        Some(EvalRequest {
+            job_id: self.id,
+            tenant: self.tenant.clone(),
+            evaluate,
+            targets: targets
+                .into_iter()
+                .map(|s| EvalTarget {
+                    step: s.index,
+                    text: s
+                        .output
+                        .as_ref()
+                        .map(|o| o.text.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    fn finish(&mut self, status: JobStatus, error: Option<JobError>, now: UnixMillis) {
+        self.status = status;
+        self.error = error;
+        self.finished_at = Some(now);
+    }
+}
+
+/// Applies one input. See the module docs for the idempotency contract.
+pub fn apply(state: &JobState, input: Input) -> Transition {
+    let mut next = state.clone();
+    let mut effects = Vec::new();
+    let now = match &input {
+        Input::Submitted { at } => *at,
+        Input::Step(r) => r.finished_at,
+        Input::Evaluated(r) => r.evaluated_at,
+    };
+    match input {
+        Input::Submitted { .. } => {
+            if next.status == JobStatus::Queued {
+                next.status = JobStatus::Running;
+                for step in next.steps.iter_mut().filter(|s| s.kind == StepKind::Fanout) {
+                    step.status = StepStatus::Dispatched;
+                }
+            }
+            // Re-issue every call still outstanding (a no-op under de-duplication).
+            effects.extend(
+                (0..next.steps.len())
+                    .filter(|&i| next.steps[i].status == StepStatus::Dispatched)
+                    .map(|i| Effect::Call(next.call(i))),
+            );
+            advance(&mut next, now, &mut effects);
+        }
+        Input::Step(result) => {
+            if let Some(step) = next.steps.get_mut(result.step as usize) {
+                // A replayed call (from the DLQ) supersedes the result it replays, and reopens a
+                // job that failed on it; anything else settles a step once.
+                let replay = result.replays > step.replays;
+                let applies = if replay {
+                    matches!(state.status, JobStatus::Running | JobStatus::Failed)
+                } else {
+                    !step.status.is_settled() && !state.status.is_terminal()
+                };
+                if applies {
+                    step.attempts = result.attempts;
+                    step.calls = result.calls;
+                    step.replays = result.replays;
+                    step.started_at = Some(result.started_at);
+                    step.finished_at = Some(result.finished_at);
+                    match result.outcome {
+                        StepOutcome::Succeeded(output) => {
+                            step.status = StepStatus::Succeeded;
+                            step.output = Some(output);
+                            step.error = None;
+                        }
+                        StepOutcome::Failed(error) => {
+                            step.status = StepStatus::Failed;
+                            step.error = Some(error);
+                        }
+                    }
+                    if next.status == JobStatus::Failed {
+                        next.status = JobStatus::Running;
+                        next.error = None;
+                        next.finished_at = None;
+                    }
+                }
+            }
+            advance(&mut next, now, &mut effects);
+        }
+        Input::Evaluated(result) => {
+            if next.status == JobStatus::Evaluating {
+                let score = if result.targets.is_empty() {
+                    0.0
+                } else {
+                    result.targets.iter().map(|t| t.score).sum::<f64>()
+                        / result.targets.len() as f64
+                };
+                let passed = result.targets.iter().all(|t| t.passed);
+                next.evaluation = Some(JobEvaluation {
+                    score,
+                    passed,
+                    targets: result.targets,
+                });
+                next.finish(JobStatus::Succeeded, None, now);
+            }
+            advance(&mut next, now, &mut effects);
+        }
+    }
+    let changed = &next != state;
+    if changed {
+        next.version = state.version + 1;
+        next.updated_at = now.max(state.updated_at);
+    }
+    Transition {
+        state: next,
+        changed,
+        effects,
+    }
+}
+
+/// Moves a running job to its next phase once the current one has settled, and (re-)emits the
+/// effect that phase needs.
+fn advance(job: &mut JobState, now: UnixMillis, effects: &mut Vec<Effect>) {
+    if job.status == JobStatus::Queued {
+        return;
+    }
+    if job.status == JobStatus::Running {
+        if !job.fanout().all(|s| s.status.is_settled()) {
+            return;
+        }
+        if let Some(failed) = job.steps.iter().find(|s| s.status == StepStatus::Failed) {
+            let error = JobError {
+                step: Some(failed.index),
+                kind: failed
+                    .error
+                    .as_ref()
+                    .map(|e| e.kind.clone())
+                    .unwrap_or_default(),
+                message: failed
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            };
+            job.finish(JobStatus::Failed, Some(error), now);
+        } else if let Some(i) = job.synthesis_index()
+            && !job.steps[i].status.is_settled()
+        {
+            job.steps[i].status = StepStatus::Dispatched;
+            effects.push(Effect::Call(job.call(i)));
+            return;
+        } else if let Some(request) = job.eval_request() {
+            job.status = JobStatus::Evaluating;
+            effects.push(Effect::Evaluate(request));
+            return;
+        } else {
+            job.finish(JobStatus::Succeeded, None, now);
+        }
+    }
+    if job.status == JobStatus::Evaluating {
+        effects.extend(job.eval_request().map(Effect::Evaluate));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! Chorus's domain core: everything every role agrees on, with no I/O.
+//!
+//! Layout:
+//! - [`ids`]: job ids, tenants, timestamps.
+//! - [`spec`]: the job spec clients submit, and its validation.
+//! - [`assertion`]: the shape of evaluation assertions.
+//! - [`template`]: prompt templates (minijinja).
+//! - [`job`]: a job's state and its pure, idempotent transitions.
+//! - [`messages`]: the versioned message bodies roles exchange.
+//! - [`codec`]: MessagePack encoding and the headers every message carries.
+//! - [`subjects`]: subject, stream and bucket names.
+//! - [`trace`]: W3C trace context.
+//! - [`config`]: typed configuration, loaded from a TOML file and `CHORUS_…` variables.
+
+pub mod assertion;
+pub mod codec;
+pub mod config;
+pub mod ids;
+pub mod job;
+pub mod messages;
+pub mod spec;
+pub mod subjects;
+pub mod template;
+pub mod trace;
+
+pub use ids::{JobId, Tenant};
