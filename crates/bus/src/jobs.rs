@@ -1,0 +1,106 @@
+//! Job state in the `<prefix>_jobs` KV bucket, keyed `<tenant>.<job>`, written by compare-and-set.
+//!
+//! Any orchestrator pod can take any event of any job: it writes with the revision it read, and a
+//! concurrent writer makes the write fail with [`Write::Conflict`] instead of losing an update.
+//! Writes go straight to the key's subject with `Nats-Expected-Last-Subject-Sequence` (what a KV
+//! update is) so they can carry the usual headers: the bucket's stream is then a stream of typed
+//! job snapshots, which the persister consumes like any other.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::Store;
+use chorus_core::codec::{self, headers};
+use chorus_core::job::JobState;
+use chorus_core::{JobId, Tenant};
+
+use crate::{Bus, BusError};
+
+#[derive(Clone)]
+pub struct JobStore {
+    bus: Bus,
+    kv: Store,
+}
+
+impl std::fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("bucket", &self.kv.name)
+            .finish()
+    }
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Stored; the new revision.
+    Stored(u64),
+    /// Someone else wrote first (or the key exists, for a create).
+    Conflict,
+}
+
+impl JobStore {
+    pub async fn open(bus: &Bus) -> Result<Self, BusError> {
+        let kv = bus
+            .js
+            .get_key_value(bus.subjects.jobs_bucket())
+            .await
+            .map_err(BusError::nats)?;
+        Ok(Self {
+            bus: bus.clone(),
+            kv,
+        })
+    }
+
+    /// The state and its revision.
+    pub async fn get(
+        &self,
+        tenant: &Tenant,
+        job: JobId,
+    ) -> Result<Option<(JobState, u64)>, BusError> {
+        let Some(entry) = self
+            .kv
+            .entry(format!("{tenant}.{job}"))
+            .await
+            .map_err(BusError::nats)?
+        else {
+            return Ok(None);
+        };
+        let state = codec::decode(Some(&codec::type_header::<JobState>()), &entry.value)
+            .map_err(BusError::nats)?;
+        Ok(Some((state, entry.revision)))
+    }
+
+    /// Stores a new job's state; [`Write::Conflict`] if the key exists.
+    pub async fn create(&self, state: &JobState) -> Result<Write, BusError> {
+        self.write(state, 0).await
+    }
+
+    /// Replaces the state stored at `revision`.
+    pub async fn update(&self, state: &JobState, revision: u64) -> Result<Write, BusError> {
+        self.write(state, revision).await
+    }
+
+    async fn write(&self, state: &JobState, revision: u64) -> Result<Write, BusError> {
+        let mut message_headers = HeaderMap::new();
+        message_headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            revision.to_string().as_str(),
+        );
+        message_headers.insert(headers::TYPE, codec::type_header::<JobState>().as_str());
+        message_headers.insert(headers::JOB, state.id.to_string().as_str());
+        message_headers.insert(headers::TENANT, state.tenant.as_str());
+        let body = codec::encode(state).map_err(BusError::nats)?;
+        let subject = self.bus.subjects.job_key(&state.tenant, state.id);
+        let ack = self
+            .bus
+            .js
+            .publish_with_headers(subject, message_headers, body)
+            .await
+            .map_err(BusError::nats)?;
+        match ack.await {
+            Ok(ack) => Ok(Write::Stored(ack.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Write::Conflict),
+            Err(e) => Err(BusError::nats(e)),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Chorus on NATS JetStream: everything that talks to the broker, and nothing else.
+//!
+//! Layout:
+//! - [`connect`]: connecting, and the start-up checks (reachable, JetStream on, version).
+//! - [`definitions`]: streams and consumers as data (`nats/`), applied idempotently.
+//! - [`publish`]: building messages with their headers and publishing them pipelined.
+//! - [`delivery`]: a pulled message that must be settled; NAKed if dropped unsettled.
+//! - [`dlq`]: dead letters: filing, listing, reading, replaying and purging them.
+//! - [`source`]: the pull loop that feeds a role within its in-flight budget.
+//! - [`jobs`]: job state in the KV bucket, with compare-and-set.
+//! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).
+//! - [`server_binary`]: finding a `nats-server` to start, for dev, bench and tests.
+
+pub mod connect;
+pub mod definitions;
+pub mod delivery;
+pub mod dlq;
+pub mod jobs;
+pub mod limits;
+pub mod publish;
+pub mod server_binary;
+pub mod source;
+
+pub use connect::{Bus, BusError};
+pub use delivery::Delivery;
