@@ -1,0 +1,219 @@
+//! `openai`: Chat Completions (`POST {base_url}/chat/completions`, `Authorization: Bearer`) as
+//! OpenAI documents it, which vLLM, llama.cpp's server, Ollama's `/v1`, LM Studio, OpenRouter,
+//! Groq and Together speak too. A route with `api_version` is Azure OpenAI: its base URL is the
+//! deployment's (`https://{resource}.openai.azure.com/openai/deployments/{deployment}`),
+//! `?api-version=` is added and the key goes in `api-key`.
+//!
+//! `response_format`, `tools` and `tool_choice` pass through untouched; the route's `max_tokens`
+//! is sent when the job sets none. Error bodies are read leniently: OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}`, and the shapes compatible servers use instead
+//! (`{"error": "…"}`, vLLM's top-level `message`). A content filter that withheld the answer, a
+//! refusal, or an error coded `content_policy_violation` / `content_filter` is
+//! [`ErrorKind::ContentPolicy`].
+
+use chorus_core::config::RouteConfig;
+use chorus_core::messages::Usage;
+use chorus_core::spec::ChatMessage;
+use futures::future::BoxFuture;
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::http::{ErrorBody, Http, decode, endpoint};
+use crate::error::{ErrorKind, LlmError};
+use crate::provider::{Completion, CompletionRequest, Provider};
+
+pub const PROVIDER_NAME: &str = "openai";
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+#[derive(Debug)]
+pub struct OpenAi {
+    http: Http,
+    url: Url,
+    azure: bool,
+    max_tokens: Option<u32>,
+}
+
+impl OpenAi {
+    pub fn new(config: &RouteConfig) -> Result<Self, String> {
+        let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let mut url = endpoint(base, "chat/completions")?;
+        if let Some(version) = &config.api_version {
+            url.query_pairs_mut().append_pair("api-version", version);
+        }
+        Ok(Self {
+            http: Http::new(config)?,
+            url,
+            azure: config.api_version.is_some(),
+            max_tokens: config.max_tokens,
+        })
+    }
+
+    async fn call(&self, request: &CompletionRequest) -> Result<Completion, LlmError> {
+        let params = &request.params;
+        let body = ChatRequest {
+            model: &request.model,
+            messages: &request.messages,
+            temperature: params.temperature,
+            top_p: params.top_p,
+            max_tokens: params.max_tokens.or(self.max_tokens),
+            stop: &params.stop,
+            seed: params.seed,
+            response_format: params.response_format.as_ref(),
+            tools: params.tools.as_ref(),
+            tool_choice: params.tool_choice.as_ref(),
+        };
+        let mut headers = HeaderMap::new();
+        if self.azure {
+            self.http
+                .auth(&mut headers, HeaderName::from_static("api-key"), "")?;
+        } else {
+            self.http.auth(&mut headers, AUTHORIZATION, "Bearer ")?;
+        }
+        let body = self
+            .http
+            .post(self.url.clone(), headers, &body, read_error)
+            .await?;
+        completion(decode(&body, "a chat completion")?)
+    }
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        PROVIDER_NAME
+    }
+
+    fn complete<'a>(
+        &'a self,
+        request: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
+        Box::pin(self.call(request))
+    }
+}
+
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: AssistantMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AssistantMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+fn completion(response: ChatResponse) -> Result<Completion, LlmError> {
+    let choice =
+        response.choices.into_iter().next().ok_or_else(|| {
+            LlmError::new(ErrorKind::Malformed, "the chat completion has no choices")
+        })?;
+    let message = choice.message;
+    let tool_calls = message
+        .tool_calls
+        .filter(|calls| calls.as_array().is_some_and(|a| !a.is_empty()));
+    let text = message.content.unwrap_or_default();
+    if text.is_empty() && tool_calls.is_none() {
+        if let Some(refusal) = message.refusal {
+            return Err(LlmError::new(ErrorKind::ContentPolicy, refusal));
+        }
+        if choice.finish_reason.as_deref() == Some("content_filter") {
+            return Err(LlmError::new(
+                ErrorKind::ContentPolicy,
+                "the provider's content filter withheld the answer (finish_reason content_filter)",
+            ));
+        }
+    }
+    Ok(Completion {
+        text,
+        usage: response
+            .usage
+            .map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            })
+            .unwrap_or_default(),
+        finish_reason: choice.finish_reason,
+        tool_calls,
+    })
+}
+
+fn read_error(body: &[u8]) -> ErrorBody {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
+        return ErrorBody::default();
+    };
+    let field =
+        |error: &Value, name: &str| error.get(name).and_then(Value::as_str).map(str::to_owned);
+    match envelope.error {
+        Some(error @ Value::Object(_)) => {
+            let policy = ["code", "type"].iter().any(|name| {
+                matches!(
+                    field(&error, name).as_deref(),
+                    Some("content_policy_violation" | "content_filter")
+                )
+            });
+            ErrorBody {
+                kind: policy.then_some(ErrorKind::ContentPolicy),
+                message: field(&error, "message"),
+            }
+        }
+        Some(Value::String(message)) => ErrorBody {
+            kind: None,
+            message: Some(message),
+        },
+        _ => ErrorBody {
+            kind: None,
+            message: envelope.message,
+        },
+    }
+}
