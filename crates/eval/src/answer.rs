@@ -1,0 +1,118 @@
+//! One answer text and the views assertions read from it, each computed at most once.
+//!
+//! JSON views strip a single Markdown code fence wrapping the whole answer (```` ```json ````
+//! or a bare ```` ``` ````) before parsing, because models fence JSON even when told not to.
+//! JSON equality is numeric-normalised: `1` equals `1.0`.
+
+use std::cell::OnceCell;
+
+use serde_json::Value;
+
+pub(crate) struct Answer<'a> {
+    pub text: &'a str,
+    lower: OnceCell<String>,
+    json: OnceCell<Result<Value, String>>,
+}
+
+impl<'a> Answer<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            lower: OnceCell::new(),
+            json: OnceCell::new(),
+        }
+    }
+
+    /// The answer in Unicode lowercase, for case-insensitive checks.
+    pub fn lower(&self) -> &str {
+        self.lower.get_or_init(|| self.text.to_lowercase())
+    }
+
+    /// The answer parsed as JSON, or why it is not JSON.
+    pub fn json(&self) -> Result<&Value, &str> {
+        self.json
+            .get_or_init(|| {
+                serde_json::from_str(strip_fence(self.text))
+                    .map_err(|e| format!("the answer is not JSON ({e})"))
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+/// The body of a single code fence wrapping the whole text, else the text itself.
+pub(crate) fn strip_fence(text: &str) -> &str {
+    let trimmed = text.trim();
+    let Some(inner) = trimmed
+        .strip_prefix("```")
+        .and_then(|rest| rest.strip_suffix("```"))
+    else {
+        return text;
+    };
+    let Some((info, body)) = inner.split_once('\n') else {
+        return text;
+    };
+    let info = info.trim();
+    let single = !body.contains("\n```");
+    if single && (info.is_empty() || info.eq_ignore_ascii_case("json")) {
+        body
+    } else {
+        text
+    }
+}
+
+/// JSON equality where numbers compare by value, so `1 == 1.0`.
+pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            x.as_f64() == y.as_f64()
+        }
+        (Value::Array(xs), Value::Array(ys)) => {
+            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(xs), Value::Object(ys)) => {
+            xs.len() == ys.len()
+                && xs
+                    .iter()
+                    .all(|(k, x)| ys.get(k).is_some_and(|y| json_eq(x, y)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fences_are_stripped_only_when_they_wrap_everything() {
+        assert_eq!(strip_fence("```json\n{\"a\": 1}\n```"), "{\"a\": 1}\n");
+        assert_eq!(strip_fence("  ```\n[1]\n```\n"), "[1]\n");
+        assert_eq!(strip_fence("```JSON\n1\n```"), "1\n");
+        assert_eq!(strip_fence("```python\n1\n```"), "```python\n1\n```");
+        assert_eq!(
+            strip_fence("Here:\n```json\n1\n```"),
+            "Here:\n```json\n1\n```"
+        );
+        let two = "```json\n1\n```\n```json\n2\n```";
+        assert_eq!(strip_fence(two), two);
+        assert_eq!(
+            Answer::new("```json\n{\"a\": [1, 2]}\n```").json(),
+            Ok(&json!({"a": [1, 2]}))
+        );
+        assert!(
+            Answer::new("nope")
+                .json()
+                .is_err_and(|e| e.contains("not JSON"))
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert!(json_eq(&json!({"a": [1, 2.5]}), &json!({"a": [1.0, 2.5]})));
+        assert!(!json_eq(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!json_eq(&json!(u64::MAX), &json!(u64::MAX - 1)));
+        assert!(!json_eq(&json!("1"), &json!(1)));
+    }
+}

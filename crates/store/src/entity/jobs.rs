@@ -1,0 +1,35 @@
+//! One row per job: the newest snapshot of its state the persister has stored.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "jobs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant: String,
+    pub status: String,
+    /// `JobState::version`; an upsert only ever raises it.
+    pub version: i64,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub spec: Json,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub metadata: Json,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub error_step: Option<i64>,
+    pub score: Option<f64>,
+    pub passed: Option<bool>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub finished_at: Option<DateTimeUtc>,
+    /// Sum of the steps' costs, when their routes have prices.
+    pub cost_usd: Option<f64>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one module per table; the column layout is described in [`crate::migration`].
+//!
+//! There are no relations (and no foreign keys in the schema): all rows of a job are written
+//! together from one snapshot, in one transaction, so there is nothing for the schema to enforce.
+
+pub mod audit_log;
+pub mod evaluations;
+pub mod jobs;
+pub mod steps;

@@ -1,0 +1,33 @@
+//! Chorus's persistence (DESIGN.md §7): sea-orm over SQLite (WAL, the embedded default) or
+//! Postgres (for more than one pod), holding a queryable mirror of the job snapshots in the
+//! job-state bucket.
+//!
+//! Layout:
+//! - [`store`]: [`Store`]: connecting, migrating, readiness.
+//! - [`write`]: job snapshots in, one transaction per batch, idempotent upserts out.
+//! - [`read`]: the job reads behind the HTTP edge, with cursor pagination.
+//! - [`view`]: the JSON shapes those reads return.
+//! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
+//! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
+//! - [`error`]: [`StoreError`], which says whether retrying can help.
+//!
+//! Every job write is an upsert that only replaces a row with one from a higher job version, so
+//! at-least-once delivery, replays and out-of-order batches all converge on the newest snapshot.
+
+pub mod audit;
+pub mod entity;
+pub mod error;
+pub mod migration;
+pub mod read;
+pub mod store;
+pub mod view;
+pub mod write;
+
+pub use audit::{AuditAction, AuditRecord};
+pub use error::StoreError;
+pub use store::Store;
+pub use view::{
+    AssertionRecord, ErrorRecord, EvaluationRecord, JobPage, JobRecord, JobSummary,
+    StepErrorRecord, StepRecord, TargetRecord, UsageRecord,
+};
+pub use write::Committed;

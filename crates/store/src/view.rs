@@ -1,0 +1,214 @@
+//! What the reads return: the JSON the edge answers with, so the field names are a public
+//! contract — snake_case, always present (null when unknown), timestamps in RFC 3339.
+
+use chorus_core::JobId;
+use chorus_core::ids::Tenant;
+use chorus_core::job::{JobState, JobStatus, StepKind, StepStatus};
+use chorus_core::messages::Attempt;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job as listed: everything but its spec, steps and per-assertion results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub tenant: Tenant,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub usage: UsageRecord,
+    /// What the job's calls cost, when their routes have prices.
+    pub cost_usd: Option<f64>,
+    /// The job's evaluation score and verdict, once evaluated.
+    pub score: Option<f64>,
+    pub passed: Option<bool>,
+    pub error: Option<ErrorRecord>,
+    pub metadata: Value,
+}
+
+/// A job in full: its summary's fields, then the spec, the steps and the evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    pub spec: Value,
+    /// Ordered by index.
+    pub steps: Vec<StepRecord>,
+    pub evaluation: Option<EvaluationRecord>,
+}
+
+/// One page of [`JobSummary`]s, newest first; pass `next_cursor` back for the next page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    pub data: Vec<JobSummary>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl UsageRecord {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// Why a job failed: the first failed step's error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    pub kind: String,
+    pub message: String,
+    pub step: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepErrorRecord {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub index: u32,
+    pub kind: StepKind,
+    pub persona: Option<String>,
+    pub route: String,
+    pub status: StepStatus,
+    pub output: Option<String>,
+    pub usage: UsageRecord,
+    pub latency_ms: u64,
+    pub attempts: u32,
+    pub finish_reason: Option<String>,
+    pub error: Option<StepErrorRecord>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The route that answered: the step's own, or one of its fallbacks.
+    pub answered_by: Option<String>,
+    /// From the answering route's prices, when it has them.
+    pub cost_usd: Option<f64>,
+    /// Every provider call of the delivery that settled the step, fallbacks included.
+    pub calls: Vec<Attempt>,
+    pub tool_calls: Option<Value>,
+    /// The DLQ replay whose result settled the step (0: the original call).
+    pub replays: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    /// Mean of the target scores.
+    pub score: f64,
+    /// True when every target passed.
+    pub passed: bool,
+    pub targets: Vec<TargetRecord>,
+}
+
+/// The evaluation of one step's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub step: u32,
+    pub score: f64,
+    pub passed: bool,
+    /// The spec's `evaluate.threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    pub assertions: Vec<AssertionRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssertionRecord {
+    pub index: u32,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub metric: Option<String>,
+    pub weight: f64,
+    pub passed: bool,
+    pub score: f64,
+    pub reason: String,
+}
+
+impl JobRecord {
+    /// The record of a job not yet stored, from its live state in the jobs bucket. The live state
+    /// may already be final; it reads as `running` until the persister has committed it.
+    pub fn from_live_state(state: &JobState) -> Self {
+        let at = |millis: i64| DateTime::from_timestamp_millis(millis).unwrap_or_default();
+        let usage = state.usage();
+        let status = if state.status.is_terminal() {
+            JobStatus::Running
+        } else {
+            state.status
+        };
+        let steps = state
+            .steps
+            .iter()
+            .map(|s| {
+                let usage = s.output.as_ref().map(|o| o.usage).unwrap_or_default();
+                StepRecord {
+                    index: s.index,
+                    kind: s.kind,
+                    persona: s.persona.clone(),
+                    route: s.route.clone(),
+                    status: s.status,
+                    output: s.output.as_ref().map(|o| o.text.clone()),
+                    usage: UsageRecord::new(
+                        usage.prompt_tokens.into(),
+                        usage.completion_tokens.into(),
+                    ),
+                    latency_ms: s.output.as_ref().map_or(0, |o| o.latency_ms),
+                    attempts: s.attempts,
+                    finish_reason: s.output.as_ref().and_then(|o| o.finish_reason.clone()),
+                    error: s.error.as_ref().map(|e| StepErrorRecord {
+                        kind: e.kind.clone(),
+                        message: e.message.clone(),
+                    }),
+                    started_at: s.started_at.map(at),
+                    finished_at: s.finished_at.map(at),
+                    answered_by: s
+                        .output
+                        .as_ref()
+                        .map(|o| o.route.clone())
+                        .filter(|r| !r.is_empty()),
+                    cost_usd: s.output.as_ref().and_then(|o| o.cost_usd),
+                    calls: s.calls.clone(),
+                    tool_calls: s.output.as_ref().and_then(|o| o.tool_calls.clone()),
+                    replays: s.replays,
+                }
+            })
+            .collect();
+        JobRecord {
+            summary: JobSummary {
+                id: state.id,
+                tenant: state.tenant.clone(),
+                status,
+                created_at: at(state.created_at),
+                updated_at: at(state.updated_at),
+                finished_at: None,
+                usage: UsageRecord::new(usage.prompt_tokens.into(), usage.completion_tokens.into()),
+                cost_usd: state.cost_usd(),
+                score: None,
+                passed: None,
+                error: None,
+                metadata: Value::Object(state.spec.metadata.clone()),
+            },
+            spec: serde_json::to_value(&state.spec).unwrap_or_default(),
+            steps,
+            evaluation: None,
+        }
+    }
+}
+
+/// RFC 3339 (milliseconds, UTC) for a Unix-milliseconds timestamp, as the views print them.
+pub fn rfc3339(millis: i64) -> String {
+    DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,255 @@
+//! Batch writes: job snapshots in, one transaction per batch.
+//!
+//! The persister reads the job-state bucket's stream, so every input is a complete [`JobState`]
+//! with a monotonically increasing `version`. A batch is first coalesced (per job only its
+//! highest-version snapshot), then mirrored as multi-row `INSERT … ON CONFLICT` upserts into
+//! `jobs`, `steps` and `evaluations`. Every row carries the version of the snapshot it came from
+//! and is replaced only by a row with a higher one, so replays, duplicates and any interleaving
+//! of batches end in the rows of the newest snapshot seen.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use chorus_core::job::{JobState, JobStatus, StepState};
+use chorus_core::messages::TargetEvaluation;
+use chorus_core::{JobId, Tenant};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Expr, IntoIden, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, IntoActiveModel, Iterable,
+    PrimaryKeyToColumn,
+};
+use uuid::Uuid;
+
+use crate::entity::{evaluations, jobs, steps};
+use crate::{Store, StoreError};
+
+/// Stays under SQLite's limit of 32,766 bound parameters per statement (Postgres allows 65,535).
+const MAX_PARAMS: usize = 32_000;
+
+/// A job whose terminal snapshot is durably stored by this batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub tenant: Tenant,
+    pub job_id: JobId,
+    pub status: JobStatus,
+}
+
+impl Store {
+    /// Writes a batch of snapshots in one transaction and reports the jobs whose terminal
+    /// snapshot it holds (also when the database already had it: a replayed batch reports the
+    /// same jobs again).
+    #[tracing::instrument(name = "store.write_batch", skip_all, fields(snapshots = states.len()))]
+    pub async fn write_batch(&self, states: Vec<JobState>) -> Result<Vec<Committed>, StoreError> {
+        let latest = latest_per_job(states);
+        let committed = latest
+            .values()
+            .filter(|s| s.status.is_terminal())
+            .map(|s| Committed {
+                tenant: s.tenant.clone(),
+                job_id: s.id,
+                status: s.status,
+            })
+            .collect();
+        if latest.is_empty() {
+            return Ok(committed);
+        }
+        let mut rows = Rows::default();
+        for state in latest.into_values() {
+            rows.add(state)?;
+        }
+        let txn = self.begin_write().await?;
+        upsert(&txn, rows.jobs, jobs::Column::Version).await?;
+        upsert(&txn, rows.steps.into_values(), steps::Column::Version).await?;
+        upsert(
+            &txn,
+            rows.evaluations.into_values(),
+            evaluations::Column::Version,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(committed)
+    }
+}
+
+/// Per job, the snapshot with the highest version.
+fn latest_per_job(states: Vec<JobState>) -> BTreeMap<JobId, JobState> {
+    let mut latest: BTreeMap<JobId, JobState> = BTreeMap::new();
+    for state in states {
+        match latest.entry(state.id) {
+            Entry::Vacant(slot) => {
+                slot.insert(state);
+            }
+            Entry::Occupied(mut slot) if slot.get().version < state.version => {
+                slot.insert(state);
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+    latest
+}
+
+/// The rows of one batch. Steps and assertions are keyed by primary key because one statement
+/// must not touch a row twice (Postgres refuses), even if a snapshot repeated an index.
+#[derive(Default)]
+struct Rows {
+    jobs: Vec<jobs::Model>,
+    steps: BTreeMap<(Uuid, i64), steps::Model>,
+    evaluations: BTreeMap<(Uuid, i64, i64), evaluations::Model>,
+}
+
+impl Rows {
+    fn add(&mut self, state: JobState) -> Result<(), StoreError> {
+        let version = int(state.version);
+        let targets = state
+            .evaluation
+            .as_ref()
+            .map_or(&[][..], |e| &e.targets[..]);
+        for step in &state.steps {
+            let target = targets.iter().find(|t| t.step == step.index);
+            let row = step_row(state.id, version, step, target)?;
+            self.steps.insert((row.job_id, row.idx), row);
+        }
+        for row in assertion_rows(state.id, targets, version) {
+            self.evaluations
+                .insert((row.job_id, row.step_idx, row.assertion_idx), row);
+        }
+        let usage = state.usage();
+        let cost_usd = state.cost_usd();
+        self.jobs.push(jobs::Model {
+            id: state.id.as_uuid(),
+            tenant: state.tenant.to_string(),
+            status: state.status.as_str().to_owned(),
+            version,
+            spec: serde_json::to_value(&state.spec)
+                .map_err(|e| StoreError::Invalid(format!("job {}: spec: {e}", state.id)))?,
+            metadata: serde_json::Value::Object(state.spec.metadata),
+            error_kind: state.error.as_ref().map(|e| e.kind.clone()),
+            error_message: state.error.as_ref().map(|e| e.message.clone()),
+            error_step: state.error.as_ref().and_then(|e| e.step).map(i64::from),
+            score: state.evaluation.as_ref().map(|e| e.score),
+            passed: state.evaluation.as_ref().map(|e| e.passed),
+            prompt_tokens: usage.prompt_tokens.into(),
+            completion_tokens: usage.completion_tokens.into(),
+            created_at: timestamp(state.created_at)?,
+            updated_at: timestamp(state.updated_at)?,
+            finished_at: state.finished_at.map(timestamp).transpose()?,
+            cost_usd,
+        });
+        Ok(())
+    }
+}
+
+fn step_row(
+    job: JobId,
+    version: i64,
+    step: &StepState,
+    target: Option<&TargetEvaluation>,
+) -> Result<steps::Model, StoreError> {
+    let output = step.output.as_ref();
+    Ok(steps::Model {
+        job_id: job.as_uuid(),
+        idx: step.index.into(),
+        kind: step.kind.as_str().to_owned(),
+        persona: step.persona.clone(),
+        route: step.route.clone(),
+        status: step.status.as_str().to_owned(),
+        version,
+        output: output.map(|o| o.text.clone()),
+        prompt_tokens: output.map_or(0, |o| o.usage.prompt_tokens.into()),
+        completion_tokens: output.map_or(0, |o| o.usage.completion_tokens.into()),
+        latency_ms: output.map_or(0, |o| int(o.latency_ms)),
+        finish_reason: output.and_then(|o| o.finish_reason.clone()),
+        attempts: step.attempts.into(),
+        error_kind: step.error.as_ref().map(|e| e.kind.clone()),
+        error_message: step.error.as_ref().map(|e| e.message.clone()),
+        score: target.map(|t| t.score),
+        passed: target.map(|t| t.passed),
+        started_at: step.started_at.map(timestamp).transpose()?,
+        finished_at: step.finished_at.map(timestamp).transpose()?,
+        answered_by: output.map(|o| o.route.clone()).filter(|r| !r.is_empty()),
+        cost_usd: output.and_then(|o| o.cost_usd),
+        calls: match step.calls.as_slice() {
+            [] => None,
+            calls => Some(
+                serde_json::to_value(calls)
+                    .map_err(|e| StoreError::Invalid(format!("job {job}: calls: {e}")))?,
+            ),
+        },
+        tool_calls: output.and_then(|o| o.tool_calls.clone()),
+        replays: step.replays.into(),
+    })
+}
+
+fn assertion_rows(
+    job: JobId,
+    targets: &[TargetEvaluation],
+    version: i64,
+) -> impl Iterator<Item = evaluations::Model> + '_ {
+    targets.iter().flat_map(move |t| {
+        t.assertions.iter().map(move |a| evaluations::Model {
+            job_id: job.as_uuid(),
+            step_idx: t.step.into(),
+            assertion_idx: a.index.into(),
+            kind: a.kind.clone(),
+            metric: a.metric.clone(),
+            weight: a.weight,
+            passed: a.passed,
+            score: a.score,
+            reason: a.reason.clone(),
+            version,
+        })
+    })
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn timestamp(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| StoreError::Invalid(format!("timestamp {millis} ms is out of range")))
+}
+
+/// Multi-row upserts of `rows`, chunked to stay under the bind-parameter limit. A stored row is
+/// replaced (every column but the key) only when `version` is higher in the new row:
+/// `ON CONFLICT (<key>) DO UPDATE SET … WHERE <table>.version < excluded.version`.
+async fn upsert<C>(
+    db: &impl ConnectionTrait,
+    rows: impl IntoIterator<Item = <C::EntityName as EntityTrait>::Model>,
+    version: C,
+) -> Result<(), StoreError>
+where
+    C: ColumnTrait,
+    C::EntityName: EntityTrait<Column = C>,
+    <C::EntityName as EntityTrait>::Model:
+        IntoActiveModel<<C::EntityName as EntityTrait>::ActiveModel>,
+{
+    let key: Vec<C> = <C::EntityName as EntityTrait>::PrimaryKey::iter()
+        .map(|k| k.into_column())
+        .collect();
+    let is_key = |c: &C| key.iter().any(|k| k.as_str() == c.as_str());
+    let mut on_conflict = OnConflict::columns(key.clone());
+    on_conflict
+        .update_columns(C::iter().filter(|c| !is_key(c)))
+        .action_and_where(Expr::col((C::EntityName::default(), version)).lt(excluded(version)));
+
+    let per_statement = MAX_PARAMS / C::iter().count();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        C::EntityName::insert_many(
+            rows.by_ref()
+                .take(per_statement)
+                .map(|r| r.into_active_model()),
+        )
+        .on_conflict(on_conflict.clone())
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
+}
+
+/// `excluded.<col>`: the value the conflicting insert proposed.
+fn excluded(col: impl IntoIden) -> Expr {
+    Expr::col((Alias::new("excluded"), col))
+}
