@@ -1,0 +1,101 @@
+//! Logging and metrics.
+//!
+//! - Logs: `tracing` events to stderr as text or JSON lines, filtered by `log.level` or `RUST_LOG`.
+//! - Metrics: the `metrics` facade, recorded by every role and rendered in Prometheus's text
+//!   format by [`metrics_handle`]. Every series is named `chorus_*`, described with its unit here,
+//!   and labelled with low-cardinality values only (route, outcome, stage — never ids).
+
+use std::sync::OnceLock;
+
+use chorus_core::config::{LogConfig, LogFormat};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; a second call (tests) is a no-op.
+pub fn init(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The process's metrics recorder, installed on first use; `None` if another recorder was
+/// installed first.
+pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Seconds, from 5 ms to 2 minutes: LLM calls and limiter waits span that range.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Metric names, one place.
+pub mod names {
+    pub const LLM_CALLS: &str = "chorus_llm_calls_total";
+    pub const LLM_CALL_SECONDS: &str = "chorus_llm_call_duration_seconds";
+    pub const LLM_TOKENS: &str = "chorus_llm_tokens_total";
+    pub const LLM_COST: &str = "chorus_llm_cost_microdollars_total";
+    pub const LLM_RETRIES: &str = "chorus_llm_retries_total";
+    pub const LLM_FALLBACKS: &str = "chorus_llm_fallbacks_total";
+    pub const LLM_LIMITER_WAIT: &str = "chorus_llm_limiter_wait_seconds";
+    pub const DLQ_MESSAGES: &str = "chorus_dlq_messages";
+}
+
+fn describe() {
+    use names::*;
+    describe_counter!(
+        LLM_CALLS,
+        Unit::Count,
+        "Provider calls, by route and outcome (ok or the error kind)."
+    );
+    describe_histogram!(
+        LLM_CALL_SECONDS,
+        Unit::Seconds,
+        "Duration of provider calls, by route."
+    );
+    describe_counter!(
+        LLM_TOKENS,
+        Unit::Count,
+        "Tokens reported by providers, by route and kind (prompt or completion)."
+    );
+    describe_counter!(
+        LLM_COST,
+        Unit::Count,
+        "Cost of calls in millionths of a US dollar (from route prices), by route."
+    );
+    describe_counter!(
+        LLM_RETRIES,
+        Unit::Count,
+        "Provider calls that were retries of an earlier attempt, by route."
+    );
+    describe_counter!(
+        LLM_FALLBACKS,
+        Unit::Count,
+        "Calls answered by a fallback route, by the route that answered."
+    );
+    describe_histogram!(
+        LLM_LIMITER_WAIT,
+        Unit::Seconds,
+        "Time calls waited for their route's shared limits, by route."
+    );
+    describe_gauge!(DLQ_MESSAGES, Unit::Count, "Dead letters kept, by stage.");
+}
