@@ -1,0 +1,18 @@
+//! Chorus's roles as supervised ractor actors.
+//!
+//! Layout:
+//! - [`runtime`]: the root of the supervision tree and the process lifecycle (start, drain, exit).
+//! - [`stage`]: one role's supervisor, its consumer actors and its worker pool.
+//! - [`supervision`]: the restart-intensity policy.
+//! - [`roles`]: orchestrator, llm, evaluator and persister, built from the configuration.
+//! - [`dlq`]: moving a message that cannot be processed to the dead-letter stream.
+//! - [`validation`]: job-spec checks against this installation's routes and assertion compiler.
+
+pub mod dlq;
+pub mod roles;
+pub mod runtime;
+pub mod stage;
+pub mod supervision;
+pub mod validation;
+
+pub use runtime::{Role, RoleHandle, Runtime};

@@ -1,0 +1,396 @@
+//! The llm role: makes the LLM call of one step and publishes its result.
+//!
+//! A call tries its route, then the route's fallbacks in order, each with in-process retries
+//! (backoff with jitter, honouring `retry-after`) decided by the retry policy in `chorus-llm`, and
+//! every attempt admitted by the route's limits shared across processes. When every route failed,
+//! a retryable failure is NAKed with a growing delay and, on the consumer's last delivery, dead-
+//! lettered with a failed step, so the job ends with the error; a permanent one (bad request,
+//! auth) fails the step at once. While a call runs or waits, in-progress acks keep its message
+//! alive. A redelivered call whose step is already settled does not call the provider again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use chorus_bus::jobs::JobStore;
+use chorus_bus::limits::RouteLimiter;
+use chorus_bus::{Bus, Delivery};
+use chorus_core::codec::{self, headers};
+use chorus_core::config::FaultConfig;
+use chorus_core::ids::{msg_id, now_millis};
+use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput, StepResult};
+use chorus_core::subjects::{EventKind, Stage};
+use chorus_llm::retry::Admission;
+use chorus_llm::{
+    Completion, CompletionRequest, ErrorKind, LlmError, RetryPolicy, Route, Routes, seed_key,
+    tokens,
+};
+use chorus_telemetry::names;
+use futures::future::BoxFuture;
+
+use crate::dlq::{Failure, dead_letter};
+use crate::stage::{Handler, Next};
+
+pub struct Shared {
+    pub bus: Bus,
+    pub routes: Arc<Routes>,
+    pub policy: RetryPolicy,
+    /// The consumer's max deliveries: the delivery that dead-letters instead of NAKing.
+    pub max_deliver: u64,
+    /// How often a running call refreshes its message's AckWait.
+    pub keepalive: Duration,
+    pub faults: Faults,
+    /// For the check that a redelivered call's step is not already settled.
+    pub jobs: JobStore,
+    /// The shared limits of every limited route, by route name.
+    pub limiters: HashMap<String, RouteLimiter>,
+}
+
+/// The test-only fault hook (see `FaultConfig`).
+#[derive(Default)]
+pub struct Faults {
+    route: Option<String>,
+    remaining: Option<AtomicU32>,
+}
+
+impl Faults {
+    pub fn new(config: &FaultConfig) -> Self {
+        Self {
+            route: config.llm_panic_route.clone(),
+            remaining: (config.llm_panic_times > 0).then(|| AtomicU32::new(config.llm_panic_times)),
+        }
+    }
+
+    fn strike(&self, route: &str) {
+        if self.route.as_deref() != Some(route) {
+            return;
+        }
+        let armed = match &self.remaining {
+            None => true,
+            Some(left) => left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok(),
+        };
+        if armed {
+            panic!("fault injection: llm worker panics on a call to `{route}`");
+        }
+    }
+}
+
+pub struct LlmWorker {
+    shared: Arc<Shared>,
+}
+
+impl LlmWorker {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// The limits of the routes a call may use, as one [`Admission`] for the retry policy.
+struct Limited<'a> {
+    shared: &'a Shared,
+    /// The gate already admitted the first request of the call's own route.
+    gate_admitted: AtomicBool,
+    /// Tokens reserved for the attempt in flight.
+    reserved: AtomicU32,
+}
+
+impl Admission for Limited<'_> {
+    fn admit<'a>(
+        &'a self,
+        route: &'a Route,
+        request: &'a CompletionRequest,
+        _: u32,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(limiter) = self.shared.limiters.get(&route.name) else {
+                return;
+            };
+            if !self.gate_admitted.swap(false, Ordering::SeqCst)
+                && let Err(e) = limiter.admit_request().await
+            {
+                tracing::warn!(route = %route.name, error = %e, "limits unavailable; calling anyway");
+            }
+            if limiter.limits().tpm.is_some() {
+                let estimate =
+                    tokens::estimate(request, route.max_tokens.unwrap_or(DEFAULT_COMPLETION));
+                self.reserved.store(estimate, Ordering::SeqCst);
+                if let Err(e) = limiter.reserve_tokens(estimate).await {
+                    tracing::warn!(route = %route.name, error = %e, "token budget unavailable; calling anyway");
+                }
+            }
+        })
+    }
+
+    fn settled<'a>(
+        &'a self,
+        route: &'a Route,
+        _: &'a CompletionRequest,
+        result: &'a Result<Completion, LlmError>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(limiter) = self.shared.limiters.get(&route.name) else {
+                return;
+            };
+            match result {
+                Ok(completion) => {
+                    let reserved = self.reserved.swap(0, Ordering::SeqCst);
+                    let _ = limiter
+                        .reconcile_tokens(reserved, completion.usage.total())
+                        .await;
+                }
+                Err(error) => {
+                    if let Some(wait) = error.retry_after
+                        && matches!(error.kind, ErrorKind::RateLimited | ErrorKind::Overloaded)
+                    {
+                        let until =
+                            now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                        tracing::info!(route = %route.name, ?wait, "provider throttled; pausing the route everywhere");
+                        let _ = limiter.pause_until(until).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// `max_tokens` assumed for the completion part of a token reservation when neither the job nor
+/// the route sets one.
+const DEFAULT_COMPLETION: u32 = 1024;
+
+impl Handler for LlmWorker {
+    async fn handle(&mut self, delivery: Delivery) -> Next {
+        let shared = &self.shared;
+        let kind = delivery.header(headers::TYPE);
+        let call: LlmCall = match codec::decode(kind, delivery.payload()) {
+            Ok(call) => call,
+            Err(e) => {
+                let failure = Failure::undecodable(e).on_route(delivery.header(headers::ROUTE));
+                dead_letter(&shared.bus, Stage::Llm, delivery, failure).await;
+                return Next::Done;
+            }
+        };
+        shared.faults.strike(&call.route);
+        let started_at = now_millis();
+        let delivered = delivery.info().delivered.max(1);
+        let replays: u32 = delivery
+            .header(headers::REPLAYS)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        if delivered > 1 && replays == 0 && self.already_settled(&call).await {
+            tracing::debug!(job = %call.job_id, step = call.step, "redelivered call already has its result");
+            let _ = delivery.ack().await;
+            return Next::Done;
+        }
+
+        let admission = Limited {
+            shared,
+            gate_admitted: AtomicBool::new(delivery.admitted()),
+            reserved: AtomicU32::new(0),
+        };
+        let attempt = {
+            let attempt = self.attempt_routes(&call, delivered, &admission);
+            tokio::pin!(attempt);
+            let mut keepalive = tokio::time::interval(shared.keepalive);
+            keepalive.tick().await;
+            loop {
+                tokio::select! {
+                    attempt = &mut attempt => break attempt,
+                    _ = keepalive.tick() => { let _ = delivery.in_progress().await; }
+                }
+            }
+        };
+        // Attempts of earlier deliveries are counted at the full in-process budget they spent.
+        let earlier = (delivered as u32 - 1) * shared.policy.attempts();
+        let attempts = earlier + u32::try_from(attempt.calls.len()).unwrap_or(u32::MAX);
+        let retryable = attempt.retryable;
+        let result = |outcome| StepResult {
+            job_id: call.job_id,
+            tenant: call.tenant.clone(),
+            step: call.step,
+            route: call.route.clone(),
+            outcome,
+            attempts,
+            calls: attempt.calls.clone(),
+            replays,
+            started_at,
+            finished_at: now_millis(),
+        };
+        match attempt.result {
+            Ok(output) => {
+                if self
+                    .publish(&delivery, &result(StepOutcome::Succeeded(output)))
+                    .await
+                {
+                    let _ = delivery.ack().await;
+                }
+            }
+            Err(error) if retryable && delivered < shared.max_deliver => {
+                let delay = shared.policy.redelivery_delay(delivered, &error);
+                tracing::info!(route = %call.route, job = %call.job_id, step = call.step, delivered,
+                    kind = %error.kind, ?delay, "call failed on every route; redelivering later");
+                let _ = delivery.nak(Some(delay)).await;
+            }
+            Err(error) => {
+                let failed = result(StepOutcome::Failed(StepError::from(&error)));
+                if !self.publish(&delivery, &failed).await {
+                    return Next::Done;
+                }
+                if retryable {
+                    // Out of deliveries: keep the message for ops; the step has failed.
+                    let failure = Failure::new(error.kind.as_str(), &error.message)
+                        .on_route(Some(&call.route))
+                        .after(attempts);
+                    dead_letter(&shared.bus, Stage::Llm, delivery, failure).await;
+                } else {
+                    let _ = delivery.ack().await;
+                }
+            }
+        }
+        Next::Done
+    }
+}
+
+/// The outcome of one delivery across the call's route and its fallbacks.
+struct RoutesOutcome {
+    /// The answer, or the last route's error.
+    result: Result<StepOutput, LlmError>,
+    /// Some route failed in a way a later delivery may not.
+    retryable: bool,
+    calls: Vec<Attempt>,
+}
+
+impl LlmWorker {
+    /// Tries the call's route, then each fallback, until one answers. A fallback is tried when the
+    /// route before it failed permanently or ran out of in-process retries.
+    async fn attempt_routes(
+        &self,
+        call: &LlmCall,
+        delivered: u64,
+        admission: &Limited<'_>,
+    ) -> RoutesOutcome {
+        let shared = &self.shared;
+        let mut calls = Vec::new();
+        let mut names = vec![call.route.clone()];
+        let mut last_error = None;
+        let mut retryable = false;
+        let mut index = 0;
+        while let Some(name) = names.get(index).cloned() {
+            index += 1;
+            let route = match shared.routes.resolve(&name) {
+                Ok(route) => route,
+                Err(unknown) => {
+                    last_error = Some(LlmError::from(unknown));
+                    continue;
+                }
+            };
+            if index == 1 {
+                names.extend(route.fallbacks.iter().cloned());
+            }
+            // A fallback takes its own concurrency slot; the call's route got one at the gate.
+            let _lease = match (index > 1, shared.limiters.get(&name)) {
+                (true, Some(limiter)) => limiter.acquire_slot().await.unwrap_or_default(),
+                _ => None,
+            };
+            let request = route.request(
+                call.messages.clone(),
+                call.params.clone(),
+                seed_key(call.job_id, call.step, delivered),
+            );
+            let outcome = shared.policy.call(&route, &request, admission).await;
+            record_calls(&route, &outcome.calls);
+            calls.extend(outcome.calls);
+            match outcome.result {
+                Ok(completion) => {
+                    let cost = route.cost(&completion.usage);
+                    record_answer(&route, &completion, cost, index > 1);
+                    let output = completion.into_step_output(outcome.latency, &route.name, cost);
+                    return RoutesOutcome {
+                        result: Ok(output),
+                        retryable: false,
+                        calls,
+                    };
+                }
+                Err(error) => {
+                    if index < names.len() {
+                        tracing::info!(route = %name, kind = %error.kind, next = %names[index],
+                            "route failed; trying its fallback");
+                    }
+                    retryable |= error.is_retryable();
+                    last_error = Some(error);
+                }
+            }
+        }
+        RoutesOutcome {
+            result: Err(last_error
+                .unwrap_or_else(|| LlmError::new(ErrorKind::NotFound, "no route to call"))),
+            retryable,
+            calls,
+        }
+    }
+
+    /// Whether the job's state already records this step as settled (a redelivery after the
+    /// result was published).
+    async fn already_settled(&self, call: &LlmCall) -> bool {
+        match self.shared.jobs.get(&call.tenant, call.job_id).await {
+            Ok(Some((state, _))) => state
+                .steps
+                .get(call.step as usize)
+                .is_some_and(|s| s.status.is_settled()),
+            _ => false,
+        }
+    }
+
+    /// Publishes the step's result; false (the delivery is left to be retried) if that failed.
+    async fn publish(&self, delivery: &Delivery, result: &StepResult) -> bool {
+        let id = msg_id::step_result(result.job_id, result.step, result.replays);
+        let published = super::publish_event(
+            &self.shared.bus,
+            delivery,
+            result.job_id,
+            &result.tenant,
+            EventKind::Step,
+            &id,
+            result,
+        )
+        .await;
+        match published {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, job = %result.job_id, "cannot publish a step result; retrying");
+                false
+            }
+        }
+    }
+}
+
+fn record_calls(route: &Route, calls: &[Attempt]) {
+    let label = route.label().to_owned();
+    for call in calls {
+        metrics::counter!(names::LLM_CALLS, "route" => label.clone(), "outcome" => call.outcome.clone()).increment(1);
+        metrics::histogram!(names::LLM_CALL_SECONDS, "route" => label.clone())
+            .record(call.latency_ms as f64 / 1000.0);
+    }
+    if calls.len() > 1 {
+        metrics::counter!(names::LLM_RETRIES, "route" => label).increment(calls.len() as u64 - 1);
+    }
+}
+
+fn record_answer(route: &Route, completion: &Completion, cost: Option<f64>, fallback: bool) {
+    let label = route.label().to_owned();
+    let usage = completion.usage;
+    metrics::counter!(names::LLM_TOKENS, "route" => label.clone(), "kind" => "prompt")
+        .increment(usage.prompt_tokens.into());
+    metrics::counter!(names::LLM_TOKENS, "route" => label.clone(), "kind" => "completion")
+        .increment(usage.completion_tokens.into());
+    if let Some(cost) = cost {
+        // Counters are integers, so cost counts millionths of a dollar.
+        metrics::counter!(names::LLM_COST, "route" => label.clone())
+            .increment((cost * 1e6).round() as u64);
+    }
+    if fallback {
+        metrics::counter!(names::LLM_FALLBACKS, "route" => label).increment(1);
+    }
+}

@@ -1,0 +1,281 @@
+//! The four worker roles, each assembled into a [`StageSpec`] from the configuration.
+//!
+//! | role | consumes | routing |
+//! |---|---|---|
+//! | orchestrator | `SUBMIT/orchestrator-submit`, `EVENTS/orchestrator` | by job |
+//! | llm | `WORK/llm` | any idle worker |
+//! | evaluator | `WORK/evaluator` | any idle worker |
+//! | persister | `KV_<prefix>_jobs/persister` (the jobs bucket's stream) | one batch writer |
+//! | dlq watcher (beside the orchestrator) | `ADVISORIES/dlq-watcher` (MAX_DELIVERIES advisories) | any idle worker |
+
+pub mod dlq_watcher;
+pub mod evaluator;
+pub mod llm;
+pub mod orchestrator;
+pub mod persister;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_bus::definitions::{DefinitionError, Definitions};
+use chorus_bus::delivery::Ticket;
+use chorus_bus::jobs::JobStore;
+use chorus_bus::limits::{Limits, RouteLimiter, RouteLimits};
+use chorus_bus::publish::Outgoing;
+use chorus_bus::source::{Gate, Pull};
+use chorus_bus::{Bus, BusError, Delivery};
+use chorus_core::codec::headers;
+use chorus_core::config::Config;
+use chorus_core::messages::Envelope;
+use chorus_core::subjects::{EventKind, name_token};
+use chorus_core::trace::TraceContext;
+use chorus_core::{JobId, Tenant};
+use chorus_llm::{RetryPolicy, Routes};
+use chorus_store::Store;
+use futures::future::BoxFuture;
+
+use crate::stage::{Routing, StageSpec};
+
+/// Publishes a result that moves a job on (a step result, an evaluation), joining the trace of
+/// the delivery it answers. `Err` means it was not published; the caller leaves the delivery to be
+/// retried.
+async fn publish_event<T: Envelope>(
+    bus: &Bus,
+    answering: &Delivery,
+    job: JobId,
+    tenant: &Tenant,
+    kind: EventKind,
+    msg_id: &str,
+    value: &T,
+) -> Result<(), BusError> {
+    let trace = answering
+        .header(headers::TRACEPARENT)
+        .and_then(TraceContext::parse);
+    let subject = bus.subjects.event(tenant, job, kind);
+    let message = Outgoing::envelope(subject, msg_id, value, trace.as_ref())
+        .map_err(BusError::nats)?
+        .for_job(job, tenant);
+    bus.publish_all(vec![message]).await
+}
+
+/// Why a role could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorsError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionError),
+    #[error("{0}")]
+    Missing(&'static str),
+}
+
+/// What every role is built from.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub bus: Bus,
+    pub routes: Arc<Routes>,
+}
+
+fn pull(stream: String, consumer: &str, max_in_flight: usize) -> Pull {
+    Pull::new(stream, consumer, max_in_flight.clamp(1, 256))
+}
+
+pub async fn orchestrator(
+    ctx: &Context,
+) -> Result<StageSpec<orchestrator::Orchestrator>, ActorsError> {
+    let config = &ctx.config.orchestrator;
+    let shared = Arc::new(orchestrator::Shared {
+        bus: ctx.bus.clone(),
+        jobs: JobStore::open(&ctx.bus).await?,
+        routes: ctx.routes.clone(),
+        limited: limited_routes(&ctx.config).into_keys().collect(),
+    });
+    let cache = config.cache_per_worker;
+    Ok(StageSpec {
+        name: "orchestrator",
+        bus: ctx.bus.clone(),
+        sources: vec![
+            pull(
+                ctx.bus.subjects.stream("submit"),
+                "orchestrator-submit",
+                config.max_in_flight,
+            ),
+            pull(
+                ctx.bus.subjects.stream("events"),
+                "orchestrator",
+                config.max_in_flight,
+            ),
+        ],
+        routing: Routing::ByJob,
+        workers: config.workers,
+        max_in_flight: config.max_in_flight,
+        supervision: ctx.config.supervision.clone(),
+        make_handler: Arc::new(move || orchestrator::Orchestrator::new(shared.clone(), cache)),
+    })
+}
+
+/// Routes whose calls pass shared limits, by name: those with `rpm`, `tpm` or
+/// `max_concurrency`, and every route to a real provider (a provider's 429 pauses the route for
+/// every process even when Chorus sets no limit of its own).
+pub fn limited_routes(config: &Config) -> HashMap<String, RouteLimits> {
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            let limits = RouteLimits {
+                rpm: r.rpm,
+                tpm: r.tpm,
+                max_concurrency: r.max_concurrency,
+            };
+            (r, limits)
+        })
+        .filter(|(r, l)| *l != RouteLimits::default() || r.provider != "sim")
+        .map(|(r, l)| (r.name.clone(), l))
+        .collect()
+}
+
+/// Admits a limited route's next call: a concurrency slot, then a request slot.
+struct RouteGate {
+    route: String,
+    limiter: RouteLimiter,
+}
+
+impl Gate for RouteGate {
+    fn admit(&self) -> BoxFuture<'_, Result<Ticket, BusError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let lease = self.limiter.acquire_slot().await?;
+            self.limiter.admit_request().await?;
+            metrics::histogram!(chorus_telemetry::names::LLM_LIMITER_WAIT, "route" => self.route.clone())
+                .record(started.elapsed().as_secs_f64());
+            Ok(Ticket(Box::new(lease)))
+        })
+    }
+}
+
+pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError> {
+    let config = &ctx.config.llm;
+    let work = ctx.bus.subjects.stream("work");
+    let source = pull(work.clone(), "llm", config.workers);
+    // The consumer's own limits decide when a message is on its last delivery, and how often a
+    // running call must say it is alive.
+    let info = ctx
+        .bus
+        .consumer(&source.stream, &source.consumer)
+        .await?
+        .cached_info()
+        .config
+        .clone();
+    let max_deliver = u64::try_from(info.max_deliver).unwrap_or(u64::MAX);
+    let ack_wait = if info.ack_wait.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        info.ack_wait
+    };
+    let keepalive = ack_wait / 3;
+
+    // Each limited route has its own consumer, made from the `llm` one, and a gate.
+    let definitions = Definitions::configured(&ctx.config.nats)?;
+    let (_, template) = definitions.consumer("llm").ok_or(ActorsError::Missing(
+        "the definitions have no `llm` consumer to make route consumers from",
+    ))?;
+    let limits = Limits::open(&ctx.bus).await?;
+    let mut limiters = HashMap::new();
+    let mut sources = vec![source];
+    for (name, route_limits) in limited_routes(&ctx.config) {
+        let limiter = limits.route(&name, route_limits);
+        let consumer = format!("llm-{}", name_token(&name));
+        template
+            .derive(&consumer, &ctx.bus.subjects.limited_llm_work(&name))
+            .apply(&ctx.bus, &work)
+            .await?;
+        let mut gated = pull(work.clone(), &consumer, 8);
+        gated.gate = Some(Arc::new(RouteGate {
+            route: name.clone(),
+            limiter: limiter.clone(),
+        }));
+        gated.keepalive = keepalive;
+        sources.push(gated);
+        limiters.insert(name, limiter);
+    }
+    let shared = Arc::new(llm::Shared {
+        bus: ctx.bus.clone(),
+        routes: ctx.routes.clone(),
+        policy: RetryPolicy::new(config),
+        max_deliver,
+        keepalive,
+        faults: llm::Faults::new(&ctx.config.faults),
+        jobs: JobStore::open(&ctx.bus).await?,
+        limiters,
+    });
+    Ok(StageSpec {
+        name: "llm",
+        bus: ctx.bus.clone(),
+        sources,
+        routing: Routing::Idle,
+        workers: config.workers,
+        max_in_flight: config.workers,
+        supervision: ctx.config.supervision.clone(),
+        make_handler: Arc::new(move || llm::LlmWorker::new(shared.clone())),
+    })
+}
+
+pub fn evaluator(ctx: &Context) -> StageSpec<evaluator::EvalWorker> {
+    let workers = ctx.config.evaluator.workers;
+    let bus = ctx.bus.clone();
+    StageSpec {
+        name: "evaluator",
+        bus: ctx.bus.clone(),
+        sources: vec![pull(ctx.bus.subjects.stream("work"), "evaluator", workers)],
+        routing: Routing::Idle,
+        workers,
+        max_in_flight: workers,
+        supervision: ctx.config.supervision.clone(),
+        make_handler: Arc::new(move || evaluator::EvalWorker::new(bus.clone())),
+    }
+}
+
+pub fn persister(ctx: &Context, store: Store) -> StageSpec<persister::Persister> {
+    let batch = ctx.config.persister.batch_size;
+    let bus = ctx.bus.clone();
+    // Two batches in flight: one being written while the next fills.
+    let max_in_flight = batch * 2;
+    StageSpec {
+        name: "persister",
+        bus: ctx.bus.clone(),
+        sources: vec![pull(
+            ctx.bus.subjects.jobs_stream(),
+            "persister",
+            max_in_flight,
+        )],
+        routing: Routing::ByJob,
+        workers: 1,
+        max_in_flight,
+        supervision: ctx.config.supervision.clone(),
+        make_handler: Arc::new(move || {
+            persister::Persister::new(bus.clone(), store.clone(), batch)
+        }),
+    }
+}
+
+/// The DLQ watcher, run by processes that run the orchestrator.
+pub fn dlq_watcher(ctx: &Context) -> StageSpec<dlq_watcher::DlqWatcher> {
+    const WORKERS: usize = 2;
+    let bus = ctx.bus.clone();
+    StageSpec {
+        name: "dlq-watcher",
+        bus: ctx.bus.clone(),
+        sources: vec![pull(
+            ctx.bus.subjects.stream("advisories"),
+            "dlq-watcher",
+            16,
+        )],
+        routing: Routing::Idle,
+        workers: WORKERS,
+        max_in_flight: 16,
+        supervision: ctx.config.supervision.clone(),
+        make_handler: Arc::new(move || dlq_watcher::DlqWatcher::new(bus.clone())),
+    }
+}

@@ -1,0 +1,299 @@
+//! The orchestrator role: moves jobs through their lifecycle.
+//!
+//! It consumes submissions and the events that move a job on (step results, evaluations), applies
+//! them to the job's state with [`chorus_core::job::apply`], writes the state back to the KV bucket
+//! with compare-and-set (which is also what the persister stores), and publishes the effects. Each worker caches the states it wrote with
+//! their revision, so the common case is one KV write per event and no read; a conflict (another
+//! pod wrote first) reloads and re-applies.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_bus::jobs::{JobStore, Write};
+use chorus_bus::publish::Outgoing;
+use chorus_bus::{Bus, BusError, Delivery};
+use chorus_core::codec::{self, headers};
+use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
+use chorus_core::job::{Effect, Input, JobState, apply};
+use chorus_core::messages::{EvaluationResult, StepResult, Submission};
+use chorus_core::spec::JobSpec;
+use chorus_core::subjects::Stage;
+use chorus_core::trace::TraceContext;
+use chorus_llm::Routes;
+use lru::LruCache;
+
+use crate::dlq::{Failure, dead_letter};
+use crate::stage::{Handler, Next};
+use crate::validation::SpecValidator;
+
+pub struct Shared {
+    pub bus: Bus,
+    pub jobs: JobStore,
+    pub routes: Arc<Routes>,
+    /// Routes with shared limits, whose calls go to a consumer of their own.
+    pub limited: HashSet<String>,
+}
+
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+    cache: LruCache<JobId, (JobState, u64)>,
+}
+
+impl Orchestrator {
+    pub fn new(shared: Arc<Shared>, cache_size: usize) -> Self {
+        Self {
+            shared,
+            cache: LruCache::new(NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+}
+
+/// A decoded message, with what is needed to apply it.
+struct Event {
+    tenant: Tenant,
+    job: JobId,
+    input: Input,
+    /// Present for submissions: the state to create when the job is new.
+    new_state: Option<Box<JobState>>,
+    /// The edge stored the queued state already: read it rather than trying to create it.
+    state_created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error("{0}")]
+    Undecodable(String),
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(String),
+}
+
+impl Rejected {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Undecodable(_) => "undecodable",
+            Self::InvalidSpec(_) => "invalid_spec",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("no state for job {0}: its events arrived without a submission")]
+    Orphan(JobId),
+}
+
+impl Handler for Orchestrator {
+    async fn handle(&mut self, delivery: Delivery) -> Next {
+        let event = match self.decode(&delivery) {
+            Ok(event) => event,
+            Err(rejected) => {
+                let failure = Failure::new(rejected.kind(), &rejected);
+                dead_letter(&self.shared.bus, Stage::Orchestrator, delivery, failure).await;
+                return Next::Done;
+            }
+        };
+        match self.process(event).await {
+            Ok(()) => {
+                let _ = delivery.ack().await;
+            }
+            Err(orphan @ Failed::Orphan(_)) => {
+                let failure = Failure::new("orphan_event", orphan);
+                dead_letter(&self.shared.bus, Stage::Orchestrator, delivery, failure).await;
+            }
+            Err(Failed::Bus(e)) => {
+                let delay = backoff(delivery.info().delivered);
+                tracing::warn!(error = %e, ?delay, "orchestrator could not apply an event; retrying");
+                let _ = delivery.nak(Some(delay)).await;
+            }
+        }
+        Next::Done
+    }
+}
+
+/// Redelivery delay for transient NATS trouble: 250 ms doubling to 30 s.
+fn backoff(delivered: u64) -> Duration {
+    let exp = delivered.saturating_sub(1).min(7) as u32;
+    Duration::from_millis(250 * 2u64.pow(exp)).min(Duration::from_secs(30))
+}
+
+impl Orchestrator {
+    fn decode(&self, delivery: &Delivery) -> Result<Event, Rejected> {
+        let subjects = &self.shared.bus.subjects;
+        let kind = delivery.header(headers::TYPE);
+        let undecodable = |e: codec::CodecError| Rejected::Undecodable(e.to_string());
+        if let Some(tenant) = subjects.tenant_of_submit(delivery.subject()) {
+            let now = now_millis();
+            let trace = delivery
+                .header(headers::TRACEPARENT)
+                .and_then(TraceContext::parse)
+                .or_else(|| Some(TraceContext::new_root()));
+            let (job, spec, state_created) = match kind {
+                Some(_) => {
+                    let submission: Submission =
+                        codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                    (submission.job_id, submission.spec, submission.state_created)
+                }
+                // A JetStream submitter's own message: a bare spec in JSON or MessagePack.
+                None => {
+                    let spec = parse_external(delivery)?;
+                    // A replay from the DLQ carries `<id>:replay:<n>`: it is still the same job.
+                    let key = delivery
+                        .header(headers::MSG_ID)
+                        .map(|id| id.split(":replay:").next().unwrap_or(id).to_owned())
+                        .unwrap_or_else(|| format!("seq:{}", delivery.info().stream_sequence));
+                    (JobId::derived(&tenant, &key), spec, false)
+                }
+            };
+            let errors = spec.validate(&SpecValidator {
+                routes: &self.shared.routes,
+            });
+            if !errors.is_empty() {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                return Err(Rejected::InvalidSpec(list.join("; ")));
+            }
+            let state = JobState::new(job, tenant.clone(), spec, now, trace);
+            return Ok(Event {
+                tenant,
+                job,
+                input: Input::Submitted { at: now },
+                new_state: Some(Box::new(state)),
+                state_created,
+            });
+        }
+        let (tenant, job, input) = match kind.and_then(|k| k.split('/').next()) {
+            Some("step.result") => {
+                let result: StepResult =
+                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                (result.tenant.clone(), result.job_id, Input::Step(result))
+            }
+            Some("eval.result") => {
+                let result: EvaluationResult =
+                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                (
+                    result.tenant.clone(),
+                    result.job_id,
+                    Input::Evaluated(result),
+                )
+            }
+            _ => {
+                return Err(Rejected::Undecodable(format!(
+                    "the orchestrator does not handle {} messages",
+                    kind.unwrap_or("untyped")
+                )));
+            }
+        };
+        Ok(Event {
+            tenant,
+            job,
+            input,
+            new_state: None,
+            state_created: false,
+        })
+    }
+
+    async fn process(&mut self, event: Event) -> Result<(), Failed> {
+        let jobs = &self.shared.jobs;
+        let mut cached = self.cache.pop(&event.job);
+        let mut reloaded = false;
+        // A new job from a JetStream submitter is created without reading first; a conflict reloads.
+        let mut assume_new = event.new_state.is_some() && !event.state_created;
+        loop {
+            let from_cache = cached.is_some();
+            let current = match cached.take() {
+                Some(entry) => Some(entry),
+                None if std::mem::take(&mut assume_new) => None,
+                None => jobs.get(&event.tenant, event.job).await?,
+            };
+            let (state, revision) = match (current, &event.new_state) {
+                (Some(current), _) => current,
+                (None, Some(new)) => ((**new).clone(), 0),
+                (None, None) => return Err(Failed::Orphan(event.job)),
+            };
+            let transition = apply(&state, event.input.clone());
+            if !transition.changed && from_cache && !reloaded {
+                // Possibly a duplicate seen against a stale copy: check the bucket before re-publishing.
+                reloaded = true;
+                continue;
+            }
+            let revision = if transition.changed || revision == 0 {
+                let write = if revision == 0 {
+                    jobs.create(&transition.state).await?
+                } else {
+                    jobs.update(&transition.state, revision).await?
+                };
+                match write {
+                    Write::Stored(revision) => revision,
+                    Write::Conflict => {
+                        reloaded = true;
+                        continue;
+                    }
+                }
+            } else {
+                revision
+            };
+            self.publish(&transition.state, transition.effects).await?;
+            if !transition.state.status.is_terminal() {
+                self.cache.put(event.job, (transition.state, revision));
+            }
+            return Ok(());
+        }
+    }
+
+    async fn publish(&self, state: &JobState, effects: Vec<Effect>) -> Result<(), BusError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let subjects = &self.shared.bus.subjects;
+        let trace = state.trace.as_ref();
+        let mut messages = Vec::with_capacity(effects.len());
+        let nats = BusError::nats;
+        for effect in effects {
+            let message = match effect {
+                Effect::Call(call) => Outgoing::envelope(
+                    if self.shared.limited.contains(&call.route) {
+                        subjects.limited_llm_work(&call.route)
+                    } else {
+                        subjects.llm_work(&call.route)
+                    },
+                    &msg_id::call(state.id, call.step),
+                    &call,
+                    trace,
+                )
+                .map_err(nats)?
+                .header(headers::ROUTE, &call.route),
+                Effect::Evaluate(request) => Outgoing::envelope(
+                    subjects.evaluator_work(),
+                    &msg_id::evaluation_request(state.id),
+                    &request,
+                    trace,
+                )
+                .map_err(nats)?,
+            };
+            messages.push(message.for_job(state.id, &state.tenant));
+        }
+        self.shared.bus.publish_all(messages).await
+    }
+}
+
+fn parse_external(delivery: &Delivery) -> Result<JobSpec, Rejected> {
+    let content_type = delivery
+        .header(headers::CONTENT_TYPE)
+        .unwrap_or(codec::JSON);
+    if content_type.starts_with(codec::MSGPACK) {
+        rmp_serde::from_slice(delivery.payload()).map_err(|e| {
+            Rejected::InvalidSpec(format!(
+                "MessagePack body does not decode as a job spec: {e}"
+            ))
+        })
+    } else {
+        let de = &mut serde_json::Deserializer::from_slice(delivery.payload());
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            Rejected::InvalidSpec(format!("{path}: {}", e.into_inner()))
+        })
+    }
+}

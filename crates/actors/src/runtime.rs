@@ -1,0 +1,205 @@
+//! The root of the supervision tree and the process lifecycle around it.
+//!
+//! The root starts each role's supervisor, does not restart them (a role supervisor only fails
+//! once its own restart budget is spent), and on such a failure stops everything so the process
+//! exits non-zero. On shutdown it drains roles upstream first: the edge stops accepting, then the
+//! orchestrator, llm and evaluator finish what they hold, and the persister flushes last.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::task::JoinHandle;
+
+use crate::stage::{Handler, StageMsg, StageSpec, StageSupervisor};
+
+/// A role the root can start: a stage, or the edge.
+pub trait Role: Send + 'static {
+    fn name(&self) -> &'static str;
+    /// Spawns the role's supervisor linked to `root`.
+    fn start(
+        self: Box<Self>,
+        root: ActorCell,
+    ) -> BoxFuture<'static, Result<RoleHandle, ActorProcessingErr>>;
+}
+
+/// A started role: its supervisor's cell and how to drain it.
+pub struct RoleHandle {
+    pub name: &'static str,
+    pub cell: ActorCell,
+    pub drain: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
+}
+
+impl<H: Handler> Role for StageSpec<H> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn start(
+        self: Box<Self>,
+        root: ActorCell,
+    ) -> BoxFuture<'static, Result<RoleHandle, ActorProcessingErr>> {
+        Box::pin(async move {
+            let name = self.name;
+            let timeout = self.supervision.drain_timeout;
+            let (stage, _): (ActorRef<StageMsg>, _) =
+                Actor::spawn_linked(None, StageSupervisor::<H>::default(), *self, root).await?;
+            Ok(RoleHandle {
+                name,
+                cell: stage.get_cell(),
+                drain: Box::new(move || {
+                    Box::pin(async move {
+                        let wait = timeout.as_millis() as u64 + 5_000;
+                        let _ = ractor::call_t!(stage, StageMsg::Drain, wait);
+                    })
+                }),
+            })
+        })
+    }
+}
+
+struct Root;
+
+struct RootArgs {
+    roles: Vec<Box<dyn Role>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+struct RootState {
+    handles: Vec<RoleHandle>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+enum RootMsg {
+    Shutdown(RpcReplyPort<()>),
+}
+
+impl Actor for Root {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let mut handles = Vec::with_capacity(args.roles.len());
+        for role in args.roles {
+            handles.push(role.start(myself.get_cell()).await?);
+        }
+        Ok(RootState {
+            handles,
+            failure: args.failure,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        message: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootMsg::Shutdown(reply) => {
+                // Roles were started downstream first; drain upstream first.
+                for handle in state.handles.drain(..).rev() {
+                    tracing::info!(role = handle.name, "draining");
+                    (handle.drain)().await;
+                }
+                myself
+                    .stop_children_and_wait(None, Some(Duration::from_secs(10)))
+                    .await;
+                myself.stop(None);
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let failed = match event {
+            SupervisionEvent::ActorFailed(cell, error) => Some((cell, error.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) if !state.handles.is_empty() => {
+                Some((
+                    cell,
+                    reason.unwrap_or_else(|| "stopped unexpectedly".into()),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((cell, reason)) = failed {
+            let role = state
+                .handles
+                .iter()
+                .find(|h| h.cell.get_id() == cell.get_id())
+                .map_or("a role", |h| h.name);
+            let message = format!("{role} failed: {reason}");
+            tracing::error!(%message, "stopping the process");
+            if let Ok(mut failure) = state.failure.lock() {
+                failure.get_or_insert(message);
+            }
+            state.handles.clear();
+            myself.stop_children(None);
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+/// A running supervision tree.
+pub struct Runtime {
+    root: ActorRef<RootMsg>,
+    join: JoinHandle<()>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Runtime {
+    /// Starts the roles in the order given (start downstream roles first).
+    pub async fn start(roles: Vec<Box<dyn Role>>) -> Result<Self, String> {
+        let failure = Arc::new(Mutex::new(None));
+        let args = RootArgs {
+            roles,
+            failure: failure.clone(),
+        };
+        let (root, join) = Actor::spawn(None, Root, args)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            root,
+            join,
+            failure,
+        })
+    }
+
+    /// Runs until `signal` resolves (then shuts down gracefully) or a role fails for good.
+    /// `Err` carries the failure that stopped the process.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), String> {
+        let Self {
+            root,
+            mut join,
+            failure,
+        } = self;
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutting down");
+                let _ = ractor::call!(root, RootMsg::Shutdown);
+                let _ = (&mut join).await;
+            }
+            _ = &mut join => {}
+        }
+        match failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+}

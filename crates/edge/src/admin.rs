@@ -1,0 +1,278 @@
+//! `/v1/admin/dlq`: list, show, replay and purge dead letters over HTTP.
+//!
+//! Every replay and purge that is not a dry run is written to the audit log, with the caller
+//! recorded as `http:<peer address>` until API keys name callers; dry runs change nothing and are
+//! not audited. The database is checked before anything changes, so an unaudited change is
+//! unlikely; a replay or purge then runs in a task of its own, so a client that disconnects
+//! mid-way (a paced replay can take a while) neither cuts it short nor skips its audit row.
+
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use chorus_bus::dlq::{self, DeadLetters, DlqError, Filter, ReplayOptions};
+use chorus_store::AuditAction;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    stage: Option<String>,
+    route: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The body of `POST /v1/admin/dlq/replay` and `…/purge`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    stage: Option<String>,
+    route: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    /// Explicit DLQ sequences (the other criteria still apply).
+    #[serde(default)]
+    sequences: Vec<u64>,
+    /// Required to select every entry (no criteria at all).
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+    /// Replays per second (replay only); `dlq.replay_rate` by default.
+    rate: Option<f64>,
+}
+
+fn invalid(param: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::Invalid {
+        message: format!("{param}: {problem}"),
+        param: Some(param.into()),
+    }
+}
+
+fn filter(
+    stage: Option<&str>,
+    route: Option<&str>,
+    kind: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    sequences: Vec<u64>,
+) -> Result<Filter, ApiError> {
+    let time = |param: &str, text: Option<&str>| {
+        text.map(|t| dlq::parse_time(t).map_err(|e| invalid(param, e)))
+            .transpose()
+    };
+    Ok(Filter {
+        stage: stage
+            .map(|s| dlq::parse_stage(s).map_err(|e| invalid("stage", e)))
+            .transpose()?,
+        route: route.map(str::to_owned),
+        kind: kind.map(str::to_owned),
+        since: time("since", since)?,
+        until: time("until", until)?,
+        sequences,
+    })
+}
+
+fn dlq_error(e: DlqError) -> ApiError {
+    match e {
+        DlqError::Invalid(message) => ApiError::Invalid {
+            message,
+            param: None,
+        },
+        e => ApiError::unavailable("NATS", e),
+    }
+}
+
+fn actor(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    match peer {
+        Some(Extension(ConnectInfo(addr))) => format!("http:{addr}"),
+        None => "http:unknown".into(),
+    }
+}
+
+/// `GET /v1/admin/dlq`: entries oldest first, `limit` 1–1000 (default 100).
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let filter = filter(
+        params.stage.as_deref(),
+        params.route.as_deref(),
+        params.kind.as_deref(),
+        params.since.as_deref(),
+        params.until.as_deref(),
+        Vec::new(),
+    )?;
+    let listing = DeadLetters::new(state.bus.clone())
+        .list(&filter, limit)
+        .await
+        .map_err(dlq_error)?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": listing.entries,
+        "has_more": listing.more,
+    })))
+}
+
+/// `GET /v1/admin/dlq/{seq}`: one entry with the original headers and body.
+pub async fn show(
+    State(state): State<AppState>,
+    Path(seq): Path<String>,
+) -> Result<Json<dlq::Detail>, ApiError> {
+    let seq: u64 = seq.parse().map_err(|_| ApiError::BadRequest {
+        message: format!("seq: `{seq}` is not a DLQ sequence number"),
+        param: Some("seq".into()),
+        code: "invalid_value",
+    })?;
+    match DeadLetters::new(state.bus.clone()).get(seq).await {
+        Ok(Some(entry)) => Ok(Json(entry.detail())),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "no dead letter at sequence {seq}"
+        ))),
+        Err(e @ DlqError::NotADeadLetter { .. }) => Err(ApiError::NotFound(e.to_string())),
+        Err(e) => Err(dlq_error(e)),
+    }
+}
+
+impl Selection {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let filter = filter(
+            self.stage.as_deref(),
+            self.route.as_deref(),
+            self.kind.as_deref(),
+            self.since.as_deref(),
+            self.until.as_deref(),
+            self.sequences.clone(),
+        )?;
+        if filter.is_everything() && !self.all {
+            return Err(ApiError::Invalid {
+                message: "select entries (stage, route, kind, since, until or sequences), or \
+                          send `\"all\": true` to act on every entry"
+                    .into(),
+                param: None,
+            });
+        }
+        Ok(filter)
+    }
+}
+
+/// Checks the audit log can be written before anything changes.
+async fn audit_ready(state: &AppState, dry_run: bool) -> Result<(), ApiError> {
+    match dry_run {
+        true => Ok(()),
+        false => state
+            .store
+            .ping()
+            .await
+            .map_err(|e| ApiError::unavailable("the database (for the audit log)", e)),
+    }
+}
+
+/// Writes the audit row, or says loudly what went unaudited.
+async fn audit(
+    state: &AppState,
+    actor: &str,
+    action: AuditAction,
+    detail: Value,
+) -> Result<i64, ApiError> {
+    match state
+        .store
+        .record_audit(actor, action, detail.clone())
+        .await
+    {
+        Ok(row) => Ok(row.id),
+        Err(e) => {
+            tracing::error!(%actor, action = action.as_str(), %detail, error = %e, "cannot write the audit log");
+            Err(ApiError::unavailable("the audit log", e))
+        }
+    }
+}
+
+/// `POST /v1/admin/dlq/replay`.
+pub async fn replay(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    JsonBody(selection): JsonBody<Selection>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = selection.filter()?;
+    let options = ReplayOptions {
+        max_replays: state.dlq.max_replays,
+        rate: selection.rate.unwrap_or(state.dlq.replay_rate),
+        dry_run: selection.dry_run,
+    };
+    if !(options.rate.is_finite() && options.rate > 0.0) {
+        return Err(invalid(
+            "rate",
+            "must be a number of replays per second above 0",
+        ));
+    }
+    audit_ready(&state, options.dry_run).await?;
+    let actor = actor(peer);
+    let task = tokio::spawn(async move {
+        let report = DeadLetters::new(state.bus.clone())
+            .replay(&filter, options, std::future::pending())
+            .await
+            .map_err(dlq_error)?;
+        let mut body = serde_json::to_value(&report).unwrap_or_default();
+        if !options.dry_run {
+            let detail = report.audit_detail(&filter, options);
+            body["audit_id"] = audit(&state, &actor, AuditAction::DlqReplay, detail)
+                .await?
+                .into();
+        }
+        Ok(Json(body))
+    });
+    task.await
+        .map_err(|e| ApiError::unavailable("the replay", e))?
+}
+
+/// `POST /v1/admin/dlq/purge`.
+pub async fn purge(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    JsonBody(selection): JsonBody<Selection>,
+) -> Result<Json<Value>, ApiError> {
+    if selection.rate.is_some() {
+        return Err(invalid("rate", "only replays are paced"));
+    }
+    let filter = selection.filter()?;
+    let dry_run = selection.dry_run;
+    audit_ready(&state, dry_run).await?;
+    let actor = actor(peer);
+    let task = tokio::spawn(async move {
+        let report = DeadLetters::new(state.bus.clone())
+            .purge(&filter, dry_run)
+            .await
+            .map_err(dlq_error)?;
+        let mut body = serde_json::to_value(&report).unwrap_or_default();
+        if !dry_run {
+            let detail = report.audit_detail(&filter);
+            body["audit_id"] = audit(&state, &actor, AuditAction::DlqPurge, detail)
+                .await?
+                .into();
+        }
+        Ok(Json(body))
+    });
+    task.await
+        .map_err(|e| ApiError::unavailable("the purge", e))?
+}

@@ -1,0 +1,264 @@
+//! `/v1/jobs`: create (202 once JetStream has the submission), get, and list.
+//!
+//! A create stores the queued state in the jobs bucket alongside the submission, so a `GET` right
+//! after the 202 finds the job even before the orchestrator picks it up. Reads answer from the
+//! database once a job's final state is committed there, and from the bucket's live state before
+//! that; a job reads as finished only once it is committed. Lists come from the database, which
+//! holds each job's first and final state.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chorus_actors::validation::SpecValidator;
+use chorus_bus::jobs::Write;
+use chorus_bus::publish::Outgoing;
+use chorus_core::codec::headers;
+use chorus_core::ids::{JobId, msg_id, now_millis};
+use chorus_core::job::{JobState, JobStatus};
+use chorus_core::messages::Submission;
+use chorus_core::spec::JobSpec;
+use chorus_core::trace::TraceContext;
+use chorus_store::{JobRecord, StoreError};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// Seconds to wait for the job to finish before answering.
+    wait: Option<f64>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Query(params): Query<CreateParams>,
+    request_headers: HeaderMap,
+    JsonBody(spec): JsonBody<JobSpec>,
+) -> Result<Response, ApiError> {
+    let errors = spec.validate(&SpecValidator {
+        routes: &state.routes,
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::fields(&errors));
+    }
+    let wait = match params.wait {
+        Some(w) if !w.is_finite() || w < 0.0 => {
+            return Err(ApiError::BadRequest {
+                message: "wait: must be a number of seconds >= 0".into(),
+                param: Some("wait".into()),
+                code: "invalid_value",
+            });
+        }
+        Some(w) => Some(Duration::from_secs_f64(w).min(state.max_wait)),
+        None => None,
+    };
+    let key = request_headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| spec.idempotency_key.clone());
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::BadRequest {
+            message: "Idempotency-Key: must be 1-255 characters".into(),
+            param: Some("Idempotency-Key".into()),
+            code: "invalid_value",
+        });
+    }
+    let tenant = state.tenant.clone();
+    let job = match &key {
+        Some(key) => JobId::derived(&tenant, key),
+        None => JobId::new(),
+    };
+    let trace = request_headers
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root);
+    let now = now_millis();
+    let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace));
+
+    // Subscribe before publishing, so a fast job cannot finish before we listen.
+    let mut finished = match wait {
+        Some(_) => Some(
+            state
+                .bus
+                .client
+                .subscribe(state.bus.subjects.notify(&tenant, job))
+                .await
+                .map_err(|e| ApiError::unavailable("NATS", e))?,
+        ),
+        None => None,
+    };
+
+    let submission = Submission {
+        job_id: job,
+        spec,
+        submitted_at: now,
+        state_created: true,
+    };
+    let message = Outgoing::envelope(
+        state.bus.subjects.submit(&tenant),
+        &msg_id::submit(job),
+        &submission,
+        Some(&trace),
+    )
+    .map_err(|e| ApiError::unavailable("encoding", e))?
+    .for_job(job, &tenant);
+    let (published, created) = tokio::join!(
+        state.bus.publish_all(vec![message]),
+        state.jobs.create(&queued)
+    );
+    published.map_err(|e| ApiError::unavailable("JetStream", e))?;
+    let is_new = match created {
+        Ok(Write::Stored(_)) => true,
+        Ok(Write::Conflict) => false,
+        // The submission is durable; the orchestrator creates the state when the bucket is back.
+        Err(e) => {
+            tracing::warn!(error = %e, %job, "could not store the queued state");
+            true
+        }
+    };
+
+    if let (Some(limit), Some(subscription)) = (wait, finished.as_mut()) {
+        let done = async {
+            // A retried request may find the job already finished.
+            if !is_new && committed(&state, job).await?.is_some() {
+                return Ok::<_, ApiError>(());
+            }
+            subscription.next().await;
+            Ok(())
+        };
+        if let Ok(result) = tokio::time::timeout(limit, done).await {
+            result?;
+            if let Some(record) = committed(&state, job).await? {
+                return Ok((StatusCode::OK, Json(record)).into_response());
+            }
+        }
+    }
+    let status = if is_new {
+        JobStatus::Queued
+    } else {
+        current_status(&state, job).await?
+    };
+    let body = json!({"id": job, "status": status, "created_at": chrono_rfc3339(now)});
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/jobs/{job}"))],
+        Json(body),
+    )
+        .into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job `{id}`"));
+    let job: JobId = id.parse().map_err(|_| not_found())?;
+    read(&state, job).await?.map(Json).ok_or_else(not_found)
+}
+
+/// A job as a reader should see it: the stored record once final; before that the live state in
+/// the jobs bucket, which holds the progress the database does not.
+async fn read(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiError> {
+    let stored = state
+        .store
+        .get_job(&state.tenant, job)
+        .await
+        .map_err(store_error)?;
+    if stored
+        .as_ref()
+        .is_some_and(|r| r.summary.status.is_terminal())
+    {
+        return Ok(stored);
+    }
+    match state.jobs.get(&state.tenant, job).await {
+        Ok(Some((live, _))) => Ok(Some(JobRecord::from_live_state(&live))),
+        Ok(None) => Ok(stored),
+        Err(e) => match stored {
+            Some(record) => {
+                tracing::warn!(error = %e, %job, "job-state bucket unavailable; answering from the database");
+                Ok(Some(record))
+            }
+            None => Err(ApiError::unavailable("the job-state bucket", e)),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<chorus_store::JobPage>, ApiError> {
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::Invalid {
+            message: format!(
+                "status: unknown status `{s}`; use one of {}",
+                JobStatus::ALL.map(JobStatus::as_str).join(", ")
+            ),
+            param: Some("status".into()),
+        })?),
+    };
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::Invalid {
+            message: "limit: must be between 1 and 100".into(),
+            param: Some("limit".into()),
+        });
+    }
+    let page = state
+        .store
+        .list_jobs(&state.tenant, status, limit, params.cursor.as_deref())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(page))
+}
+
+/// The job's record once its final state is committed.
+async fn committed(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiError> {
+    let record = state
+        .store
+        .get_job(&state.tenant, job)
+        .await
+        .map_err(store_error)?;
+    Ok(record.filter(|r| r.summary.status.is_terminal()))
+}
+
+async fn current_status(state: &AppState, job: JobId) -> Result<JobStatus, ApiError> {
+    Ok(read(state, job)
+        .await?
+        .map_or(JobStatus::Queued, |r| r.summary.status))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::BadCursor => ApiError::BadRequest {
+            message: "cursor: not a cursor this server issued".into(),
+            param: Some("cursor".into()),
+            code: "invalid_value",
+        },
+        e => ApiError::unavailable("the database", e),
+    }
+}
+
+fn chrono_rfc3339(millis: i64) -> String {
+    chorus_store::view::rfc3339(millis)
+}

@@ -1,0 +1,41 @@
+//! Chorus's HTTP edge (axum): the REST API in front of the pipeline.
+//!
+//! Layout:
+//! - [`jobs`]: `/v1/jobs` create, get, list.
+//! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
+//! - [`health`]: `/health` and `/ready`.
+//! - [`extract`]: the JSON body extractor (size limit, field-level errors).
+//! - [`error`]: errors in OpenAI's error shape.
+//! - [`server`]: the edge as a supervised role.
+//!
+//! Nothing invalid reaches a queue: a request is validated completely (types, fields, routes,
+//! templates, assertions) before anything is published.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod jobs;
+pub mod server;
+pub mod state;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use server::EdgeRole;
+pub use state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/admin/dlq", get(admin::list))
+        .route("/v1/admin/dlq/replay", post(admin::replay))
+        .route("/v1/admin/dlq/purge", post(admin::purge))
+        .route("/v1/admin/dlq/{seq}", get(admin::show))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}

@@ -1,0 +1,116 @@
+//! The edge as a role: an actor that owns the HTTP server, so the root supervises it like any
+//! other role and drains it first on shutdown (stop accepting, finish in-flight requests).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use chorus_actors::{Role, RoleHandle};
+
+use crate::state::AppState;
+
+pub struct EdgeRole {
+    pub listener: TcpListener,
+    pub state: AppState,
+    /// How long a drain waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+struct EdgeServer;
+
+struct ServerState {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+enum ServerMsg {
+    Failed(String),
+}
+
+impl Actor for EdgeServer {
+    type Msg = ServerMsg;
+    type State = ServerState;
+    type Arguments = (EdgeRole, CancellationToken);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ServerMsg>,
+        (role, stop): (EdgeRole, CancellationToken),
+    ) -> Result<ServerState, ActorProcessingErr> {
+        let token = stop.clone();
+        let app = crate::router(role.state);
+        let task = tokio::spawn(async move {
+            // With the peer's address, which the admin API records as the actor.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let served = axum::serve(role.listener, app)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .await;
+            if let Err(e) = served
+                && !token.is_cancelled()
+            {
+                let _ = myself.cast(ServerMsg::Failed(e.to_string()));
+            }
+        });
+        Ok(ServerState {
+            stop,
+            task: Some(task),
+            drain_timeout: role.drain_timeout,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ServerMsg>,
+        message: ServerMsg,
+        _: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ServerMsg::Failed(reason) => Err(format!("HTTP server failed: {reason}").into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ServerMsg>,
+        state: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop.cancel();
+        if let Some(task) = state.task.take() {
+            let _ = tokio::time::timeout(state.drain_timeout, task).await;
+        }
+        Ok(())
+    }
+}
+
+impl Role for EdgeRole {
+    fn name(&self) -> &'static str {
+        "edge"
+    }
+
+    fn start(
+        self: Box<Self>,
+        root: ActorCell,
+    ) -> BoxFuture<'static, Result<RoleHandle, ActorProcessingErr>> {
+        Box::pin(async move {
+            let stop = CancellationToken::new();
+            let drain_timeout = self.drain_timeout;
+            let (server, _) =
+                Actor::spawn_linked(None, EdgeServer, (*self, stop.clone()), root).await?;
+            Ok(RoleHandle {
+                name: "edge",
+                cell: server.get_cell(),
+                drain: Box::new(move || {
+                    Box::pin(async move {
+                        stop.cancel();
+                        let _ = server.stop_and_wait(None, Some(drain_timeout)).await;
+                    })
+                }),
+            })
+        })
+    }
+}

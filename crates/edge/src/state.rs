@@ -1,0 +1,25 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_bus::Bus;
+use chorus_bus::jobs::JobStore;
+use chorus_core::Tenant;
+use chorus_core::config::DlqConfig;
+use chorus_llm::Routes;
+use chorus_store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Bus,
+    pub jobs: JobStore,
+    pub store: Store,
+    pub routes: Arc<Routes>,
+    /// Every request's tenant, until API keys arrive.
+    pub tenant: Tenant,
+    pub body_limit: u64,
+    pub max_wait: Duration,
+    /// The replay cap and pace of `/v1/admin/dlq/replay`.
+    pub dlq: DlqConfig,
+}
