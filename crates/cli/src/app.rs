@@ -1,0 +1,212 @@
+//! Running roles: configuration, connections, definitions, and the supervision tree.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chorus_actors::roles::{self, Context};
+use chorus_actors::{Role, Runtime};
+use chorus_bus::Bus;
+use chorus_bus::definitions::{Applied, Definitions};
+use chorus_bus::jobs::JobStore;
+use chorus_core::Tenant;
+use chorus_core::config::{Config, DatabaseConfig};
+use chorus_edge::{AppState, EdgeRole};
+use chorus_llm::Routes;
+use chorus_store::Store;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleName {
+    Edge,
+    Orchestrator,
+    Llm,
+    Evaluator,
+    Persister,
+}
+
+impl RoleName {
+    pub const ALL: [RoleName; 5] = [
+        Self::Edge,
+        Self::Orchestrator,
+        Self::Llm,
+        Self::Evaluator,
+        Self::Persister,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Orchestrator => "orchestrator",
+            Self::Llm => "llm",
+            Self::Evaluator => "evaluator",
+            Self::Persister => "persister",
+        }
+    }
+}
+
+impl FromStr for RoleName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown role `{s}`; roles are {}",
+                    Self::ALL.map(RoleName::as_str).join(", ")
+                )
+            })
+    }
+}
+
+pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(file)?;
+    chorus_telemetry::init(&config.log);
+    if config.faults.is_enabled() {
+        tracing::warn!(faults = ?config.faults, "FAULT INJECTION IS ON: this configuration is for tests only");
+    }
+    Ok(config)
+}
+
+pub async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
+    Ok(Bus::connect(
+        &config.nats.url,
+        &config.nats.prefix,
+        name,
+        config.nats.connect_timeout,
+    )
+    .await?)
+}
+
+pub async fn apply_definitions(config: &Config, bus: &Bus) -> anyhow::Result<Vec<Applied>> {
+    Ok(Definitions::configured(&config.nats)?.apply(bus).await?)
+}
+
+pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.url, config.max_connections)
+        .await
+        .context("cannot open the database (database.url)")?;
+    if migrate {
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+    }
+    Ok(store)
+}
+
+/// Runs `roles` until SIGTERM or ctrl-c. `listener` is the edge's, bound by the caller when it
+/// wants to know the port before start-up; otherwise `edge.listen` is bound here.
+pub async fn serve(
+    config: Config,
+    roles: &[RoleName],
+    listener: Option<TcpListener>,
+) -> anyhow::Result<()> {
+    let runtime = start(config, roles, listener).await?;
+    runtime
+        .run_until(shutdown_signal())
+        .await
+        .map_err(|reason| anyhow::anyhow!("{reason}"))
+}
+
+/// Connects, prepares NATS and the database, and starts the roles (downstream first).
+pub async fn start(
+    config: Config,
+    roles: &[RoleName],
+    mut listener: Option<TcpListener>,
+) -> anyhow::Result<Runtime> {
+    chorus_telemetry::metrics_handle();
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    let bus = connect(&config, &format!("chorus {}", names.join(","))).await?;
+    for applied in apply_definitions(&config, &bus).await? {
+        tracing::debug!(%applied, "definition");
+    }
+    let routes = Arc::new(Routes::new(&config.routes).map_err(|e| anyhow::anyhow!("routes: {e}"))?);
+    let needs_db = roles
+        .iter()
+        .any(|r| matches!(r, RoleName::Edge | RoleName::Persister));
+    let store = match needs_db {
+        true => Some(open_store(&config.database, config.database.auto_migrate).await?),
+        false => None,
+    };
+    let config = Arc::new(config);
+    let ctx = Context {
+        config: config.clone(),
+        bus: bus.clone(),
+        routes: routes.clone(),
+    };
+    let mut started: Vec<Box<dyn Role>> = Vec::new();
+    for role in [
+        RoleName::Persister,
+        RoleName::Evaluator,
+        RoleName::Llm,
+        RoleName::Orchestrator,
+        RoleName::Edge,
+    ] {
+        if !roles.contains(&role) {
+            continue;
+        }
+        let store = || store.clone().context("the database is not open");
+        started.push(match role {
+            RoleName::Persister => Box::new(roles::persister(&ctx, store()?)),
+            RoleName::Evaluator => Box::new(roles::evaluator(&ctx)),
+            RoleName::Llm => Box::new(roles::llm(&ctx).await?),
+            RoleName::Orchestrator => Box::new(roles::orchestrator(&ctx).await?),
+            RoleName::Edge => {
+                let listener = match listener.take() {
+                    Some(listener) => listener,
+                    None => TcpListener::bind(config.edge.listen)
+                        .await
+                        .with_context(|| {
+                            format!("cannot listen on {} (edge.listen)", config.edge.listen)
+                        })?,
+                };
+                Box::new(EdgeRole {
+                    listener,
+                    state: AppState {
+                        bus: bus.clone(),
+                        jobs: JobStore::open(&bus).await?,
+                        store: store()?,
+                        routes: routes.clone(),
+                        tenant: Tenant::new(config.edge.tenant.clone())?,
+                        body_limit: config.edge.body_limit.as_u64(),
+                        max_wait: config.edge.max_wait,
+                        dlq: config.dlq.clone(),
+                    },
+                    drain_timeout: config.supervision.drain_timeout,
+                })
+            }
+        });
+    }
+    // Dead letters from MAX_DELIVERIES advisories: the DLQ watcher runs beside the orchestrator.
+    if roles.contains(&RoleName::Orchestrator) {
+        started.push(Box::new(roles::dlq_watcher(&ctx)));
+    }
+    let runtime = Runtime::start(started)
+        .await
+        .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))?;
+    tracing::info!(roles = %names.join(","), "chorus is running");
+    Ok(runtime)
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,210 @@
+//! `chorus dev`: one command, no configuration. A nats-server child with its store in `.chorus/`,
+//! SQLite in `.chorus/`, every role in this process, and a first job to paste. Providers whose
+//! credentials are in the environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_HOST`) get a
+//! route of their name unless the configuration already has one; `sim:` routes are always there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use chorus_core::config::RouteConfig;
+use tokio::net::TcpListener;
+
+use crate::app::{self, RoleName};
+use crate::natsd::NatsChild;
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the embedded NATS store and the SQLite database live.
+    #[arg(long, default_value = ".chorus")]
+    dir: PathBuf,
+}
+
+const EXAMPLE: &str = r#"{
+  "model": "sim:echo",
+  "prompt": "Review this proposal in three sentences, from your role: {{ proposal }}",
+  "input": {"proposal": "Move support triage to an LLM that drafts replies for agents; 40k EUR a year; two phases over six months."},
+  "personas": [
+    {"name": "cfo", "system": "You are the CFO. You care about cost, payback and risk."},
+    {"name": "support-lead", "system": "You lead 30 support agents. You care about workload and quality."},
+    {"name": "security-officer", "system": "You are the security officer. You care about data protection."}
+  ],
+  "synthesis": {"prompt": "Summarise where the reviewers agree and disagree, then recommend go / no-go.{% for a in answers %}\n[{{ a.persona }}] {{ a.text }}{% endfor %}"},
+  "evaluate": {"threshold": 0.5, "assertions": [
+    {"type": "length", "min": 40, "metric": "substance"},
+    {"type": "icontains", "value": "go", "metric": "decision"}
+  ]}
+}"#;
+
+pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()> {
+    let mut config = app::load_config(config_file)?;
+    let providers = env_routes(&mut config.routes, |name| std::env::var(name).ok());
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let external_nats = std::env::var_os("CHORUS_NATS_URL").is_some()
+        || config.nats.url != chorus_core::config::NatsConfig::default().url;
+    let child = match external_nats {
+        true => None,
+        false => {
+            let child = NatsChild::start(&args.dir.join("nats")).await?;
+            config.nats.url = child.url.clone();
+            Some(child)
+        }
+    };
+    if config.database.url == chorus_core::config::DatabaseConfig::default().url {
+        config.database.url = format!("sqlite://{}?mode=rwc", args.dir.join("chorus.db").display());
+    }
+    let listener = TcpListener::bind(config.edge.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; set CHORUS_EDGE_LISTEN to another address",
+                config.edge.listen
+            )
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let nats_url = config.nats.url.clone();
+    let database = config.database.url.clone();
+    let result = async {
+        let runtime = app::start(config, &RoleName::ALL, Some(listener)).await?;
+        println!("\nChorus is running (all roles).");
+        println!("  API:      {url}");
+        println!(
+            "  NATS:     {nats_url}{}",
+            if external_nats {
+                ""
+            } else {
+                " (child process)"
+            }
+        );
+        println!("  database: {database}");
+        println!("  routes:   `sim:<model>` (the simulated provider, always)");
+        for line in &providers {
+            println!("            {line}");
+        }
+        println!("\nSubmit a persona-roundtable job and wait for its result:\n");
+        println!(
+            "curl -s '{url}/v1/jobs?wait=30' -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
+        );
+        println!("Press ctrl-c to stop.");
+        runtime
+            .run_until(app::shutdown_signal())
+            .await
+            .map_err(|reason| anyhow::anyhow!("{reason}"))
+    }
+    .await;
+    if let Some(child) = child {
+        child.stop().await;
+    }
+    result
+}
+
+/// Providers `chorus dev` finds in the environment: route name (also the provider), the variable
+/// that reveals it, and the model the route asks.
+const ENV_PROVIDERS: [(&str, &str, &str); 3] = [
+    ("openai", "OPENAI_API_KEY", "gpt-4o-mini"),
+    ("anthropic", "ANTHROPIC_API_KEY", "claude-3-5-haiku-latest"),
+    ("ollama", "OLLAMA_HOST", "llama3.2"),
+];
+
+/// Adds a route for each provider whose variable `var` finds, unless a route of that name is
+/// configured; returns a line per provider saying what was found. Keys stay in their variables:
+/// the routes name them (`api_key_env`), so no key is copied or printed.
+fn env_routes(routes: &mut Vec<RouteConfig>, var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    ENV_PROVIDERS
+        .iter()
+        .map(|&(name, variable, model)| {
+            let value = var(variable).filter(|v| !v.trim().is_empty());
+            if routes.iter().any(|r| r.name == name) {
+                return format!("`{name}`: configured (the environment is not consulted)");
+            }
+            let Some(value) = value else {
+                return format!("`{name}`: not added ({variable} is not set)");
+            };
+            let mut route = RouteConfig::new(name, name, model);
+            let line = if name == "ollama" {
+                let base_url = ollama_base_url(&value);
+                let line = format!("`{name}`: {model} at {base_url} (from {variable})");
+                route.base_url = Some(base_url);
+                line
+            } else {
+                route.api_key_env = Some(variable.to_owned());
+                format!("`{name}`: {model} (key from {variable})")
+            };
+            routes.push(route);
+            line
+        })
+        .collect()
+}
+
+/// `OLLAMA_HOST` as Ollama reads it: `host[:port]` or a URL; no scheme means `http` and port 11434.
+fn ollama_base_url(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    if host.contains("://") {
+        return host.to_owned();
+    }
+    let has_port = host.rsplit_once(':').is_some_and(|(name, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!name.contains(':') || name.ends_with(']'))
+    });
+    match has_port {
+        true => format!("http://{host}"),
+        false => format!("http://{host}:11434"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_routes_for_providers_found_in_the_environment() {
+        let mut routes = vec![RouteConfig::new("anthropic", "sim", "echo")];
+        let env = |name: &str| match name {
+            "OPENAI_API_KEY" => Some("sk-live-123".to_owned()),
+            "ANTHROPIC_API_KEY" => Some("sk-ant".to_owned()),
+            _ => None,
+        };
+        let lines = env_routes(&mut routes, env);
+        assert_eq!(
+            lines,
+            [
+                "`openai`: gpt-4o-mini (key from OPENAI_API_KEY)",
+                "`anthropic`: configured (the environment is not consulted)",
+                "`ollama`: not added (OLLAMA_HOST is not set)",
+            ]
+        );
+        assert_eq!(routes.len(), 2);
+        let openai = &routes[1];
+        assert_eq!(
+            (openai.provider.as_str(), openai.model.as_str()),
+            ("openai", "gpt-4o-mini")
+        );
+        assert_eq!(openai.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        assert!(!lines.concat().contains("sk-live"));
+
+        let mut routes = Vec::new();
+        let lines = env_routes(&mut routes, |name| {
+            (name == "OLLAMA_HOST").then(|| "0.0.0.0".to_owned())
+        });
+        assert_eq!(
+            lines[2],
+            "`ollama`: llama3.2 at http://0.0.0.0:11434 (from OLLAMA_HOST)"
+        );
+        assert_eq!(routes[0].base_url.as_deref(), Some("http://0.0.0.0:11434"));
+    }
+
+    #[test]
+    fn reads_ollama_host_like_ollama() {
+        for (host, url) in [
+            ("127.0.0.1:11434", "http://127.0.0.1:11434"),
+            ("gpu-box", "http://gpu-box:11434"),
+            ("gpu-box:8080/", "http://gpu-box:8080"),
+            ("[::1]:9000", "http://[::1]:9000"),
+            ("[::1]", "http://[::1]:11434"),
+            ("https://ollama.example.com", "https://ollama.example.com"),
+        ] {
+            assert_eq!(ollama_base_url(host), url, "{host}");
+        }
+    }
+}

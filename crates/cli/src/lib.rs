@@ -1,0 +1,123 @@
+//! The `chorus` command line. Parses arguments and wires roles together; the roles themselves live
+//! in the library crates.
+//!
+//! Layout:
+//! - [`app`]: loading configuration, connecting, applying definitions, running a set of roles.
+//! - [`natsd`]: the `nats-server` child process of `chorus dev` and `chorus bench`.
+//! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
+//! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
+
+pub mod app;
+pub mod bench;
+pub mod dev;
+pub mod dlq;
+pub mod mock;
+pub mod natsd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chorus",
+    version,
+    about = "Run LLM work at scale over NATS JetStream"
+)]
+pub struct Cli {
+    /// A TOML configuration file; `CHORUS_<SECTION>_<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "CHORUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process on embedded defaults: a nats-server child, SQLite in ./.chorus/,
+    /// the simulated provider.
+    Dev(dev::DevArgs),
+    /// Run some or all roles against the configured NATS and database.
+    Serve {
+        /// Comma-separated roles: edge, orchestrator, llm, evaluator, persister.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "edge,orchestrator,llm,evaluator,persister"
+        )]
+        roles: Vec<app::RoleName>,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// NATS administration.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
+    /// Benchmarks: pipeline throughput beside raw JetStream (default), or shared rate limits.
+    Bench(bench::BenchArgs),
+    /// Inspect, replay and purge dead letters.
+    Dlq(dlq::DlqArgs),
+    /// A mock LLM provider (OpenAI, Anthropic and Ollama wire formats) for demos and load tests.
+    MockLlm(mock::MockArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum NatsCommand {
+    /// Create or update the streams and consumers (idempotent).
+    Apply,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_file = cli.config.as_deref();
+    match cli.command {
+        Command::Dev(args) => dev::run(config_file, args).await,
+        Command::Serve { roles } => {
+            let config = app::load_config(config_file)?;
+            app::serve(config, &roles, None).await
+        }
+        Command::Migrate => {
+            let config = app::load_config(config_file)?;
+            let store = app::open_store(&config.database, true).await?;
+            drop(store);
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::Nats {
+            command: NatsCommand::Apply,
+        } => {
+            let config = app::load_config(config_file)?;
+            let bus = app::connect(&config, "chorus nats apply").await?;
+            for applied in app::apply_definitions(&config, &bus).await? {
+                println!("{applied}");
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(config_file, args).await,
+        Command::Dlq(args) => dlq::run(config_file, args).await,
+        Command::MockLlm(args) => mock::run(args).await,
+    }
+}

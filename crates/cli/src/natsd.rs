@@ -1,0 +1,83 @@
+//! A `nats-server` child process with JetStream, for `chorus dev` and `chorus bench`.
+//!
+//! The binary is found by [`server_binary::locate`]; when it is missing or too old the error says
+//! how to install a current one. The child listens on a free local port, keeps its store
+//! where it is told, and is stopped with SIGTERM (then killed) when Chorus stops.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chorus_bus::server_binary;
+use tokio::process::{Child, Command};
+
+pub struct NatsChild {
+    child: Child,
+    pub url: String,
+}
+
+impl NatsChild {
+    /// Starts a server storing JetStream data under `store` and waits until it accepts clients.
+    pub async fn start(store: &Path) -> anyhow::Result<Self> {
+        let binary = server_binary::locate()
+            .map_err(|e| anyhow::anyhow!("{e}; or set CHORUS_NATS_URL to use a running server"))?;
+        std::fs::create_dir_all(store)
+            .with_context(|| format!("cannot create {}", store.display()))?;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port();
+        let child = Command::new(&binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-sd")
+            .arg(store)
+            .arg("-l")
+            .arg(store.join("nats-server.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", binary.display()))?;
+        let mut server = Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "nats-server exited at start-up ({status}); see {}",
+                    store.join("nats-server.log").display()
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("nats-server did not accept connections on port {port} within 5 s")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the server cleanly (SIGTERM, then SIGKILL after 10 s).
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
