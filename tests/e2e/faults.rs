@@ -1,0 +1,188 @@
+//! Faults: a worker process killed with SIGKILL mid-load, a worker actor that panics, and one
+//! that keeps panicking until the process gives up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chorus_testkit::database::TestDatabase;
+use chorus_testkit::nats::NatsServer;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A copy of `nats/` whose llm consumer redelivers after 3 s instead of a minute, so a killed
+/// worker's messages come back within the test's patience.
+fn short_ack_wait_definitions(dir: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read nats/").flatten() {
+            let (source, target) = (entry.path(), to.join(entry.file_name()));
+            if source.is_dir() {
+                copy(&source, &target);
+            } else if source.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&source).expect("read");
+                let text = if entry.file_name() == "llm.json" {
+                    text.replace("\"ack_wait\": 60000000000", "\"ack_wait\": 3000000000")
+                } else {
+                    text
+                };
+                std::fs::write(target, text).expect("write");
+            }
+        }
+    }
+    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("nats"), dir);
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .expect("query")
+        .expect("a row");
+    row.try_get_by_index::<i64>(0).expect("a count")
+}
+
+#[tokio::test]
+async fn killing_the_llm_worker_mid_load_loses_nothing_and_stores_nothing_twice() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let definitions = tempfile::tempdir().expect("dir");
+    short_ack_wait_definitions(definitions.path());
+    let mut config = test_config(&nats, &db);
+    config.nats.definitions = Some(definitions.path().to_owned());
+    config.llm.workers = 256;
+    let base = free_edge(&mut config);
+    let processes = Processes::new(&config);
+    assert!(processes.run(&["migrate"]).status.success());
+
+    // Every role in its own process.
+    let mut children: Vec<_> = ["persister", "evaluator", "orchestrator", "edge"]
+        .iter()
+        .map(|role| processes.spawn(&["serve", "--roles", role]))
+        .collect();
+    let mut llm = processes.spawn(&["serve", "--roles", "llm"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+
+    let mut job = roundtable("sim:echo?latency=100ms..600ms");
+    job["personas"]
+        .as_array_mut()
+        .expect("personas")
+        .truncate(2);
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let body: Value = client
+            .post(format!("{base}/v1/jobs"))
+            .json(&job)
+            .send()
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    llm.kill();
+    let store = chorus_store::Store::connect(db.url(), 2).await.expect("db");
+    let finished_before = count(
+        store.connection(),
+        "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'",
+    )
+    .await;
+    assert!(
+        finished_before < 200,
+        "the kill happened with jobs in flight ({finished_before} done)"
+    );
+
+    let mut llm = processes.spawn(&["serve", "--roles", "llm"]);
+    for id in &ids {
+        let done = wait_done(&base, &client, id, Duration::from_secs(90)).await;
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+    }
+    let db = store.connection();
+    assert_eq!(count(db, "SELECT COUNT(*) FROM jobs").await, 200);
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM steps").await,
+        200 * 3,
+        "two personas and a synthesis each"
+    );
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM evaluations").await,
+        200 * 2,
+        "two assertions each"
+    );
+    let duplicates = "SELECT COUNT(*) FROM (SELECT job_id, idx FROM steps GROUP BY job_id, idx HAVING COUNT(*) > 1) d";
+    assert_eq!(count(db, duplicates).await, 0);
+    let redelivered = count(db, "SELECT COUNT(*) FROM steps WHERE attempts > 1").await;
+    assert!(
+        redelivered > 0,
+        "some calls were redelivered after the kill"
+    );
+
+    for child in children.iter_mut().chain(std::iter::once(&mut llm)) {
+        child.terminate();
+        assert!(child.exit(Duration::from_secs(30)).await.success());
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_worker_is_restarted_and_its_message_completes() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.llm.workers = 1;
+    config.faults.llm_panic_route = Some("sim:echo?latency=1ms".into());
+    config.faults.llm_panic_times = 1;
+    let app = TestApp::start(config).await;
+    let response = app
+        .post_job(&single("sim:echo?latency=1ms", "boom once"), "?wait=30")
+        .await;
+    let job: Value = response.json().await.expect("json");
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    // The only worker panicked on the first delivery; its replacement handled the redelivery.
+    assert_eq!(
+        job["steps"][0]["attempts"], 4,
+        "1 panicked delivery counted at 3 attempts, then 1"
+    );
+    let next: Value = app
+        .post_job(&single("sim:echo", "after"), "?wait=30")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(next["status"], "succeeded");
+    app.shutdown()
+        .await
+        .expect("the runtime survived the panic");
+}
+
+#[tokio::test]
+async fn a_worker_that_keeps_crashing_stops_the_process_with_an_error() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.faults.llm_panic_route = Some("sim:echo?latency=2ms".into());
+    config.supervision.max_restarts = 2;
+    let base = free_edge(&mut config);
+    let processes = Processes::new(&config);
+    let mut chorus = processes.spawn(&["serve"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    let response = client
+        .post(format!("{base}/v1/jobs"))
+        .json(&single("sim:echo?latency=2ms", "boom forever"))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), 202);
+    let status = chorus.exit(Duration::from_secs(30)).await;
+    assert!(
+        !status.success(),
+        "past the restart limit the process exits non-zero, got {status}"
+    );
+}

@@ -1,0 +1,295 @@
+//! The test harness: a [`TestApp`] runs Chorus (in this process, or as `chorus serve` children)
+//! against its own nats-server and database, with request helpers and stream/table inspection.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use chorus_bus::Bus;
+use chorus_core::config::{Config, RouteConfig};
+use chorus_testkit::database::TestDatabase;
+use chorus_testkit::nats::NatsServer;
+use chorus_testkit::wait;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub use chorus_cli::app::RoleName;
+
+/// A configuration for tests: fast retries, short drains, small pools.
+pub fn test_config(nats: &NatsServer, db: &TestDatabase) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats.url();
+    config.database.url = db.url().to_owned();
+    config.edge.listen = "127.0.0.1:0".parse().expect("addr");
+    config.llm.workers = 64;
+    config.llm.retry_min_delay = Duration::from_millis(5);
+    config.llm.retry_max_delay = Duration::from_millis(50);
+    config.llm.nak_delay = Duration::from_millis(50);
+    config.llm.nak_max_delay = Duration::from_millis(200);
+    config.orchestrator.workers = 8;
+    config.supervision.drain_timeout = Duration::from_secs(5);
+    config.routes = vec![RouteConfig {
+        timeout: Duration::from_secs(2),
+        ..RouteConfig::new("fast", "sim", "echo")
+    }];
+    config
+}
+
+/// Moves the edge of `config` to a free port; its base URL.
+pub fn free_edge(config: &mut Config) -> String {
+    let port = chorus_testkit::nats::free_port();
+    config.edge.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Waits until the edge at `base` answers `/ready` with 200.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    wait::until(Duration::from_secs(30), "the edge to be ready", || async {
+        client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// Chorus running in this process.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub bus: Bus,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl TestApp {
+    pub async fn start(config: Config) -> TestApp {
+        Self::start_roles(config, &RoleName::ALL).await
+    }
+
+    pub async fn start_roles(config: Config, roles: &[RoleName]) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let bus = Bus::connect(&config.nats.url, "chorus", "test", Duration::from_secs(5))
+            .await
+            .expect("connect to NATS");
+        let runtime = chorus_cli::app::start(config, roles, Some(listener))
+            .await
+            .expect("start chorus");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(runtime.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            bus,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    /// Graceful shutdown; the runtime's outcome.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.done.take() {
+            Some(done) => done.await.expect("runtime task"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn post_job(&self, body: &Value, query: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/jobs{query}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
+    pub async fn get_job(&self, id: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}/v1/jobs/{id}", self.base))
+            .send()
+            .await
+            .expect("GET /v1/jobs/{id}");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `GET /v1/jobs/{id}` until the job is committed in a final state.
+pub async fn wait_done(base: &str, client: &reqwest::Client, id: &str, timeout: Duration) -> Value {
+    wait::until(timeout, &format!("job {id} to finish"), || async {
+        let response = client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        matches!(
+            body["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+        .then_some(body)
+    })
+    .await
+}
+
+/// Messages a stream holds now and the last sequence it ever assigned.
+pub async fn stream_state(bus: &Bus, name: &str) -> (u64, u64) {
+    let mut stream = bus
+        .js
+        .get_stream(bus.subjects.stream(name))
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("stream info");
+    (info.state.messages, info.state.last_sequence)
+}
+
+/// Every dead letter in the DLQ stream, decoded.
+pub async fn dead_letters(bus: &Bus) -> Vec<chorus_core::messages::DeadLetter> {
+    let stream = bus
+        .js
+        .get_stream(bus.subjects.stream("dlq"))
+        .await
+        .expect("dlq stream");
+    let last = stream.cached_info().state.last_sequence;
+    let mut entries = Vec::new();
+    for seq in 1..=last {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            let kind = message
+                .headers
+                .get(chorus_core::codec::headers::TYPE)
+                .map(|v| v.as_str().to_owned());
+            if let Ok(entry) = chorus_core::codec::decode(kind.as_deref(), &message.payload) {
+                entries.push(entry);
+            }
+        }
+    }
+    entries
+}
+
+/// The persona-roundtable job: three personas, a synthesis step, two assertions.
+pub fn roundtable(model: &str) -> Value {
+    json!({
+        "model": model,
+        "prompt": "Review this proposal from your role: {{ proposal }}",
+        "input": {"proposal": "Move support triage to LLM-drafted replies."},
+        "personas": [
+            {"name": "cfo", "system": "You are the CFO."},
+            {"name": "support-lead", "system": "You lead the support team."},
+            {"name": "security-officer", "system": "You are the security officer."}
+        ],
+        "synthesis": {"prompt": "Say go or no-go.{% for a in answers %}\n[{{ a.persona }}] {{ a.text }}{% endfor %}"},
+        "evaluate": {"threshold": 0.5, "assertions": [
+            {"type": "length", "min": 40, "metric": "substance"},
+            {"type": "icontains", "value": "support-lead", "weight": 2, "metric": "coverage"}
+        ]},
+        "metadata": {"workload": "persona-roundtable"}
+    })
+}
+
+/// A simple one-call job.
+pub fn single(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// `chorus` processes with a configuration file, for tests that kill or signal them.
+pub struct Processes {
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Processes {
+    pub fn new(config: &Config) -> Processes {
+        let dir = tempfile::tempdir().expect("dir");
+        let config_path = dir.path().join("chorus.toml");
+        std::fs::write(
+            &config_path,
+            toml::to_string(config).expect("config as TOML"),
+        )
+        .expect("write config");
+        Processes {
+            config_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Chorus {
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn chorus");
+        Chorus(child)
+    }
+
+    /// Runs `chorus <args>` to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run chorus")
+    }
+}
+
+/// A `chorus` child process, killed when dropped so a failing test leaves nothing running.
+pub struct Chorus(Child);
+
+impl Chorus {
+    /// SIGTERM: a graceful stop.
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reaped");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = &mut self.0;
+        wait::until(timeout, "the process to exit", || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Chorus {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Whole-system tests: real nats-server processes, real SQLite and Postgres, the real binary.
+//! Only the LLM provider is simulated (the built-in `sim` provider).
+
+// Helpers outside `#[test]` functions fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod helpers;
+
+mod api;
+mod bench;
+mod dlq;
+mod faults;
+mod llm;
+mod pipeline;
