@@ -23,24 +23,9 @@ const MALFORMED: &str = "sim:echo?error=malformed";
 
 /// A copy of `nats/` whose llm consumer gives up after 3 deliveries instead of 5.
 fn three_deliveries(dir: &Path) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for entry in std::fs::read_dir(from).expect("read nats/").flatten() {
-            let (source, target) = (entry.path(), to.join(entry.file_name()));
-            if source.is_dir() {
-                copy(&source, &target);
-            } else if source.extension().is_some_and(|e| e == "json") {
-                let text = std::fs::read_to_string(&source).expect("read");
-                let text = if entry.file_name() == "llm.json" {
-                    text.replace("\"max_deliver\": 5", "\"max_deliver\": 3")
-                } else {
-                    text
-                };
-                std::fs::write(target, text).expect("write");
-            }
-        }
-    }
-    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("nats"), dir);
+    llm_consumer_with(dir, |text| {
+        text.replace("\"max_deliver\": 5", "\"max_deliver\": 3")
+    });
 }
 
 /// A test configuration whose llm worker panics on every call to [`CRASH`] (and is restarted
@@ -162,6 +147,55 @@ async fn a_message_that_crashes_its_worker_every_time_is_dead_lettered_through_t
     .await;
     assert_eq!(entries(&app.bus).await.len(), 1, "filed exactly once");
     app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_message_that_kills_its_worker_process_every_time_is_dead_lettered_through_the_advisory()
+{
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let definitions = tempfile::tempdir().expect("dir");
+    // Three deliveries, each redelivered 2 s after its process died.
+    llm_consumer_with(definitions.path(), |text| {
+        text.replace("\"max_deliver\": 5", "\"max_deliver\": 3")
+            .replace("\"ack_wait\": 60000000000", "\"ack_wait\": 2000000000")
+    });
+    let mut config = test_config(&nats, &db);
+    config.nats.definitions = Some(definitions.path().to_owned());
+    config.faults.llm_abort_route = Some(CRASH.into());
+    let processes = Processes::new(&config);
+    let roles = [
+        RoleName::Edge,
+        RoleName::Orchestrator,
+        RoleName::Evaluator,
+        RoleName::Persister,
+    ];
+    let app = TestApp::start_roles(config, &roles).await;
+    let job = submit(&app, CRASH).await;
+
+    // What Kubernetes would do: start an llm process again each time one dies. Every delivery of
+    // the message takes one down.
+    for delivery in 1..=3 {
+        let mut pod = processes.spawn(&["serve", "--roles", "llm"]);
+        let status = pod.exit(Duration::from_secs(30)).await;
+        assert!(
+            !status.success(),
+            "delivery {delivery}: the process should have aborted ({status})"
+        );
+    }
+
+    let entry = dead_letter(&app.bus, &job, 0).await;
+    assert_eq!(entry.letter.error_kind, "max_deliveries");
+    assert_eq!(entry.letter.deliveries, 3);
+    assert_eq!(entry.letter.route.as_deref(), Some(CRASH));
+    let failed = wait_done(&app.base, &app.client, &job, Duration::from_secs(30)).await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["error"]["kind"], "max_deliveries", "{failed:#}");
+    wait::until(Duration::from_secs(10), "an empty work stream", || async {
+        (stream_state(&app.bus, "work").await.0 == 0).then_some(())
+    })
+    .await;
+    assert_eq!(entries(&app.bus).await.len(), 1, "filed exactly once");
 }
 
 #[tokio::test]

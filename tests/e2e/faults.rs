@@ -14,24 +14,9 @@ use crate::helpers::*;
 /// A copy of `nats/` whose llm consumer redelivers after 3 s instead of a minute, so a killed
 /// worker's messages come back within the test's patience.
 fn short_ack_wait_definitions(dir: &Path) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for entry in std::fs::read_dir(from).expect("read nats/").flatten() {
-            let (source, target) = (entry.path(), to.join(entry.file_name()));
-            if source.is_dir() {
-                copy(&source, &target);
-            } else if source.extension().is_some_and(|e| e == "json") {
-                let text = std::fs::read_to_string(&source).expect("read");
-                let text = if entry.file_name() == "llm.json" {
-                    text.replace("\"ack_wait\": 60000000000", "\"ack_wait\": 3000000000")
-                } else {
-                    text
-                };
-                std::fs::write(target, text).expect("write");
-            }
-        }
-    }
-    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("nats"), dir);
+    llm_consumer_with(dir, |text| {
+        text.replace("\"ack_wait\": 60000000000", "\"ack_wait\": 3000000000")
+    });
 }
 
 async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {

@@ -1,7 +1,7 @@
 //! The test harness: a [`TestApp`] runs Chorus (in this process, or as `chorus serve` children)
 //! against its own nats-server and database, with request helpers and stream/table inspection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -53,6 +53,40 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str) {
             .filter(|r| r.status() == 200)
     })
     .await;
+}
+
+/// Copies `nats/` into `dir` with the llm consumer's definition (`llm.json`) passed through
+/// `edit`, for tests that need it to give up or redeliver sooner.
+pub fn llm_consumer_with(dir: &Path, edit: impl Fn(String) -> String) {
+    fn copy(from: &Path, to: &Path, edit: &dyn Fn(String) -> String) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read nats/").flatten() {
+            let (source, target) = (entry.path(), to.join(entry.file_name()));
+            if source.is_dir() {
+                copy(&source, &target, edit);
+            } else if source.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&source).expect("read");
+                let text = if entry.file_name() == "llm.json" {
+                    let edited = edit(text.clone());
+                    assert_ne!(
+                        edited,
+                        text,
+                        "the edit changed nothing in {}",
+                        source.display()
+                    );
+                    edited
+                } else {
+                    text
+                };
+                std::fs::write(target, text).expect("write");
+            }
+        }
+    }
+    copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("nats"),
+        dir,
+        &edit,
+    );
 }
 
 /// Chorus running in this process.

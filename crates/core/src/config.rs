@@ -244,19 +244,21 @@ impl Default for DlqConfig {
     }
 }
 
-/// Fault injection for tests: an llm worker panics on calls to `llm_panic_route`. Off unless set;
-/// start-up logs a warning whenever it is on.
+/// Fault injection for tests: an llm worker panics on calls to `llm_panic_route`, or aborts its
+/// whole process on calls to `llm_abort_route` (as a native crash or an OOM kill would). Off unless
+/// set; start-up logs a warning whenever it is on. No request can trigger either otherwise.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
     pub llm_panic_route: Option<String>,
     /// Panics at most this many times per process (0: on every matching call).
     pub llm_panic_times: u32,
+    pub llm_abort_route: Option<String>,
 }
 
 impl FaultConfig {
     pub fn is_enabled(&self) -> bool {
-        self.llm_panic_route.is_some()
+        self.llm_panic_route.is_some() || self.llm_abort_route.is_some()
     }
 }
 

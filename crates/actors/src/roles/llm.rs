@@ -52,6 +52,7 @@ pub struct Shared {
 pub struct Faults {
     route: Option<String>,
     remaining: Option<AtomicU32>,
+    abort_route: Option<String>,
 }
 
 impl Faults {
@@ -59,10 +60,15 @@ impl Faults {
         Self {
             route: config.llm_panic_route.clone(),
             remaining: (config.llm_panic_times > 0).then(|| AtomicU32::new(config.llm_panic_times)),
+            abort_route: config.llm_abort_route.clone(),
         }
     }
 
     fn strike(&self, route: &str) {
+        if self.abort_route.as_deref() == Some(route) {
+            tracing::error!(%route, "fault injection: aborting the process on a call to this route");
+            std::process::abort();
+        }
         if self.route.as_deref() != Some(route) {
             return;
         }
