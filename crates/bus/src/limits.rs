@@ -227,7 +227,8 @@ impl RouteLimiter {
         .map(|_| ())
     }
 
-    async fn wait_pause(&self) -> Result<Duration, BusError> {
+    /// Waits for the end of any pause of the route; the time waited.
+    pub async fn wait_pause(&self) -> Result<Duration, BusError> {
         let started = tokio::time::Instant::now();
         loop {
             let entry = self

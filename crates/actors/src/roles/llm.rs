@@ -114,9 +114,13 @@ impl Admission for Limited<'_> {
             let Some(limiter) = self.shared.limiters.get(&route.name) else {
                 return;
             };
-            if !self.gate_admitted.swap(false, Ordering::SeqCst)
-                && let Err(e) = limiter.admit_request().await
-            {
+            // The gate admitted the first request earlier; a pause may have begun since.
+            let admitted = if self.gate_admitted.swap(false, Ordering::SeqCst) {
+                limiter.wait_pause().await
+            } else {
+                limiter.admit_request().await
+            };
+            if let Err(e) = admitted {
                 tracing::warn!(route = %route.name, error = %e, "limits unavailable; calling anyway");
             }
             if limiter.limits().tpm.is_some() {
