@@ -74,6 +74,63 @@ pub enum Check {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<usize>,
     },
+    /// Similarity to a reference text, in 0..=1; passes at or above `threshold`. The assertion's
+    /// score is the similarity itself.
+    Similarity {
+        value: String,
+        #[serde(default)]
+        method: SimilarityMethod,
+        threshold: f64,
+    },
+    /// The answering call's provider latency at most `max_ms`.
+    Latency {
+        max_ms: u64,
+    },
+    /// The answering call's cost (from its route's prices) at most `max_usd`.
+    Cost {
+        max_usd: f64,
+    },
+    /// An LLM judge scores the answer against a rubric (0..=1); passes at or above `threshold`.
+    LlmRubric {
+        /// The rubric (`rubric` is accepted too).
+        #[serde(alias = "rubric")]
+        value: String,
+        /// The judge's route; default: the job's first route.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default = "default_judge_threshold")]
+        threshold: f64,
+    },
+    /// An LLM judge scores how far the answer agrees with a reference answer on the facts.
+    Factuality {
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default = "default_judge_threshold")]
+        threshold: f64,
+    },
+}
+
+fn default_judge_threshold() -> f64 {
+    0.5
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimilarityMethod {
+    /// 1 − edit distance ÷ the longer length, over characters.
+    #[default]
+    Levenshtein,
+    /// ROUGE-L F-measure over lowercased word tokens.
+    RougeL,
+}
+
+/// Which judge an assertion asks for, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeKind {
+    Rubric,
+    Factuality,
 }
 
 impl Check {
@@ -91,6 +148,24 @@ impl Check {
             Self::JsonSchema { .. } => "json_schema",
             Self::JsonPath { .. } => "json_path",
             Self::Length { .. } => "length",
+            Self::Similarity { .. } => "similarity",
+            Self::Latency { .. } => "latency",
+            Self::Cost { .. } => "cost",
+            Self::LlmRubric { .. } => "llm_rubric",
+            Self::Factuality { .. } => "factuality",
+        }
+    }
+
+    /// For a judge assertion: its kind, the rubric or reference text, and the judge route it names.
+    pub fn judge(&self) -> Option<(JudgeKind, &str, Option<&str>)> {
+        match self {
+            Self::LlmRubric { value, model, .. } => {
+                Some((JudgeKind::Rubric, value, model.as_deref()))
+            }
+            Self::Factuality { value, model, .. } => {
+                Some((JudgeKind::Factuality, value, model.as_deref()))
+            }
+            _ => None,
         }
     }
 }

@@ -20,6 +20,14 @@ pub mod headers {
     pub const STAGE: &str = "Chorus-Stage";
     pub const ERROR_KIND: &str = "Chorus-Error-Kind";
     pub const ROUTE: &str = "Chorus-Route";
+    /// A job's priority on its LLM calls; a backlog serves higher first.
+    pub const PRIORITY: &str = "Chorus-Priority";
+    /// A JetStream submitter's batch id and the line's own id in it.
+    pub const BATCH: &str = "Chorus-Batch";
+    pub const CUSTOM_ID: &str = "Chorus-Custom-Id";
+    /// What a JetStream submission's body is: `/v1/jobs` (a job spec, the default) or
+    /// `/v1/chat/completions` (a chat completion request).
+    pub const ENDPOINT: &str = "Chorus-Endpoint";
     /// On a message replayed from the DLQ: how often it has been replayed.
     pub const REPLAYS: &str = "Chorus-Replays";
 }
@@ -92,6 +100,10 @@ mod tests {
             route: "sim:echo".into(),
             messages: vec![ChatMessage::new(Role::User, "hi")],
             params: Params::default(),
+            priority: 3,
+            deadline: Some(1_000),
+            batch: Some("batch_1".into()),
+            judge: true,
         }
     }
 

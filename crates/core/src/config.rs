@@ -83,6 +83,10 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body.
     pub body_limit: ByteSize,
+    /// Largest accepted batch input file (`POST /v1/files`).
+    pub file_limit: ByteSize,
+    /// Most lines in one batch input file.
+    pub batch_max_lines: usize,
     /// Longest `?wait=` a request may ask for.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
@@ -95,6 +99,8 @@ impl Default for EdgeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: ByteSize::mib(1),
+            file_limit: ByteSize::mib(100),
+            batch_max_lines: 50_000,
             max_wait: Duration::from_secs(300),
             tenant: "default".into(),
         }

@@ -11,10 +11,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::Origin;
 use crate::ids::{JobId, Tenant, UnixMillis};
+use crate::judge;
 use crate::messages::{
-    Attempt, EvalRequest, EvalTarget, EvaluationResult, LlmCall, StepError, StepOutcome,
-    StepOutput, StepResult, TargetEvaluation, Usage,
+    Attempt, EvalRequest, EvalTarget, EvaluationResult, JudgeOutcome, JudgeVerdict, LlmCall,
+    StepError, StepOutcome, StepOutput, StepResult, TargetEvaluation, Usage,
 };
 use crate::spec::{ChatMessage, JobSpec, Role};
 use crate::template::{self, Answer};
@@ -66,10 +68,12 @@ impl JobStatus {
 pub enum StepKind {
     Fanout,
     Synthesis,
+    /// An LLM judge's call for one judge assertion on one answer.
+    Judge,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 2] = [Self::Fanout, Self::Synthesis];
+    pub const ALL: [StepKind; 3] = [Self::Fanout, Self::Synthesis, Self::Judge];
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
@@ -79,6 +83,7 @@ impl StepKind {
         match self {
             Self::Fanout => "fanout",
             Self::Synthesis => "synthesis",
+            Self::Judge => "judge",
         }
     }
 }
@@ -125,6 +130,9 @@ pub struct StepState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persona: Option<String>,
     pub route: String,
+    /// For a judge step: the answer it judges and the assertion it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judges: Option<JudgeRef>,
     pub status: StepStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<StepOutput>,
@@ -141,6 +149,15 @@ pub struct StepState {
     pub started_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<UnixMillis>,
+}
+
+/// What a judge step judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeRef {
+    /// Index of the step whose answer is judged.
+    pub target: u32,
+    /// Index of the judge assertion in `evaluate.assertions`.
+    pub assertion: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,7 +196,15 @@ pub struct JobState {
     pub finished_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+    /// The batch line the job came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
+
+/// The error kind of a step not made, or a job stopped, because it was cancelled.
+pub const CANCELLED: &str = "cancelled";
+/// The error kind of a call not made because the job's deadline had passed.
+pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
 
 /// What the orchestrator feeds the machine.
 #[derive(Clone, Debug)]
@@ -190,10 +215,18 @@ pub enum Input {
     },
     Step(StepResult),
     Evaluated(EvaluationResult),
+    /// A client cancelled the job (or its batch): nothing new is dispatched.
+    Cancel {
+        at: UnixMillis,
+        reason: String,
+    },
 }
 
 /// What a transition asks the orchestrator to publish.
 #[derive(Clone, Debug, PartialEq)]
+// Effects are short-lived and few per transition; boxing the larger one would only add an
+// allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub enum Effect {
     Call(LlmCall),
     Evaluate(EvalRequest),
@@ -207,7 +240,8 @@ pub struct Transition {
 }
 
 impl JobState {
-    /// A queued job with its steps planned: personas × routes, then the synthesis step.
+    /// A queued job with its steps planned: personas × routes, then the synthesis step, then one
+    /// judge step per judge assertion and judged answer.
     pub fn new(
         id: JobId,
         tenant: Tenant,
@@ -215,20 +249,53 @@ impl JobState {
         now: UnixMillis,
         trace: Option<TraceContext>,
     ) -> Self {
-        let mut steps: Vec<StepState> = spec
+        let first_route = spec.fanout_routes().first().copied().unwrap_or_default();
+        let mut plan: Vec<(StepKind, Option<String>, String, Option<JudgeRef>)> = spec
             .fanout_plan()
             .into_iter()
-            .map(|(persona, route)| (StepKind::Fanout, persona.map(|p| p.name.clone()), route))
-            .chain(spec.synthesis.as_ref().map(|s| {
-                let route = s.model.as_deref().or(spec.fanout_routes().first().copied());
-                (StepKind::Synthesis, None, route.unwrap_or_default())
-            }))
+            .map(|(persona, route)| {
+                let persona = persona.map(|p| p.name.clone());
+                (StepKind::Fanout, persona, route.to_owned(), None)
+            })
+            .collect();
+        if let Some(synthesis) = &spec.synthesis {
+            let route = synthesis.model.as_deref().unwrap_or(first_route);
+            plan.push((StepKind::Synthesis, None, route.to_owned(), None));
+        }
+        // The judged answers: the synthesis when there is one, else every fan-out answer.
+        let targets: Vec<(u32, Option<String>)> = match plan.last() {
+            Some((StepKind::Synthesis, ..)) => vec![(plan.len() as u32 - 1, None)],
+            _ => plan
+                .iter()
+                .enumerate()
+                .map(|(i, (_, persona, ..))| (i as u32, persona.clone()))
+                .collect(),
+        };
+        let assertions = spec
+            .evaluate
+            .as_ref()
+            .map_or(&[][..], |e| &e.assertions[..]);
+        for (target, persona) in &targets {
+            for (a, assertion) in assertions.iter().enumerate() {
+                if let Some((_, _, model)) = assertion.check.judge() {
+                    let judges = JudgeRef {
+                        target: *target,
+                        assertion: a as u32,
+                    };
+                    let route = model.unwrap_or(first_route).to_owned();
+                    plan.push((StepKind::Judge, persona.clone(), route, Some(judges)));
+                }
+            }
+        }
+        let steps = plan
+            .into_iter()
             .enumerate()
-            .map(|(index, (kind, persona, route))| StepState {
+            .map(|(index, (kind, persona, route, judges))| StepState {
                 index: index as u32,
                 kind,
                 persona,
-                route: route.to_owned(),
+                route,
+                judges,
                 status: StepStatus::Pending,
                 output: None,
                 error: None,
@@ -239,7 +306,6 @@ impl JobState {
                 finished_at: None,
             })
             .collect();
-        steps.shrink_to_fit();
         Self {
             id,
             tenant,
@@ -253,7 +319,13 @@ impl JobState {
             updated_at: now,
             finished_at: None,
             trace,
+            origin: None,
         }
+    }
+
+    pub fn with_origin(mut self, origin: Option<Origin>) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// The steps' cost, when any answering route has prices.
@@ -281,30 +353,12 @@ impl JobState {
             .position(|s| s.kind == StepKind::Synthesis)
     }
 
-    /// The call for a step, built from the spec and (for synthesis) the fan-out answers.
+    /// The call for a step, built from the spec, the fan-out answers (synthesis) or the judged
+    /// answer (judge).
     fn call(&self, index: usize) -> LlmCall {
         let step = &self.steps[index];
         let (messages, params) = match step.kind {
-            StepKind::Fanout => {
-                let mut messages = Vec::with_capacity(self.spec.messages.len() + 2);
-                if let Some(persona) = step
-                    .persona
-                    .as_ref()
-                    .and_then(|name| self.spec.personas.iter().find(|p| &p.name == name))
-                {
-                    messages.push(ChatMessage::new(Role::System, persona.system.clone()));
-                }
-                match &self.spec.prompt {
-                    // Validated at submission; a failure here means the spec changed under us.
-                    Some(prompt) => messages.push(ChatMessage::new(
-                        Role::User,
-                        template::render(prompt, &template::Context::input(&self.spec.input))
-                            .unwrap_or_else(|e| e.to_string()),
-                    )),
-                    None => messages.extend(self.spec.messages.iter().cloned()),
-                }
-                (messages, self.spec.params.clone())
-            }
+            StepKind::Fanout => (self.fanout_messages(step), self.spec.params.clone()),
             StepKind::Synthesis => {
                 let synthesis = self.spec.synthesis.as_ref();
                 let answers: Vec<Answer> = self
@@ -312,11 +366,7 @@ impl JobState {
                     .map(|s| Answer {
                         persona: s.persona.clone(),
                         model: s.route.clone(),
-                        text: s
-                            .output
-                            .as_ref()
-                            .map(|o| o.text.clone())
-                            .unwrap_or_default(),
+                        text: answer_text(s).to_owned(),
                     })
                     .collect();
                 let mut messages = Vec::with_capacity(2);
@@ -337,6 +387,7 @@ impl JobState {
                     .unwrap_or_else(|| self.spec.params.clone());
                 (messages, params)
             }
+            StepKind::Judge => (self.judge_messages(step), judge::params()),
         };
         LlmCall {
             job_id: self.id,
@@ -345,6 +396,68 @@ impl JobState {
             route: step.route.clone(),
             messages,
             params,
+            priority: self.spec.priority,
+            deadline: self.spec.deadline.map(|d| d.timestamp_millis()),
+            batch: self.origin.as_ref().map(|o| o.batch.clone()),
+            judge: step.kind == StepKind::Judge,
+        }
+    }
+
+    fn fanout_messages(&self, step: &StepState) -> Vec<ChatMessage> {
+        let mut messages = Vec::with_capacity(self.spec.messages.len() + 2);
+        if let Some(persona) = step
+            .persona
+            .as_ref()
+            .and_then(|name| self.spec.personas.iter().find(|p| &p.name == name))
+        {
+            messages.push(ChatMessage::new(Role::System, persona.system.clone()));
+        }
+        match &self.spec.prompt {
+            // Validated at submission; a failure here means the spec changed under us.
+            Some(prompt) => messages.push(ChatMessage::new(
+                Role::User,
+                template::render(prompt, &template::Context::input(&self.spec.input))
+                    .unwrap_or_else(|e| e.to_string()),
+            )),
+            None => messages.extend(self.spec.messages.iter().cloned()),
+        }
+        messages
+    }
+
+    /// A judge's messages: the judged answer, the question it answered (its last user message)
+    /// and the rubric or reference.
+    fn judge_messages(&self, step: &StepState) -> Vec<ChatMessage> {
+        let Some(judges) = step.judges else {
+            return Vec::new();
+        };
+        let target_index = judges.target as usize;
+        let question = self
+            .steps
+            .get(target_index)
+            .map(|target| {
+                self.call(target_index)
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                    .map(|m| m.content.clone())
+                    .unwrap_or_else(|| answer_text(target).to_owned())
+            })
+            .unwrap_or_default();
+        let answer = self
+            .steps
+            .get(target_index)
+            .map(answer_text)
+            .unwrap_or_default();
+        let judge = self
+            .spec
+            .evaluate
+            .as_ref()
+            .and_then(|e| e.assertions.get(judges.assertion as usize))
+            .and_then(|a| a.check.judge());
+        match judge {
+            Some((kind, criterion, _)) => judge::messages(kind, criterion, &question, answer),
+            None => Vec::new(),
         }
     }
 
@@ -354,28 +467,62 @@ impl JobState {
             Some(i) => vec![&self.steps[i]],
             None => self.fanout().collect(),
         };
+        let targets = targets
+            .into_iter()
+            .map(|s| EvalTarget {
+                step: s.index,
+                text: answer_text(s).to_owned(),
+                latency_ms: s.output.as_ref().map_or(0, |o| o.latency_ms),
+                cost_usd: s.output.as_ref().and_then(|o| o.cost_usd),
+                judges: self
+                    .judge_steps()
+                    .filter_map(|j| Some((j, j.judges?)))
+                    .filter(|(_, r)| r.target == s.index)
+                    .map(|(j, r)| JudgeOutcome {
+                        assertion: r.assertion,
+                        verdict: judge_verdict(j),
+                    })
+                    .collect(),
+            })
+            .collect();
         Some(EvalRequest {
             job_id: self.id,
             tenant: self.tenant.clone(),
             evaluate,
-            targets: targets
-                .into_iter()
-                .map(|s| EvalTarget {
-                    step: s.index,
-                    text: s
-                        .output
-                        .as_ref()
-                        .map(|o| o.text.clone())
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            targets,
         })
+    }
+
+    fn judge_steps(&self) -> impl Iterator<Item = &StepState> {
+        self.steps.iter().filter(|s| s.kind == StepKind::Judge)
     }
 
     fn finish(&mut self, status: JobStatus, error: Option<JobError>, now: UnixMillis) {
         self.status = status;
         self.error = error;
         self.finished_at = Some(now);
+    }
+}
+
+fn answer_text(step: &StepState) -> &str {
+    step.output.as_ref().map_or("", |o| o.text.as_str())
+}
+
+/// A settled judge step as the evaluator sees it. The llm stage only returns answers that parse.
+fn judge_verdict(step: &StepState) -> JudgeVerdict {
+    match (&step.output, &step.error) {
+        (Some(output), _) if step.status == StepStatus::Succeeded => {
+            match judge::parse_verdict(&output.text) {
+                Ok(verdict) => JudgeVerdict::Answered(verdict),
+                Err(error) => JudgeVerdict::Errored { error },
+            }
+        }
+        (_, Some(error)) => JudgeVerdict::Errored {
+            error: format!("the judge call failed ({}): {}", error.kind, error.message),
+        },
+        _ => JudgeVerdict::Errored {
+            error: "the judge call did not finish".into(),
+        },
     }
 }
 
@@ -387,6 +534,7 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
         Input::Submitted { at } => *at,
         Input::Step(r) => r.finished_at,
         Input::Evaluated(r) => r.evaluated_at,
+        Input::Cancel { at, .. } => *at,
     };
     match input {
         Input::Submitted { .. } => {
@@ -397,14 +545,17 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
                 }
             }
             // Re-issue every call still outstanding (a no-op under de-duplication).
-            effects.extend(
-                (0..next.steps.len())
-                    .filter(|&i| next.steps[i].status == StepStatus::Dispatched)
-                    .map(|i| Effect::Call(next.call(i))),
-            );
-            advance(&mut next, now, &mut effects);
+            if !next.status.is_terminal() {
+                effects.extend(
+                    (0..next.steps.len())
+                        .filter(|&i| next.steps[i].status == StepStatus::Dispatched)
+                        .map(|i| Effect::Call(next.call(i))),
+                );
+            }
+            advance(&mut next, now, &mut effects, false);
         }
         Input::Step(result) => {
+            let mut repair = false;
             if let Some(step) = next.steps.get_mut(result.step as usize) {
                 // A replayed call (from the DLQ) supersedes the result it replays, and reopens a
                 // job that failed on it; anything else settles a step once.
@@ -431,14 +582,28 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
                             step.error = Some(error);
                         }
                     }
-                    if next.status == JobStatus::Failed {
+                    let cancelled = step.error.as_ref().is_some_and(|e| e.kind == CANCELLED)
+                        && step.status == StepStatus::Failed;
+                    if cancelled {
+                        let message = step.error.as_ref().map(|e| e.message.clone());
+                        next.finish(
+                            JobStatus::Cancelled,
+                            Some(JobError {
+                                step: Some(result.step),
+                                kind: CANCELLED.into(),
+                                message: message.unwrap_or_default(),
+                            }),
+                            now,
+                        );
+                    } else if next.status == JobStatus::Failed {
                         next.status = JobStatus::Running;
                         next.error = None;
                         next.finished_at = None;
                     }
                 }
+                repair = !applies;
             }
-            advance(&mut next, now, &mut effects);
+            advance(&mut next, now, &mut effects, repair);
         }
         Input::Evaluated(result) => {
             if next.status == JobStatus::Evaluating {
@@ -456,7 +621,17 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
                 });
                 next.finish(JobStatus::Succeeded, None, now);
             }
-            advance(&mut next, now, &mut effects);
+            advance(&mut next, now, &mut effects, false);
+        }
+        Input::Cancel { reason, .. } => {
+            if !next.status.is_terminal() {
+                let error = JobError {
+                    step: None,
+                    kind: CANCELLED.into(),
+                    message: reason,
+                };
+                next.finish(JobStatus::Cancelled, Some(error), now);
+            }
         }
     }
     let changed = &next != state;
@@ -472,8 +647,9 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
 }
 
 /// Moves a running job to its next phase once the current one has settled, and (re-)emits the
-/// effect that phase needs.
-fn advance(job: &mut JobState, now: UnixMillis, effects: &mut Vec<Effect>) {
+/// effect that phase needs. `repair` is set for an input that changed nothing (a redelivery):
+/// every call still outstanding is then emitted again.
+fn advance(job: &mut JobState, now: UnixMillis, effects: &mut Vec<Effect>, repair: bool) {
     if job.status == JobStatus::Queued {
         return;
     }
@@ -481,7 +657,11 @@ fn advance(job: &mut JobState, now: UnixMillis, effects: &mut Vec<Effect>) {
         if !job.fanout().all(|s| s.status.is_settled()) {
             return;
         }
-        if let Some(failed) = job.steps.iter().find(|s| s.status == StepStatus::Failed) {
+        let failed = job
+            .steps
+            .iter()
+            .find(|s| s.kind != StepKind::Judge && s.status == StepStatus::Failed);
+        if let Some(failed) = failed {
             let error = JobError {
                 step: Some(failed.index),
                 kind: failed
@@ -501,6 +681,25 @@ fn advance(job: &mut JobState, now: UnixMillis, effects: &mut Vec<Effect>) {
         {
             job.steps[i].status = StepStatus::Dispatched;
             effects.push(Effect::Call(job.call(i)));
+            return;
+        } else if job.judge_steps().any(|s| !s.status.is_settled()) {
+            // Judges run once the answers they judge are in; a failed judge is an errored
+            // assertion, not a failed job. Several are outstanding at once, so one judge's
+            // result does not re-send the others (past the work stream's duplicate window that
+            // would call them again); only an input that was already applied, the redelivery
+            // after a crash between "state saved" and "effects published", re-sends them all.
+            for i in 0..job.steps.len() {
+                let send = job.steps[i].kind == StepKind::Judge
+                    && match job.steps[i].status {
+                        StepStatus::Pending => true,
+                        StepStatus::Dispatched => repair,
+                        StepStatus::Succeeded | StepStatus::Failed => false,
+                    };
+                if send {
+                    job.steps[i].status = StepStatus::Dispatched;
+                    effects.push(Effect::Call(job.call(i)));
+                }
+            }
             return;
         } else if let Some(request) = job.eval_request() {
             job.status = JobStatus::Evaluating;

@@ -4,6 +4,8 @@
 //! - [`ids`]: job ids, tenants, timestamps.
 //! - [`spec`]: the job spec clients submit, and its validation.
 //! - [`assertion`]: the shape of evaluation assertions.
+//! - [`judge`]: the calls LLM judges make and how their answers are read.
+//! - [`batch`]: batch lines (OpenAI Batch API shape) and where a job came from.
 //! - [`template`]: prompt templates (minijinja).
 //! - [`job`]: a job's state and its pure, idempotent transitions.
 //! - [`messages`]: the versioned message bodies roles exchange.
@@ -13,10 +15,12 @@
 //! - [`config`]: typed configuration, loaded from a TOML file and `CHORUS_…` variables.
 
 pub mod assertion;
+pub mod batch;
 pub mod codec;
 pub mod config;
 pub mod ids;
 pub mod job;
+pub mod judge;
 pub mod messages;
 pub mod spec;
 pub mod subjects;

@@ -6,8 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::Origin;
 use crate::ids::{JobId, Tenant, UnixMillis};
 use crate::job::JobState;
+use crate::judge::Verdict;
 use crate::spec::{ChatMessage, Evaluate, JobSpec, Params};
 
 /// A message type with a stable kind name and a layout version.
@@ -34,6 +36,9 @@ pub struct Submission {
     /// True when the edge already stored the queued state in the jobs bucket.
     #[serde(default)]
     pub state_created: bool,
+    /// The batch line the job came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 envelope!(Submission, "job.submit", 1);
 
@@ -47,8 +52,24 @@ pub struct LlmCall {
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub params: Params,
+    /// The job's priority; a backlog serves higher first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// Past this, the call is not made and the step fails with `deadline_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<UnixMillis>,
+    /// The job's batch, for the check that it was not cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// A judge call: its answer must parse as a [`Verdict`], else it is asked again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub judge: bool,
 }
 envelope!(LlmCall, "llm.call", 1);
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -151,6 +172,34 @@ envelope!(StepResult, "step.result", 1);
 pub struct EvalTarget {
     pub step: u32,
     pub text: String,
+    /// Provider latency of the call that answered.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Cost of the call that answered, when its route has prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// What the judges said about this answer, one per judge assertion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judges: Vec<JudgeOutcome>,
+}
+
+/// One judge's verdict on one answer, or why there is none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JudgeOutcome {
+    /// Index of the judge assertion in `evaluate.assertions`.
+    pub assertion: u32,
+    #[serde(flatten)]
+    pub verdict: JudgeVerdict,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JudgeVerdict {
+    Answered(Verdict),
+    /// The judge call failed, or its answers never parsed.
+    Errored {
+        error: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +223,10 @@ pub struct AssertionResult {
     /// In 0..=1 (already inverted for `not`).
     pub score: f64,
     pub reason: String,
+    /// The assertion could not be evaluated (a judge that never answered validly, a cost check
+    /// on a route without prices); it counts as failed, whatever `not` says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub errored: bool,
 }
 
 /// The evaluation of one target answer.

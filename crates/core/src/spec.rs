@@ -5,6 +5,7 @@
 //! Checks that need more than the spec itself (known routes, compiled assertions) are done by the
 //! caller through [`Validator`].
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -35,10 +36,24 @@ pub struct JobSpec {
     pub evaluate: Option<Evaluate>,
     #[serde(default, skip_serializing_if = "Params::is_empty")]
     pub params: Params,
+    /// With a backlog, calls of higher-priority jobs are served first (-10..=10, default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// When the job must be done (RFC 3339). Calls not started by then are not made, and the
+    /// job fails with `deadline_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// The range of `priority`.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -10..=10;
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +279,16 @@ impl JobSpec {
         }
 
         check_params("params", &self.params, &mut errors);
+        if !PRIORITIES.contains(&self.priority) {
+            errors.push(FieldError::new(
+                "priority",
+                format!(
+                    "must be between {} and {}",
+                    PRIORITIES.start(),
+                    PRIORITIES.end()
+                ),
+            ));
+        }
 
         if let Some(synthesis) = &self.synthesis {
             if let Some(model) = &synthesis.model {
@@ -312,6 +337,13 @@ impl JobSpec {
                         format!("evaluate.assertions[{i}]"),
                         problem,
                     ));
+                }
+                if let Some((_, _, Some(model))) = a.check.judge() {
+                    route(
+                        format!("evaluate.assertions[{i}].model"),
+                        model,
+                        &mut errors,
+                    );
                 }
             }
             let total: f64 = evaluate.assertions.iter().map(|a| a.weight).sum();

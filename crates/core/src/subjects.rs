@@ -103,6 +103,20 @@ impl Subjects {
         format!("{}.notify.{}.{}", self.prefix, tenant, job)
     }
 
+    /// Results of a batch's lines, for JetStream submitters.
+    pub fn results(&self, tenant: &Tenant, batch: &str) -> String {
+        format!(
+            "{}.results.{}.{}",
+            self.prefix,
+            tenant,
+            subject_token(batch)
+        )
+    }
+
+    pub fn cancels_bucket(&self) -> String {
+        format!("{}_cancels", self.prefix.replace('-', "_"))
+    }
+
     pub fn dlq(&self, stage: Stage) -> String {
         format!("{}.dlq.{}", self.prefix, stage.as_str())
     }

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::messages::{AssertionResult, StepError};
+use crate::messages::{AssertionResult, JudgeVerdict, StepError};
 use crate::spec::JobSpec;
 
 fn roundtable() -> JobSpec {
@@ -135,6 +135,7 @@ fn roundtable_runs_fanout_synthesis_evaluation_in_order() {
                 passed: true,
                 score: 1.0,
                 reason: "found".into(),
+                errored: false,
             }],
         }],
         evaluated_at: 2_000,
@@ -273,5 +274,169 @@ fn a_replayed_call_reopens_the_job_it_failed() {
     assert!(
         !apply(&t.state, success).changed,
         "the same replay twice changes nothing"
+    );
+}
+
+fn failed(state: &JobState, step: u32, kind: &str) -> Input {
+    Input::Step(StepResult {
+        job_id: state.id,
+        tenant: state.tenant.clone(),
+        step,
+        route: "sim:echo".into(),
+        outcome: StepOutcome::Failed(StepError {
+            kind: kind.into(),
+            message: format!("{kind} happened"),
+            retryable: false,
+            status: None,
+        }),
+        attempts: 1,
+        calls: Vec::new(),
+        replays: 0,
+        started_at: 1,
+        finished_at: 2,
+    })
+}
+
+fn judged() -> JobSpec {
+    serde_json::from_value(json!({
+        "models": ["a", "b"],
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "evaluate": {"assertions": [
+            {"type": "contains", "value": "Paris"},
+            {"type": "llm_rubric", "value": "Names a city.", "model": "judge"},
+            {"type": "factuality", "value": "Paris"}
+        ]}
+    }))
+    .unwrap_or_default()
+}
+
+#[test]
+fn judges_run_after_the_answers_they_judge_and_feed_the_evaluation() {
+    let state = job(judged());
+    let plan: Vec<_> = state
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.route.as_str(),
+                s.judges.map(|j| (j.target, j.assertion)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            (StepKind::Fanout, "a", None),
+            (StepKind::Fanout, "b", None),
+            (StepKind::Judge, "judge", Some((0, 1))),
+            (StepKind::Judge, "a", Some((0, 2))),
+            (StepKind::Judge, "judge", Some((1, 1))),
+            (StepKind::Judge, "a", Some((1, 2))),
+        ],
+        "one judge per judge assertion and answer; without `model`, the job's first route"
+    );
+    let t = apply(&state, Input::Submitted { at: 1 });
+    assert_eq!(
+        calls(&t.effects).len(),
+        2,
+        "only the answers are called first"
+    );
+    let mut s = apply(&t.state, ok(&t.state, 0, "Paris.")).state;
+    let t = apply(&s, ok(&s, 1, "Lyon."));
+    let judges = calls(&t.effects);
+    assert_eq!(judges.len(), 4);
+    assert!(judges.iter().all(|c| c.judge && c.params.wants_json()));
+    assert!(judges[0].messages[1].content.contains("<answer>\nParis."));
+    assert!(judges[0].messages[1].content.contains("Capital of France?"));
+    assert!(judges[2].messages[1].content.contains("<answer>\nLyon."));
+    s = t.state;
+    let t = apply(&s, ok(&s, 2, r#"{"reason": "a city", "score": 1}"#));
+    assert!(
+        calls(&t.effects).is_empty(),
+        "one judge's verdict does not send the other judges again"
+    );
+    s = t.state;
+    let again = apply(&s, ok(&s, 2, r#"{"reason": "a city", "score": 1}"#));
+    assert!(!again.changed);
+    assert_eq!(
+        calls(&again.effects)
+            .iter()
+            .map(|c| c.step)
+            .collect::<Vec<_>>(),
+        [3, 4, 5],
+        "a redelivered verdict re-sends the judges still outstanding"
+    );
+    s = apply(&s, ok(&s, 3, r#"{"reason": "right", "score": 0.9}"#)).state;
+    s = apply(&s, ok(&s, 4, r#"{"reason": "a city", "score": 1}"#)).state;
+    // A judge that never answered validly is an errored verdict, not a failed job.
+    let t = apply(&s, failed(&s, 5, "invalid_judge_answer"));
+    assert_eq!(t.state.status, JobStatus::Evaluating);
+    let request = match t.effects.as_slice() {
+        [Effect::Evaluate(r)] => r.clone(),
+        other => panic!("expected one evaluation, got {other:?}"),
+    };
+    assert_eq!(
+        request.targets.len(),
+        2,
+        "the judges are not targets themselves"
+    );
+    let second = &request.targets[1].judges;
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[0].assertion, 1);
+    assert!(matches!(&second[0].verdict, JudgeVerdict::Answered(v) if v.score == 1.0));
+    assert!(
+        matches!(&second[1].verdict, JudgeVerdict::Errored { error } if error.contains("invalid_judge_answer"))
+    );
+}
+
+#[test]
+fn a_cancel_ends_the_job_and_later_results_change_nothing() {
+    let state = job(roundtable());
+    let s = apply(&state, Input::Submitted { at: 1 }).state;
+    let t = apply(
+        &s,
+        Input::Cancel {
+            at: 5,
+            reason: "by request".into(),
+        },
+    );
+    assert!(t.changed && t.effects.is_empty());
+    assert_eq!(t.state.status, JobStatus::Cancelled);
+    assert_eq!(
+        t.state.error.as_ref().map(|e| e.kind.as_str()),
+        Some(CANCELLED)
+    );
+    let late = apply(&t.state, ok(&t.state, 0, "too late"));
+    assert!(!late.changed && late.effects.is_empty());
+    let resubmitted = apply(&t.state, Input::Submitted { at: 9 });
+    assert!(
+        resubmitted.effects.is_empty(),
+        "a cancelled job dispatches nothing"
+    );
+
+    // A call the llm stage refused because the batch was cancelled cancels the job too.
+    let s = apply(&job(roundtable()), Input::Submitted { at: 1 }).state;
+    let t = apply(&s, failed(&s, 1, CANCELLED));
+    assert_eq!(t.state.status, JobStatus::Cancelled);
+}
+
+#[test]
+fn calls_carry_priority_deadline_and_batch() {
+    let mut spec = roundtable();
+    spec.priority = 7;
+    spec.deadline = chrono::DateTime::from_timestamp_millis(10_000);
+    let origin = crate::batch::Origin {
+        batch: "batch_1".into(),
+        custom_id: "c1".into(),
+        endpoint: crate::batch::Endpoint::Jobs,
+        line: 0,
+    };
+    let state = job(spec).with_origin(Some(origin));
+    let t = apply(&state, Input::Submitted { at: 1 });
+    let first = calls(&t.effects)[0];
+    assert_eq!(
+        (first.priority, first.deadline, first.batch.as_deref()),
+        (7, Some(10_000), Some("batch_1"))
     );
 }
