@@ -1,4 +1,5 @@
-//! One answer text and the views assertions read from it, each computed at most once.
+//! One target as checks see it: the answer text, the views assertions read from it (each
+//! computed at most once), and what is known about the call that produced it.
 //!
 //! JSON views strip a single Markdown code fence wrapping the whole answer (```` ```json ````
 //! or a bare ```` ``` ````) before parsing, because models fence JSON even when told not to.
@@ -6,7 +7,36 @@
 
 use std::cell::OnceCell;
 
+use chorus_core::messages::{EvalTarget, JudgeOutcome, JudgeVerdict};
 use serde_json::Value;
+
+/// A target answer and the facts about its call that `latency`, `cost` and judge checks read.
+pub(crate) struct Target<'a> {
+    pub answer: Answer<'a>,
+    pub latency_ms: u64,
+    /// `None` when the answering route has no prices.
+    pub cost_usd: Option<f64>,
+    judges: &'a [JudgeOutcome],
+}
+
+impl<'a> Target<'a> {
+    pub fn new(target: &'a EvalTarget) -> Self {
+        Self {
+            answer: Answer::new(&target.text),
+            latency_ms: target.latency_ms,
+            cost_usd: target.cost_usd,
+            judges: &target.judges,
+        }
+    }
+
+    /// What the judge of the assertion at `index` said, if it was recorded.
+    pub fn verdict(&self, index: u32) -> Option<&'a JudgeVerdict> {
+        self.judges
+            .iter()
+            .find(|j| j.assertion == index)
+            .map(|j| &j.verdict)
+    }
+}
 
 pub(crate) struct Answer<'a> {
     pub text: &'a str,

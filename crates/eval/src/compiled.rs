@@ -3,15 +3,22 @@
 //! Compiling is also how a submission is checked: everything that can be wrong with a check is
 //! found here, so [`crate::check`] and the evaluator can never disagree. Schemas are compiled
 //! offline — a `$ref` to a URL or file never makes the worker fetch anything.
+//!
+//! Running a check yields a [`Finding`]: most checks only hold or not; `similarity` and the
+//! judges also measure a grade that becomes the score. `latency`, `cost` and the judges read
+//! what the target carries besides its text; when that is missing (no prices, no valid
+//! verdict) the finding is an error rather than a failure.
 
 use jsonschema::Validator;
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use chorus_core::assertion::Check;
+use chorus_core::assertion::{Check, JudgeKind, SimilarityMethod};
+use chorus_core::messages::JudgeVerdict;
 
-use crate::answer::{Answer, json_eq};
+use crate::answer::{Target, json_eq};
+use crate::similarity::{method_name, similarity};
 
 /// Compiled regexes are tenant input; cap their size well below the regex crate's default.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -21,6 +28,10 @@ const SCHEMA_ERRORS_SHOWN: usize = 3;
 const SNIPPET_CHARS: usize = 60;
 /// Characters of one schema error (they quote the offending value, which may be large).
 const SCHEMA_ERROR_CHARS: usize = 160;
+/// Slack for float rounding when comparing a measure with its threshold.
+pub(crate) const EPSILON: f64 = 1e-9;
+/// Why a `cost` check cannot tell.
+const NO_PRICES: &str = "the answering route has no prices configured";
 
 /// Why a check does not compile. The message names the field and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +48,12 @@ pub enum CompileError {
     NoBounds,
     #[error("`min` {min} is greater than `max` {max}")]
     Bounds { min: usize, max: usize },
+    #[error("`{field}` must be {wanted}, got {value}")]
+    OutOfRange {
+        field: &'static str,
+        wanted: &'static str,
+        value: f64,
+    },
 }
 
 /// A check ready to run: the expensive parts are built, the rest is copied.
@@ -62,10 +79,46 @@ pub enum Compiled {
         min: Option<usize>,
         max: Option<usize>,
     },
+    Similarity {
+        reference: String,
+        method: SimilarityMethod,
+        threshold: f64,
+    },
+    Latency {
+        max_ms: u64,
+    },
+    Cost {
+        max_usd: f64,
+    },
+    /// `llm_rubric` or `factuality`; the verdict comes with the target.
+    Judge {
+        kind: JudgeKind,
+        threshold: f64,
+    },
 }
 
-/// What running a check found: whether it holds and what was seen, or why it cannot tell.
-pub(crate) type Finding = Result<(bool, String), String>;
+/// What running a check on one target found.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Finding {
+    /// Whether the check holds, and what was seen.
+    Binary { holds: bool, seen: String },
+    /// A measure in 0..=1 that is the score, whether it reaches the threshold, and what was seen.
+    Graded {
+        measure: f64,
+        holds: bool,
+        seen: String,
+    },
+    /// A judge's score in 0..=1 and whether it reaches the threshold; its reason stands alone.
+    Judged {
+        score: f64,
+        holds: bool,
+        reason: String,
+    },
+    /// The answer lacks what the check reads (not JSON for a schema): the check fails.
+    CannotTell(String),
+    /// What the check reads besides the answer is missing: the check errored, and fails.
+    Errored(String),
+}
 
 impl Compiled {
     pub fn new(check: &Check) -> Result<Self, CompileError> {
@@ -112,6 +165,44 @@ impl Compiled {
                 }
                 (min, max) => Self::Length { min, max },
             },
+            Check::Similarity {
+                value,
+                method,
+                threshold,
+            } => Self::Similarity {
+                reference: non_empty("value", value)?.clone(),
+                method: *method,
+                threshold: fraction("threshold", *threshold)?,
+            },
+            Check::Latency { max_ms } => Self::Latency { max_ms: *max_ms },
+            Check::Cost { max_usd } => {
+                if !(max_usd.is_finite() && *max_usd >= 0.0) {
+                    return Err(CompileError::OutOfRange {
+                        field: "max_usd",
+                        wanted: "a number at least 0",
+                        value: *max_usd,
+                    });
+                }
+                Self::Cost { max_usd: *max_usd }
+            }
+            Check::LlmRubric {
+                value, threshold, ..
+            } => {
+                non_empty("value", value)?;
+                Self::Judge {
+                    kind: JudgeKind::Rubric,
+                    threshold: fraction("threshold", *threshold)?,
+                }
+            }
+            Check::Factuality {
+                value, threshold, ..
+            } => {
+                non_empty("value", value)?;
+                Self::Judge {
+                    kind: JudgeKind::Factuality,
+                    threshold: fraction("threshold", *threshold)?,
+                }
+            }
         })
     }
 
@@ -145,13 +236,65 @@ impl Compiled {
             Self::Length { min: Some(min), .. } => format!("to be at least {min} characters long"),
             Self::Length { max: Some(max), .. } => format!("to be at most {max} characters long"),
             Self::Length { .. } => "to have any length".into(),
+            Self::Similarity {
+                reference,
+                method,
+                threshold,
+            } => format!(
+                "to be at least {threshold} similar to {} by {}",
+                quote(reference),
+                method_name(*method)
+            ),
+            Self::Latency { max_ms } => format!("to answer within {max_ms} ms"),
+            Self::Cost { max_usd } => format!("to cost at most {}", usd(*max_usd)),
+            Self::Judge {
+                kind: JudgeKind::Rubric,
+                threshold,
+            } => format!("to meet the rubric with a judge score of at least {threshold}"),
+            Self::Judge {
+                kind: JudgeKind::Factuality,
+                threshold,
+            } => format!(
+                "to agree with the reference on the facts with a judge score of at least {threshold}"
+            ),
         }
     }
 
-    pub(crate) fn run(&self, answer: &Answer<'_>) -> Finding {
+    /// Runs the check on `target`; `index` is the assertion's place in the request, which is how
+    /// a judge's verdict is found.
+    pub(crate) fn run(&self, target: &Target<'_>, index: u32) -> Finding {
+        self.find(target, index).unwrap_or_else(Finding::CannotTell)
+    }
+
+    fn find(&self, target: &Target<'_>, index: u32) -> Result<Finding, String> {
+        let answer = &target.answer;
         let text = answer.text;
         let json = || answer.json().map_err(str::to_owned);
-        Ok(match self {
+        let (holds, seen) = match self {
+            Self::Similarity {
+                reference,
+                method,
+                threshold,
+            } => {
+                let measure = similarity(*method, text.trim(), reference);
+                return Ok(Finding::Graded {
+                    measure,
+                    holds: reaches(measure, *threshold),
+                    seen: format!(
+                        "{} similarity is {measure:.3} (threshold {threshold})",
+                        method_name(*method)
+                    ),
+                });
+            }
+            Self::Judge { threshold, .. } => return Ok(judged(target.verdict(index), *threshold)),
+            Self::Latency { max_ms } => (
+                target.latency_ms <= *max_ms,
+                format!("it took {} ms", target.latency_ms),
+            ),
+            Self::Cost { max_usd } => match target.cost_usd {
+                Some(cost) => (cost <= *max_usd, format!("it cost {}", usd(cost))),
+                None => return Ok(Finding::Errored(NO_PRICES.into())),
+            },
             Self::EqualsText(want) => match text.trim() {
                 got if got == want => (true, "it does".into()),
                 got => (false, format!("got {}", quote(got))),
@@ -233,7 +376,32 @@ impl Compiled {
                     _ => (true, format!("length is {len}")),
                 }
             }
-        })
+        };
+        Ok(Finding::Binary { holds, seen })
+    }
+}
+
+/// Whether `measure` reaches `threshold`, allowing for float rounding.
+pub(crate) fn reaches(measure: f64, threshold: f64) -> bool {
+    measure + EPSILON >= threshold
+}
+
+/// Reads a judge's verdict; no verdict, or one that is not a score in 0..=1, is an error.
+fn judged(verdict: Option<&JudgeVerdict>, threshold: f64) -> Finding {
+    match verdict {
+        Some(JudgeVerdict::Answered(v)) if (0.0..=1.0).contains(&v.score) => Finding::Judged {
+            score: v.score,
+            holds: reaches(v.score, threshold),
+            reason: format!(
+                "judge: {} (score {:.3}, threshold {threshold})",
+                v.reason, v.score
+            ),
+        },
+        Some(JudgeVerdict::Answered(v)) => {
+            Finding::Errored(format!("the judge's score {} is outside 0..1", v.score))
+        }
+        Some(JudgeVerdict::Errored { error }) => Finding::Errored(error.clone()),
+        None => Finding::Errored("no judge verdict was recorded for this answer".into()),
     }
 }
 
@@ -256,6 +424,18 @@ fn non_empty<'a>(field: &str, value: &'a String) -> Result<&'a String, CompileEr
     if value.is_empty() {
         return Err(CompileError::Empty {
             field: field.into(),
+        });
+    }
+    Ok(value)
+}
+
+/// A threshold or similar fraction: finite and in 0..=1.
+fn fraction(field: &'static str, value: f64) -> Result<f64, CompileError> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(CompileError::OutOfRange {
+            field,
+            wanted: "a number from 0 to 1",
+            value,
         });
     }
     Ok(value)
@@ -322,6 +502,14 @@ fn cut(text: &str, max: usize) -> String {
     } else {
         head
     }
+}
+
+/// A dollar amount for a reason: up to 8 decimals (a single call can cost a millionth of a
+/// dollar), without trailing zeros.
+fn usd(amount: f64) -> String {
+    let fixed = format!("{amount:.8}");
+    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
+    format!("${trimmed}")
 }
 
 /// A JSON value for a reason, cut short when long.

@@ -1,9 +1,13 @@
 //! The evaluator a worker owns: it compiles each request's checks through a cache and scores
 //! every target answer.
 //!
-//! Each assertion scores 1 or 0, inverted by `not`; one that cannot be evaluated at all (the
-//! answer is not JSON for a schema, a check that does not compile) scores 0 either way. A
-//! target's score is the weighted mean; it passes at or above the threshold.
+//! Most assertions score 1 or 0, inverted by `not`. `similarity` and the judges are graded: the
+//! score is the measured similarity or the judge's score (1 minus it with `not`), and they pass
+//! when it reaches their own threshold (below it with `not`). An assertion that cannot be
+//! evaluated (the answer is not JSON for a schema, a check that does not compile) fails and
+//! scores 0 either way; one whose input besides the answer is missing (a judge without a valid
+//! verdict, a cost on a route without prices) does too, and is also marked `errored`. A target's
+//! score is the weighted mean; it passes at or above the threshold.
 
 use std::sync::Arc;
 
@@ -11,12 +15,9 @@ use chorus_core::assertion::{Assertion, Check};
 use chorus_core::ids::UnixMillis;
 use chorus_core::messages::{AssertionResult, EvalRequest, EvaluationResult, TargetEvaluation};
 
-use crate::answer::Answer;
+use crate::answer::Target;
 use crate::cache::Lru;
-use crate::compiled::Compiled;
-
-/// Slack for float rounding when comparing a score with its threshold.
-const EPSILON: f64 = 1e-9;
+use crate::compiled::{Compiled, Finding, reaches};
 
 type Compilation = Result<Arc<Compiled>, String>;
 
@@ -54,14 +55,11 @@ impl Evaluator {
         let targets = request
             .targets
             .iter()
-            .map(|target| {
-                let answer = Answer::new(&target.text);
-                let assertions: Vec<AssertionResult> = evaluate
-                    .assertions
-                    .iter()
-                    .zip(&compiled)
-                    .enumerate()
-                    .map(|(i, (assertion, compiled))| judge(i, assertion, compiled, &answer))
+            .map(|target_message| {
+                let target = Target::new(target_message);
+                let assertions: Vec<AssertionResult> = (0..)
+                    .zip(evaluate.assertions.iter().zip(&compiled))
+                    .map(|(i, (assertion, compiled))| assess(i, assertion, compiled, &target))
                     .collect();
                 let total: f64 = assertions.iter().map(|a| a.weight).sum();
                 let score = if total > 0.0 {
@@ -71,9 +69,9 @@ impl Evaluator {
                     0.0
                 };
                 TargetEvaluation {
-                    step: target.step,
+                    step: target_message.step,
                     score,
-                    passed: score + EPSILON >= evaluate.threshold,
+                    passed: reaches(score, evaluate.threshold),
                     threshold: evaluate.threshold,
                     assertions,
                 }
@@ -102,22 +100,55 @@ impl Evaluator {
     }
 }
 
-fn judge(
-    index: usize,
+fn assess(
+    index: u32,
     assertion: &Assertion,
     compiled: &Compilation,
-    answer: &Answer<'_>,
+    target: &Target<'_>,
 ) -> AssertionResult {
-    let not = if assertion.negate { "not " } else { "" };
-    let (passed, reason) = match compiled {
+    let negate = assertion.negate;
+    let binary = |passed: bool| if passed { 1.0 } else { 0.0 };
+    // A graded score is the measure itself, or how far it falls short of 1 with `not`.
+    let graded = |measure: f64| if negate { 1.0 - measure } else { measure };
+    let (passed, score, reason, errored) = match compiled {
         Ok(compiled) => {
-            let expected = format!("expected {not}{}", compiled.expectation());
-            match compiled.run(answer) {
-                Ok((holds, detail)) => (holds != assertion.negate, format!("{expected}; {detail}")),
-                Err(problem) => (false, format!("{expected}; cannot tell: {problem}")),
+            let not = if negate { "not " } else { "" };
+            let expected = || format!("expected {not}{}", compiled.expectation());
+            match compiled.run(target, index) {
+                Finding::Binary { holds, seen } => {
+                    let passed = holds != negate;
+                    (
+                        passed,
+                        binary(passed),
+                        format!("{}; {seen}", expected()),
+                        false,
+                    )
+                }
+                Finding::Graded {
+                    measure,
+                    holds,
+                    seen,
+                } => (
+                    holds != negate,
+                    graded(measure),
+                    format!("{}; {seen}", expected()),
+                    false,
+                ),
+                Finding::Judged {
+                    score,
+                    holds,
+                    reason,
+                } => (holds != negate, graded(score), reason, false),
+                Finding::CannotTell(problem) => (
+                    false,
+                    0.0,
+                    format!("{}; cannot tell: {problem}", expected()),
+                    false,
+                ),
+                Finding::Errored(problem) => (false, 0.0, problem, true),
             }
         }
-        Err(problem) => (false, format!("cannot evaluate: {problem}")),
+        Err(problem) => (false, 0.0, format!("cannot evaluate: {problem}"), false),
     };
     // Spec validation rejects bad weights; never let one turn a score into NaN here.
     let weight = if assertion.weight.is_finite() {
@@ -126,12 +157,13 @@ fn judge(
         0.0
     };
     AssertionResult {
-        index: u32::try_from(index).unwrap_or(u32::MAX),
+        index,
         kind: assertion.check.type_name().to_owned(),
         metric: assertion.metric.clone(),
         weight,
         passed,
-        score: if passed { 1.0 } else { 0.0 },
+        score: score.clamp(0.0, 1.0),
         reason,
+        errored,
     }
 }

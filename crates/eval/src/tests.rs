@@ -1,7 +1,10 @@
 //! End-to-end tests: assertions as a spec writes them, scored through the evaluator.
 
 use chorus_core::assertion::Assertion;
-use chorus_core::messages::{AssertionResult, EvalRequest, EvalTarget, TargetEvaluation};
+use chorus_core::judge::{Verdict, parse_verdict};
+use chorus_core::messages::{
+    AssertionResult, EvalRequest, EvalTarget, JudgeOutcome, JudgeVerdict, TargetEvaluation,
+};
 use chorus_core::spec::Evaluate;
 use chorus_core::{JobId, Tenant};
 use serde_json::{Value, json};
@@ -12,7 +15,18 @@ fn assertion(json: Value) -> Assertion {
     serde_json::from_value(json).unwrap()
 }
 
-fn request(threshold: f64, assertions: Vec<Value>, answers: &[&str]) -> EvalRequest {
+/// A target answered in 0 ms, on a route without prices, with no judge verdicts.
+fn target(text: &str) -> EvalTarget {
+    EvalTarget {
+        step: 0,
+        text: text.to_owned(),
+        latency_ms: 0,
+        cost_usd: None,
+        judges: Vec::new(),
+    }
+}
+
+fn request_for(threshold: f64, assertions: Vec<Value>, targets: Vec<EvalTarget>) -> EvalRequest {
     EvalRequest {
         job_id: JobId::new(),
         tenant: Tenant::new("acme").unwrap(),
@@ -20,20 +34,56 @@ fn request(threshold: f64, assertions: Vec<Value>, answers: &[&str]) -> EvalRequ
             threshold,
             assertions: assertions.into_iter().map(assertion).collect(),
         },
-        targets: (0..)
-            .zip(answers)
-            .map(|(step, text)| EvalTarget {
-                step,
-                text: (*text).to_owned(),
-            })
-            .collect(),
+        targets,
     }
 }
 
-fn evaluate(assertions: Vec<Value>, answer: &str) -> TargetEvaluation {
-    let result = Evaluator::new(16).evaluate(&request(1.0, assertions, &[answer]), 7);
+fn request(threshold: f64, assertions: Vec<Value>, answers: &[&str]) -> EvalRequest {
+    let targets = (0..)
+        .zip(answers)
+        .map(|(step, text)| EvalTarget {
+            step,
+            ..target(text)
+        })
+        .collect();
+    request_for(threshold, assertions, targets)
+}
+
+fn evaluate_target(assertions: Vec<Value>, target: EvalTarget) -> TargetEvaluation {
+    let result = Evaluator::new(16).evaluate(&request_for(1.0, assertions, vec![target]), 7);
     assert_eq!(result.evaluated_at, 7);
     result.targets.into_iter().next().unwrap()
+}
+
+fn evaluate(assertions: Vec<Value>, answer: &str) -> TargetEvaluation {
+    evaluate_target(assertions, target(answer))
+}
+
+/// The result of one assertion on `target`, checked for its type and a score in 0..=1.
+fn outcome(assertion: Value, target: EvalTarget) -> AssertionResult {
+    let mut evaluation = evaluate_target(vec![assertion.clone()], target);
+    let result = evaluation.assertions.remove(0);
+    assert_eq!(Some(result.kind.as_str()), assertion["type"].as_str());
+    assert!((0.0..=1.0).contains(&result.score), "{result:?}");
+    result
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// A target whose judge answered for the assertion at `index`.
+fn judged(text: &str, index: u32, score: f64, reason: &str) -> EvalTarget {
+    EvalTarget {
+        judges: vec![JudgeOutcome {
+            assertion: index,
+            verdict: JudgeVerdict::Answered(Verdict {
+                score,
+                reason: reason.into(),
+            }),
+        }],
+        ..target(text)
+    }
 }
 
 /// Runs one assertion on `answer`, asserts the outcome, and returns the reason.
@@ -394,4 +444,346 @@ fn compiled_checks_are_cached_by_content() {
 fn an_evaluator_can_be_actor_state() {
     fn send<T: Send + 'static>() {}
     send::<Evaluator>();
+}
+
+#[test]
+fn similarity_scores_the_measured_similarity() {
+    let kitten = || json!({"type": "similarity", "value": "sitting", "threshold": 0.5});
+    let result = outcome(kitten(), target("kitten\n"));
+    assert!(result.passed && !result.errored, "{result:?}");
+    assert!(close(result.score, 1.0 - 3.0 / 7.0), "{result:?}");
+    assert_eq!(
+        result.reason,
+        r#"expected to be at least 0.5 similar to "sitting" by levenshtein; levenshtein similarity is 0.571 (threshold 0.5)"#
+    );
+    let mut strict = kitten();
+    strict["threshold"] = json!(0.6);
+    let result = outcome(strict, target("kitten"));
+    assert!(!result.passed && !result.errored, "{result:?}");
+    assert!(close(result.score, 4.0 / 7.0), "{result:?}");
+    assert!(
+        result
+            .reason
+            .ends_with("similarity is 0.571 (threshold 0.6)"),
+        "{result:?}"
+    );
+    let exact = json!({"type": "similarity", "value": "same", "threshold": 1});
+    assert_eq!(outcome(exact, target("same")).score, 1.0);
+}
+
+#[test]
+fn similarity_by_rouge_l_compares_words() {
+    let rouge = |threshold: f64| json!({"type": "similarity", "value": "The cat lay on the mat.", "method": "rouge_l", "threshold": threshold});
+    let result = outcome(rouge(0.8), target("the cat sat on the mat"));
+    assert!(result.passed, "{result:?}");
+    assert!(close(result.score, 10.0 / 12.0), "{result:?}");
+    assert!(
+        result
+            .reason
+            .ends_with("rouge_l similarity is 0.833 (threshold 0.8)"),
+        "{result:?}"
+    );
+    let result = outcome(rouge(0.9), target("the cat sat on the mat"));
+    assert!(!result.passed, "{result:?}");
+    assert!(close(result.score, 10.0 / 12.0), "{result:?}");
+}
+
+#[test]
+fn not_on_similarity_inverts_passing_and_scores_the_dissimilarity() {
+    let not = |threshold: f64| json!({"type": "similarity", "value": "sitting", "threshold": threshold, "not": true});
+    let result = outcome(not(0.6), target("kitten"));
+    assert!(result.passed, "{result:?}");
+    assert!(close(result.score, 3.0 / 7.0), "{result:?}");
+    assert!(
+        result
+            .reason
+            .starts_with(r#"expected not to be at least 0.6 similar to "sitting""#),
+        "{result:?}"
+    );
+    let result = outcome(not(0.5), target("kitten"));
+    assert!(!result.passed, "{result:?}");
+    assert!(close(result.score, 3.0 / 7.0), "{result:?}");
+}
+
+#[test]
+fn latency_passes_within_the_maximum() {
+    let took = |ms: u64| EvalTarget {
+        latency_ms: ms,
+        ..target("ok")
+    };
+    let within = json!({"type": "latency", "max_ms": 200});
+    let result = outcome(within.clone(), took(120));
+    assert_eq!((result.passed, result.score), (true, 1.0));
+    assert_eq!(
+        result.reason,
+        "expected to answer within 200 ms; it took 120 ms"
+    );
+    assert!(outcome(within.clone(), took(200)).passed);
+    let result = outcome(within, took(250));
+    assert_eq!((result.passed, result.score), (false, 0.0));
+    assert_eq!(
+        result.reason,
+        "expected to answer within 200 ms; it took 250 ms"
+    );
+    let slow = outcome(
+        json!({"type": "latency", "max_ms": 200, "not": true}),
+        took(250),
+    );
+    assert_eq!((slow.passed, slow.score, slow.errored), (true, 1.0, false));
+}
+
+#[test]
+fn cost_passes_within_the_budget_and_errors_without_prices() {
+    let cost = |usd: f64| EvalTarget {
+        cost_usd: Some(usd),
+        ..target("ok")
+    };
+    let result = outcome(json!({"type": "cost", "max_usd": 0.01}), cost(0.0042));
+    assert_eq!((result.passed, result.score), (true, 1.0));
+    assert_eq!(
+        result.reason,
+        "expected to cost at most $0.01; it cost $0.0042"
+    );
+    let result = outcome(json!({"type": "cost", "max_usd": 0.001}), cost(0.0042));
+    assert_eq!(
+        (result.passed, result.score, result.errored),
+        (false, 0.0, false)
+    );
+    assert!(result.reason.ends_with("it cost $0.0042"), "{result:?}");
+
+    for budget in [
+        json!({"type": "cost", "max_usd": 0.01}),
+        json!({"type": "cost", "max_usd": 0.01, "not": true}),
+    ] {
+        let result = outcome(budget.clone(), target("no prices"));
+        assert_eq!(
+            (result.passed, result.score, result.errored),
+            (false, 0.0, true),
+            "{budget}"
+        );
+        assert_eq!(
+            result.reason,
+            "the answering route has no prices configured"
+        );
+    }
+}
+
+#[test]
+fn llm_rubric_scores_the_judges_verdict() {
+    let rubric = || json!({"type": "llm_rubric", "value": "is polite"});
+    let result = outcome(rubric(), judged("Hello!", 0, 0.8, "polite and on topic"));
+    assert!(result.passed && !result.errored, "{result:?}");
+    assert_eq!(result.score, 0.8);
+    assert_eq!(
+        result.reason,
+        "judge: polite and on topic (score 0.800, threshold 0.5)"
+    );
+    let result = outcome(rubric(), judged("Go away.", 0, 0.3, "rude"));
+    assert!(!result.passed && !result.errored, "{result:?}");
+    assert_eq!(result.score, 0.3);
+    assert_eq!(result.reason, "judge: rude (score 0.300, threshold 0.5)");
+}
+
+#[test]
+fn factuality_scores_the_judges_verdict_against_its_threshold() {
+    let facts =
+        || json!({"type": "factuality", "value": "Paris", "model": "judge", "threshold": 0.9});
+    let result = outcome(facts(), judged("It is Paris.", 0, 0.95, "agrees"));
+    assert_eq!((result.passed, result.score), (true, 0.95));
+    let result = outcome(facts(), judged("Lyon, I think.", 0, 0.6, "contradicts"));
+    assert_eq!((result.passed, result.score), (false, 0.6));
+    assert_eq!(
+        result.reason,
+        "judge: contradicts (score 0.600, threshold 0.9)"
+    );
+}
+
+#[test]
+fn not_on_a_judge_inverts_passing_and_scores_one_minus_the_verdict() {
+    let not = || json!({"type": "llm_rubric", "value": "mentions prices", "not": true});
+    let result = outcome(not(), judged("$5", 0, 0.8, "it does"));
+    assert!(!result.passed, "{result:?}");
+    assert!(close(result.score, 0.2), "{result:?}");
+    let result = outcome(not(), judged("Hi", 0, 0.3, "barely"));
+    assert!(result.passed, "{result:?}");
+    assert!(close(result.score, 0.7), "{result:?}");
+}
+
+#[test]
+fn an_errored_judge_fails_whatever_not_says() {
+    // What the llm stage records when the judge's answers never parse.
+    let verdict = match parse_verdict("Sure! The answer is very polite.") {
+        Ok(verdict) => JudgeVerdict::Answered(verdict),
+        Err(error) => JudgeVerdict::Errored { error },
+    };
+    for rubric in [
+        json!({"type": "llm_rubric", "value": "is polite"}),
+        json!({"type": "llm_rubric", "value": "is polite", "not": true}),
+    ] {
+        let garbage = EvalTarget {
+            judges: vec![JudgeOutcome {
+                assertion: 0,
+                verdict: verdict.clone(),
+            }],
+            ..target("Hello!")
+        };
+        let result = outcome(rubric.clone(), garbage);
+        assert_eq!(
+            (result.passed, result.score, result.errored),
+            (false, 0.0, true),
+            "{rubric}"
+        );
+        assert!(
+            result.reason.starts_with("the judge's answer is not JSON"),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_invalid_verdict_is_an_error() {
+    let facts = json!({"type": "factuality", "value": "Paris", "not": true});
+    // The only verdict recorded is for another assertion.
+    let result = outcome(facts.clone(), judged("Paris", 1, 1.0, "agrees"));
+    assert_eq!(
+        (result.passed, result.score, result.errored),
+        (false, 0.0, true)
+    );
+    assert_eq!(
+        result.reason,
+        "no judge verdict was recorded for this answer"
+    );
+    let result = outcome(facts, judged("Paris", 0, 1.5, "very much"));
+    assert_eq!((result.passed, result.errored), (false, true), "{result:?}");
+    assert_eq!(result.reason, "the judge's score 1.5 is outside 0..1");
+}
+
+#[test]
+fn each_judge_assertion_reads_its_own_verdict() {
+    let assertions = vec![
+        json!({"type": "contains", "value": "Paris"}),
+        json!({"type": "llm_rubric", "value": "is brief"}),
+        json!({"type": "factuality", "value": "Paris"}),
+    ];
+    let verdict = |assertion: u32, score: f64| JudgeOutcome {
+        assertion,
+        verdict: JudgeVerdict::Answered(Verdict {
+            score,
+            reason: format!("verdict {assertion}"),
+        }),
+    };
+    let answer = EvalTarget {
+        judges: vec![verdict(2, 0.9), verdict(1, 0.2)],
+        ..target("Paris")
+    };
+    let evaluation = evaluate_target(assertions, answer);
+    let seen: Vec<_> = evaluation
+        .assertions
+        .iter()
+        .map(|a| (a.index, a.passed, a.score))
+        .collect();
+    assert_eq!(seen, [(0, true, 1.0), (1, false, 0.2), (2, true, 0.9)]);
+    assert!(
+        evaluation.assertions[2]
+            .reason
+            .starts_with("judge: verdict 2")
+    );
+}
+
+#[test]
+fn graded_and_errored_assertions_weigh_into_the_target_score() {
+    let assertions = vec![
+        json!({"type": "similarity", "value": "sitting", "threshold": 0.5}),
+        json!({"type": "llm_rubric", "value": "is polite", "weight": 2}),
+        json!({"type": "cost", "max_usd": 1}),
+    ];
+    let answer = judged("kitten", 1, 0.8, "polite");
+    let result = Evaluator::new(8).evaluate(&request_for(0.5, assertions, vec![answer]), 1);
+    let target = &result.targets[0];
+    let want = (1.0 - 3.0 / 7.0 + 2.0 * 0.8 + 0.0) / 4.0;
+    assert!(close(target.score, want), "{target:?}");
+    assert!(target.passed, "{target:?}");
+    let errored: Vec<_> = target.assertions.iter().map(|a| a.errored).collect();
+    assert_eq!(errored, [false, false, true]);
+}
+
+#[test]
+fn check_names_the_bad_field_of_new_assertions() {
+    use chorus_core::assertion::{Check, SimilarityMethod};
+
+    let problem = |json: Value| check(&assertion(json)).err().unwrap_or_default();
+    assert_eq!(
+        problem(json!({"type": "similarity", "value": "a", "threshold": 1.5})),
+        "`threshold` must be a number from 0 to 1, got 1.5"
+    );
+    assert_eq!(
+        problem(
+            json!({"type": "similarity", "value": "a", "method": "rouge_l", "threshold": -0.1})
+        ),
+        "`threshold` must be a number from 0 to 1, got -0.1"
+    );
+    assert_eq!(
+        problem(json!({"type": "similarity", "value": "", "threshold": 0.5})),
+        "`value` must not be empty"
+    );
+    assert_eq!(
+        problem(json!({"type": "llm_rubric", "value": ""})),
+        "`value` must not be empty"
+    );
+    assert_eq!(
+        problem(json!({"type": "llm_rubric", "value": "is polite", "threshold": 2})),
+        "`threshold` must be a number from 0 to 1, got 2"
+    );
+    assert_eq!(
+        problem(json!({"type": "factuality", "value": "", "threshold": 0.5})),
+        "`value` must not be empty"
+    );
+    assert_eq!(
+        problem(json!({"type": "factuality", "value": "Paris", "threshold": -1})),
+        "`threshold` must be a number from 0 to 1, got -1"
+    );
+    assert_eq!(
+        problem(json!({"type": "cost", "max_usd": -0.5})),
+        "`max_usd` must be a number at least 0, got -0.5"
+    );
+    // Not from JSON, but MessagePack can carry them.
+    let cost = check(&Assertion::new(Check::Cost { max_usd: f64::NAN }));
+    assert_eq!(
+        cost,
+        Err("`max_usd` must be a number at least 0, got NaN".into())
+    );
+    let similarity = check(&Assertion::new(Check::Similarity {
+        value: "a".into(),
+        method: SimilarityMethod::Levenshtein,
+        threshold: f64::INFINITY,
+    }));
+    assert_eq!(
+        similarity,
+        Err("`threshold` must be a number from 0 to 1, got inf".into())
+    );
+    for ok in [
+        json!({"type": "similarity", "value": "a", "threshold": 0}),
+        json!({"type": "similarity", "value": "a", "method": "rouge_l", "threshold": 1}),
+        json!({"type": "latency", "max_ms": 0}),
+        json!({"type": "cost", "max_usd": 0}),
+        json!({"type": "llm_rubric", "value": "is polite", "model": "judge"}),
+        json!({"type": "factuality", "value": "Paris", "threshold": 1}),
+    ] {
+        assert_eq!(check(&assertion(ok.clone())), Ok(()), "{ok}");
+    }
+}
+
+#[test]
+fn new_checks_are_cached_too() {
+    let mut evaluator = Evaluator::new(8);
+    let assertions = || {
+        vec![
+            json!({"type": "similarity", "value": "a", "threshold": 0.5}),
+            json!({"type": "llm_rubric", "value": "is polite"}),
+            json!({"type": "latency", "max_ms": 10}),
+        ]
+    };
+    evaluator.evaluate(&request(1.0, assertions(), &["a"]), 1);
+    evaluator.evaluate(&request(1.0, assertions(), &["b"]), 2);
+    assert_eq!((evaluator.compilations(), evaluator.cache_len()), (3, 3));
 }
