@@ -32,10 +32,16 @@ pub enum ErrorKind {
     Unprocessable,
     /// The provider refused the content (moderation, safety filters).
     ContentPolicy,
+    /// Not a provider error: the job or its batch was cancelled before the call was sent.
+    Cancelled,
+    /// Not a provider error: the job's deadline passed before the call was sent.
+    DeadlineExceeded,
+    /// A judge's answers never parsed as a verdict.
+    InvalidJudgeAnswer,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 17] = [
         Self::RateLimited,
         Self::Overloaded,
         Self::ServerError,
@@ -50,6 +56,9 @@ impl ErrorKind {
         Self::RequestTimeout,
         Self::Unprocessable,
         Self::ContentPolicy,
+        Self::Cancelled,
+        Self::DeadlineExceeded,
+        Self::InvalidJudgeAnswer,
     ];
 
     /// The stable name used in step results, dead letters and metric labels.
@@ -69,6 +78,9 @@ impl ErrorKind {
             Self::RequestTimeout => "request_timeout",
             Self::Unprocessable => "unprocessable",
             Self::ContentPolicy => "content_policy",
+            Self::Cancelled => chorus_core::job::CANCELLED,
+            Self::DeadlineExceeded => chorus_core::job::DEADLINE_EXCEEDED,
+            Self::InvalidJudgeAnswer => "invalid_judge_answer",
         }
     }
 
@@ -106,7 +118,10 @@ impl ErrorKind {
             | Self::Forbidden
             | Self::NotFound
             | Self::Unprocessable
-            | Self::ContentPolicy => false,
+            | Self::ContentPolicy
+            | Self::Cancelled
+            | Self::DeadlineExceeded
+            | Self::InvalidJudgeAnswer => false,
         }
     }
 }
