@@ -44,6 +44,14 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../nats/streams/limits.json"),
     ),
     (
+        "streams/cancels.json",
+        include_str!("../../../nats/streams/cancels.json"),
+    ),
+    (
+        "streams/results.json",
+        include_str!("../../../nats/streams/results.json"),
+    ),
+    (
         "streams/advisories.json",
         include_str!("../../../nats/streams/advisories.json"),
     ),

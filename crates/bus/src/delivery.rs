@@ -68,6 +68,12 @@ impl Delivery {
         }
     }
 
+    /// The delivery holding its share of the role's in-flight budget until it is settled.
+    pub fn with_permit(mut self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        self._permit = permit;
+        self
+    }
+
     /// The delivery holding `ticket` until it is settled.
     pub fn with_ticket(mut self, ticket: Ticket) -> Self {
         self.ticket = Some(ticket);

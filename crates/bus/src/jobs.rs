@@ -8,10 +8,11 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::kv::{Operation, Store};
 use chorus_core::codec::{self, headers};
 use chorus_core::job::JobState;
 use chorus_core::{JobId, Tenant};
+use futures::{Stream, StreamExt};
 
 use crate::{Bus, BusError};
 
@@ -59,15 +60,37 @@ impl JobStore {
     ) -> Result<Option<(JobState, u64)>, BusError> {
         let Some(entry) = self
             .kv
-            .entry(format!("{tenant}.{job}"))
+            .entry(key(tenant, job))
             .await
             .map_err(BusError::nats)?
         else {
             return Ok(None);
         };
-        let state = codec::decode(Some(&codec::type_header::<JobState>()), &entry.value)
+        Ok(Some((decode(&entry.value)?, entry.revision)))
+    }
+
+    /// The job's current state (if any), then every later version with its revision, as they are
+    /// written. Ends only when the watch fails.
+    pub async fn watch(
+        &self,
+        tenant: &Tenant,
+        job: JobId,
+    ) -> Result<impl Stream<Item = Result<(JobState, u64), BusError>> + Send + use<>, BusError>
+    {
+        let watch = self
+            .kv
+            .watch_with_history(key(tenant, job))
+            .await
             .map_err(BusError::nats)?;
-        Ok(Some((state, entry.revision)))
+        Ok(watch.filter_map(|entry| async move {
+            match entry {
+                Ok(entry) if entry.operation == Operation::Put => {
+                    Some(decode(&entry.value).map(|state| (state, entry.revision)))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(BusError::nats(e))),
+            }
+        }))
     }
 
     /// Stores a new job's state; [`Write::Conflict`] if the key exists.
@@ -103,4 +126,12 @@ impl JobStore {
             Err(e) => Err(BusError::nats(e)),
         }
     }
+}
+
+fn key(tenant: &Tenant, job: JobId) -> String {
+    format!("{tenant}.{job}")
+}
+
+fn decode(value: &[u8]) -> Result<JobState, BusError> {
+    codec::decode(Some(&codec::type_header::<JobState>()), value).map_err(BusError::nats)
 }

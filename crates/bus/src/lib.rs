@@ -9,8 +9,10 @@
 //! - [`source`]: the pull loop that feeds a role within its in-flight budget.
 //! - [`jobs`]: job state in the KV bucket, with compare-and-set.
 //! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).
+//! - [`cancels`]: cancelled jobs and batches, mirrored in every process that dispatches work.
 //! - [`server_binary`]: finding a `nats-server` to start, for dev, bench and tests.
 
+pub mod cancels;
 pub mod connect;
 pub mod definitions;
 pub mod delivery;

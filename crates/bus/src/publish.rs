@@ -45,6 +45,18 @@ impl Outgoing {
         })
     }
 
+    /// A JSON body (for consumers outside Chorus, such as results) under `msg_id`.
+    pub fn json(subject: String, msg_id: &str, body: impl Into<Bytes>) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, msg_id);
+        headers.insert(headers::CONTENT_TYPE, codec::JSON);
+        Self {
+            subject,
+            headers,
+            payload: body.into(),
+        }
+    }
+
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.insert(name, value);
         self

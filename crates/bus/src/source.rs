@@ -1,20 +1,23 @@
 //! The pull loop of a role: fetches from its durable consumer, never more than the role can hold.
 //!
-//! Each message takes a permit from the role's in-flight semaphore before it is handed on, and the
-//! [`Delivery`] gives the permit back when settled. A source may have a [`Gate`] (a route's shared
-//! limits): a fetched message then waits in the pull loop, kept alive with in-progress acks, until
-//! the gate admits it, so waiting for budget never occupies a worker that another route could
-//! use. Stopping ends the pull and NAKs whatever was already fetched but not handed on, so another
-//! pod can take it at once.
+//! Fetched messages wait in a small window, kept alive with in-progress acks, and are handed on
+//! best first (the `Chorus-Priority` header, then age) each time the role has room: a permit
+//! from the role's in-flight semaphore (the [`Delivery`] gives it back when settled) and, for a
+//! source with a [`Gate`] (a route's shared limits), the gate's admission. So waiting for budget
+//! never occupies a worker that another route could use, and a backlog serves high priority
+//! first. Stopping ends the pull and NAKs whatever was fetched but not handed on, so another pod
+//! can take it at once.
 
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
+use chorus_core::codec::headers;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Ticket;
@@ -72,6 +75,12 @@ impl Bus {
 
     /// Pulls until `stop` is cancelled or `deliver` returns false (its receiver is gone; the
     /// delivery it was given is dropped, and so NAKed).
+    ///
+    /// Fetched messages wait in a window of up to `pull.batch`, kept alive with in-progress acks;
+    /// each time the role can take one (a permit, and the gate's admission), the window hands out
+    /// its highest-priority message (the `Chorus-Priority` header; oldest first among equals).
+    /// So under a backlog, a high-priority message fetched after low-priority ones still goes
+    /// first.
     pub async fn pull(
         &self,
         pull: &Pull,
@@ -80,6 +89,13 @@ impl Bus {
         mut deliver: impl FnMut(Delivery) -> bool,
     ) -> Result<(), BusError> {
         let consumer = self.consumer(&pull.stream, &pull.consumer).await?;
+        let capacity = pull.batch.max(1);
+        let mut window = Window::default();
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut ticket: Option<Ticket> = None;
+        let mut admission: Option<BoxFuture<'_, Result<Ticket, BusError>>> = None;
+        let mut keepalive = tokio::time::interval(pull.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'subscribe: while !stop.is_cancelled() {
             let mut messages = consumer
                 .stream()
@@ -90,66 +106,126 @@ impl Bus {
                 .await
                 .map_err(BusError::nats)?;
             loop {
-                let permit = tokio::select! {
-                    _ = stop.cancelled() => break 'subscribe,
-                    permit = permits.clone().acquire_owned() => permit.map_err(BusError::nats)?,
-                };
-                let next = tokio::select! {
+                let ready = permit.is_some() && (pull.gate.is_none() || ticket.is_some());
+                if ready && let Some(mut delivery) = window.pop() {
+                    delivery = delivery.with_permit(permit.take());
+                    if let Some(ticket) = ticket.take() {
+                        delivery = delivery.with_ticket(ticket);
+                    }
+                    if !deliver(delivery) {
+                        drain(&mut messages).await;
+                        break 'subscribe;
+                    }
+                    continue;
+                }
+                if let Some(gate) = &pull.gate
+                    && permit.is_some()
+                    && ticket.is_none()
+                    && admission.is_none()
+                    && !window.is_empty()
+                {
+                    admission = Some(gate.admit());
+                }
+                tokio::select! {
                     _ = stop.cancelled() => { drain(&mut messages).await; break 'subscribe }
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        let mut delivery = Delivery::new(message, Some(permit));
-                        if let Some(gate) = &pull.gate {
-                            let admitted = tokio::select! {
-                                _ = stop.cancelled() => { drain(&mut messages).await; break 'subscribe }
-                                ticket = admit(gate.as_ref(), &delivery, pull.keepalive) => ticket,
-                            };
-                            match admitted {
-                                Ok(ticket) => delivery = delivery.with_ticket(ticket),
-                                Err(e) => {
-                                    tracing::warn!(consumer = %pull.consumer, error = %e, "admission failed; redelivering");
-                                    let _ = delivery.nak(Some(Duration::from_secs(1))).await;
-                                    continue;
-                                }
+                    acquired = permits.clone().acquire_owned(), if permit.is_none() && !window.is_empty() => {
+                        permit = Some(acquired.map_err(BusError::nats)?);
+                    }
+                    admitted = async { admission.as_mut()?.await.into() }, if admission.is_some() => {
+                        admission = None;
+                        match admitted {
+                            Some(Ok(granted)) => ticket = Some(granted),
+                            Some(Err(e)) => {
+                                tracing::warn!(consumer = %pull.consumer, error = %e, "admission failed; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
                             }
-                        }
-                        if !deliver(delivery) {
-                            drain(&mut messages).await;
-                            break 'subscribe;
+                            None => {}
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(consumer = %pull.consumer, error = %e, "pull failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue 'subscribe;
-                    }
+                    next = messages.next(), if window.len() < capacity => match next {
+                        Some(Ok(message)) => window.push(Delivery::new(message, None)),
+                        Some(Err(e)) => {
+                            tracing::warn!(consumer = %pull.consumer, error = %e, "pull failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue 'subscribe;
+                        }
+                    },
+                    _ = keepalive.tick(), if !window.is_empty() => window.keep_alive().await,
                 }
             }
         }
+        // Dropping the window NAKs what it still holds, so another pod can take it at once.
+        drop(window);
         Ok(())
     }
 }
 
-/// Waits for `gate`, refreshing the message's AckWait meanwhile.
-async fn admit(
-    gate: &dyn Gate,
-    delivery: &Delivery,
-    keepalive: Duration,
-) -> Result<Ticket, BusError> {
-    let admission = gate.admit();
-    tokio::pin!(admission);
-    let mut ticker = tokio::time::interval(keepalive);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            ticket = &mut admission => return ticket,
-            _ = ticker.tick() => { let _ = delivery.in_progress().await; }
-        }
+/// Fetched messages not yet handed on, best first.
+#[derive(Default)]
+struct Window {
+    heap: BinaryHeap<Held>,
+}
+
+struct Held {
+    priority: i32,
+    sequence: u64,
+    delivery: Delivery,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    /// Higher priority first, then the older message (lower stream sequence).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.sequence.cmp(&self.sequence))
+    }
+}
+
+impl Window {
+    fn push(&mut self, delivery: Delivery) {
+        let priority = delivery
+            .header(headers::PRIORITY)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        self.heap.push(Held {
+            priority,
+            sequence: delivery.info().stream_sequence,
+            delivery,
+        });
+    }
+
+    fn pop(&mut self) -> Option<Delivery> {
+        self.heap.pop().map(|held| held.delivery)
+    }
+
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Refreshes the AckWait of every message waiting here.
+    async fn keep_alive(&self) {
+        futures::future::join_all(self.heap.iter().map(|held| held.delivery.in_progress())).await;
     }
 }
 

@@ -1,0 +1,210 @@
+//! Cancelled jobs and batches, in the `<prefix>_cancels` KV bucket, mirrored in every process.
+//!
+//! A cancel is one key: `job.<tenant>.<job>` or `batch.<tenant>.<batch>`. Each orchestrator and
+//! llm process watches the bucket (history first, then live updates) into an in-memory set, so
+//! checking "was this cancelled?" before dispatching or sending a call costs no round trip. A new
+//! cancel reaches every watcher within milliseconds of being written; a call already on the wire
+//! by then cannot be recalled.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Operation, Store};
+use chorus_core::subjects::name_token;
+use chorus_core::{JobId, Tenant};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::{Bus, BusError};
+
+/// The cancels bucket, for writing cancels.
+#[derive(Clone)]
+pub struct Cancels {
+    bus: Bus,
+    kv: Store,
+}
+
+impl std::fmt::Debug for Cancels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancels")
+            .field("bucket", &self.kv.name)
+            .finish()
+    }
+}
+
+fn job_key(tenant: &Tenant, job: JobId) -> String {
+    format!("job.{tenant}.{job}")
+}
+
+fn batch_key(tenant: &Tenant, batch: &str) -> String {
+    format!("batch.{tenant}.{}", name_token(batch))
+}
+
+impl Cancels {
+    pub async fn open(bus: &Bus) -> Result<Self, BusError> {
+        let kv = bus
+            .js
+            .get_key_value(bus.subjects.cancels_bucket())
+            .await
+            .map_err(BusError::nats)?;
+        Ok(Self {
+            bus: bus.clone(),
+            kv,
+        })
+    }
+
+    pub async fn cancel_job(&self, tenant: &Tenant, job: JobId) -> Result<(), BusError> {
+        self.put(job_key(tenant, job)).await
+    }
+
+    pub async fn cancel_batch(&self, tenant: &Tenant, batch: &str) -> Result<(), BusError> {
+        self.put(batch_key(tenant, batch)).await
+    }
+
+    async fn put(&self, key: String) -> Result<(), BusError> {
+        let at = chorus_core::ids::now_millis().to_string();
+        self.kv
+            .put(key, at.into())
+            .await
+            .map(drop)
+            .map_err(BusError::nats)
+    }
+
+    /// Starts mirroring the bucket; returns once the cancels already written are loaded.
+    pub async fn watch(&self) -> Result<CancelSet, BusError> {
+        let keys: Arc<RwLock<HashSet<String>>> = Arc::default();
+        let mut watch = self
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(BusError::nats)?;
+        // Fresh stream info (the KV handle's status is cached from when it was opened).
+        let pending = self
+            .bus
+            .js
+            .get_stream(format!("KV_{}", self.kv.name))
+            .await
+            .map_err(BusError::nats)?
+            .cached_info()
+            .state
+            .messages;
+        let apply = |keys: &RwLock<HashSet<String>>, entry: async_nats::jetstream::kv::Entry| {
+            let mut keys = keys
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match entry.operation {
+                Operation::Put => keys.insert(entry.key),
+                Operation::Delete | Operation::Purge => keys.remove(&entry.key),
+            };
+        };
+        // The history: until the entry with nothing left behind it (none when the bucket is empty).
+        if pending > 0 {
+            let loaded = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(entry) = watch.next().await {
+                    let entry = entry.map_err(BusError::nats)?;
+                    let last = entry.delta == 0;
+                    apply(&keys, entry);
+                    if last {
+                        break;
+                    }
+                }
+                Ok::<_, BusError>(())
+            })
+            .await;
+            loaded.map_err(|_| BusError::Nats("loading the cancels bucket timed out".into()))??;
+        }
+        let live = Arc::clone(&keys);
+        let task = tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(entry) => apply(&live, entry),
+                    Err(e) => tracing::warn!(error = %e, "watching the cancels bucket"),
+                }
+            }
+            tracing::warn!("the cancels bucket watch ended");
+        });
+        Ok(CancelSet {
+            keys,
+            _task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+}
+
+/// What has been cancelled, as this process has seen it.
+#[derive(Clone)]
+pub struct CancelSet {
+    keys: Arc<RwLock<HashSet<String>>>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for CancelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelSet").finish_non_exhaustive()
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl CancelSet {
+    /// Why the job must not go on: its own cancel or its batch's, if any.
+    pub fn cancelled(&self, tenant: &Tenant, job: JobId, batch: Option<&str>) -> Option<String> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if keys.is_empty() {
+            return None;
+        }
+        if keys.contains(&job_key(tenant, job)) {
+            return Some("the job was cancelled".into());
+        }
+        batch
+            .filter(|batch| keys.contains(&batch_key(tenant, batch)))
+            .map(|batch| format!("batch {batch} was cancelled"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definitions::Definitions;
+    use chorus_testkit::nats::NatsServer;
+
+    #[tokio::test]
+    async fn cancels_reach_watchers_old_and_new() -> Result<(), Box<dyn std::error::Error>> {
+        let server = NatsServer::start_new().await;
+        let bus = Bus::connect(&server.url(), "chorus", "test", Duration::from_secs(5)).await?;
+        Definitions::builtin("chorus", 1)?.apply(&bus).await?;
+        let cancels = Cancels::open(&bus).await?;
+        let tenant = Tenant::new("acme")?;
+        let (early, late, other) = (JobId::new(), JobId::new(), JobId::new());
+        cancels.cancel_job(&tenant, early).await?;
+        cancels.cancel_batch(&tenant, "batch_1").await?;
+
+        let set = cancels.watch().await?;
+        assert!(set.cancelled(&tenant, early, None).is_some());
+        assert!(set.cancelled(&tenant, other, Some("batch_1")).is_some());
+        assert_eq!(set.cancelled(&tenant, other, Some("batch_2")), None);
+        assert_eq!(set.cancelled(&Tenant::new("beta")?, early, None), None);
+
+        cancels.cancel_job(&tenant, late).await?;
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            while set.cancelled(&tenant, late, None).is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "a cancel written after the watch began never arrived"
+        );
+        Ok(())
+    }
+}
