@@ -4,9 +4,13 @@
 //!
 //! Layout:
 //! - [`store`]: [`Store`]: connecting, migrating, readiness.
-//! - [`write`]: job snapshots in, one transaction per batch, idempotent upserts out.
+//! - [`write`](mod@write): job snapshots in, one transaction per batch, idempotent upserts out.
 //! - [`read`]: the job reads behind the HTTP edge, with cursor pagination.
 //! - [`view`]: the JSON shapes those reads return.
+//! - [`files`]: uploaded files (`/v1/files`), content included.
+//! - [`batches`]: batches (`/v1/batches`, OpenAI's shape): status, counts, output and error files.
+//! - [`results`]: a finished batch job's line of its batch's output or error file.
+//! - [`report`]: a batch's evaluation report, per metric, model and persona.
 //! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
 //! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
 //! - [`error`]: [`StoreError`], which says whether retrying can help.
@@ -15,16 +19,24 @@
 //! at-least-once delivery, replays and out-of-order batches all converge on the newest snapshot.
 
 pub mod audit;
+pub mod batches;
 pub mod entity;
 pub mod error;
+pub mod files;
 pub mod migration;
 pub mod read;
+pub mod report;
+pub mod results;
 pub mod store;
 pub mod view;
 pub mod write;
 
 pub use audit::{AuditAction, AuditRecord};
+pub use batches::{BatchList, BatchObject, BatchStatus, NewBatch, RequestCounts};
 pub use error::StoreError;
+pub use files::{FileObject, NewFile};
+pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
+pub use results::{ResultLine, error_line, result_line};
 pub use store::Store;
 pub use view::{
     AssertionRecord, ErrorRecord, EvaluationRecord, JobPage, JobRecord, JobSummary,

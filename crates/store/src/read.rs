@@ -127,7 +127,7 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), StoreError> {
     Ok((created_at, id))
 }
 
-/// The columns a list shows: all but the spec, which may be large.
+/// The columns a list shows: all but the spec and the result line, which may be large.
 #[derive(DerivePartialModel)]
 #[sea_orm(entity = "jobs::Entity")]
 struct SummaryRow {
@@ -146,6 +146,8 @@ struct SummaryRow {
     updated_at: DateTimeUtc,
     finished_at: Option<DateTimeUtc>,
     cost_usd: Option<f64>,
+    batch_id: Option<String>,
+    custom_id: Option<String>,
 }
 
 fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
@@ -174,6 +176,8 @@ fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
         passed: row.passed,
         error,
         metadata: row.metadata,
+        batch_id: row.batch_id,
+        custom_id: row.custom_id,
     })
 }
 
@@ -204,6 +208,8 @@ fn job_record(
         updated_at: row.updated_at,
         finished_at: row.finished_at,
         cost_usd: row.cost_usd,
+        batch_id: row.batch_id,
+        custom_id: row.custom_id,
     })?;
     Ok(JobRecord {
         summary,
@@ -241,6 +247,7 @@ fn evaluation(
                         passed: a.passed,
                         score: a.score,
                         reason: a.reason.clone(),
+                        errored: a.errored,
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;

@@ -1,5 +1,6 @@
 //! What the reads return: the JSON the edge answers with, so the field names are a public
-//! contract — snake_case, always present (null when unknown), timestamps in RFC 3339.
+//! contract — snake_case, always present (null when unknown), timestamps in RFC 3339. The one
+//! exception: `batch_id` and `custom_id` appear only on jobs that came from a batch.
 
 use chorus_core::JobId;
 use chorus_core::ids::Tenant;
@@ -26,6 +27,11 @@ pub struct JobSummary {
     pub passed: Option<bool>,
     pub error: Option<ErrorRecord>,
     pub metadata: Value,
+    /// The batch the job is a line of, and that line's `custom_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_id: Option<String>,
 }
 
 /// A job in full: its summary's fields, then the spec, the steps and the evaluation.
@@ -134,19 +140,30 @@ pub struct AssertionRecord {
     pub passed: bool,
     pub score: f64,
     pub reason: String,
+    /// The assertion could not be evaluated (it counts as failed).
+    pub errored: bool,
 }
 
 impl JobRecord {
     /// The record of a job not yet stored, from its live state in the jobs bucket. The live state
     /// may already be final; it reads as `running` until the persister has committed it.
     pub fn from_live_state(state: &JobState) -> Self {
-        let at = |millis: i64| DateTime::from_timestamp_millis(millis).unwrap_or_default();
+        let mut record = Self::from_state(state);
+        if state.status.is_terminal() {
+            let summary = &mut record.summary;
+            summary.status = JobStatus::Running;
+            summary.finished_at = None;
+            summary.score = None;
+            summary.passed = None;
+            summary.error = None;
+            record.evaluation = None;
+        }
+        record
+    }
+
+    /// The record of a job exactly as `state` describes it, as it reads once stored.
+    pub fn from_state(state: &JobState) -> Self {
         let usage = state.usage();
-        let status = if state.status.is_terminal() {
-            JobStatus::Running
-        } else {
-            state.status
-        };
         let steps = state
             .steps
             .iter()
@@ -184,26 +201,64 @@ impl JobRecord {
                 }
             })
             .collect();
+        let evaluation = state.evaluation.as_ref().map(|e| EvaluationRecord {
+            score: e.score,
+            passed: e.passed,
+            targets: e
+                .targets
+                .iter()
+                .map(|t| TargetRecord {
+                    step: t.step,
+                    score: t.score,
+                    passed: t.passed,
+                    threshold: Some(t.threshold),
+                    assertions: t
+                        .assertions
+                        .iter()
+                        .map(|a| AssertionRecord {
+                            index: a.index,
+                            kind: a.kind.clone(),
+                            metric: a.metric.clone(),
+                            weight: a.weight,
+                            passed: a.passed,
+                            score: a.score,
+                            reason: a.reason.clone(),
+                            errored: a.errored,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
         JobRecord {
             summary: JobSummary {
                 id: state.id,
                 tenant: state.tenant.clone(),
-                status,
+                status: state.status,
                 created_at: at(state.created_at),
                 updated_at: at(state.updated_at),
-                finished_at: None,
+                finished_at: state.finished_at.map(at),
                 usage: UsageRecord::new(usage.prompt_tokens.into(), usage.completion_tokens.into()),
                 cost_usd: state.cost_usd(),
-                score: None,
-                passed: None,
-                error: None,
+                score: state.evaluation.as_ref().map(|e| e.score),
+                passed: state.evaluation.as_ref().map(|e| e.passed),
+                error: state.error.as_ref().map(|e| ErrorRecord {
+                    kind: e.kind.clone(),
+                    message: e.message.clone(),
+                    step: e.step,
+                }),
                 metadata: Value::Object(state.spec.metadata.clone()),
+                batch_id: state.origin.as_ref().map(|o| o.batch.clone()),
+                custom_id: state.origin.as_ref().map(|o| o.custom_id.clone()),
             },
             spec: serde_json::to_value(&state.spec).unwrap_or_default(),
             steps,
-            evaluation: None,
+            evaluation,
         }
     }
+}
+
+fn at(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
 
 /// RFC 3339 (milliseconds, UTC) for a Unix-milliseconds timestamp, as the views print them.

@@ -6,6 +6,10 @@
 //! `jobs`, `steps` and `evaluations`. Every row carries the version of the snapshot it came from
 //! and is replaced only by a row with a higher one, so replays, duplicates and any interleaving
 //! of batches end in the rows of the newest snapshot seen.
+//!
+//! A job from a batch also carries its batch line (`batch_id`, `custom_id`, `line`) and, once
+//! terminal, its line of the batch's output or error file ([`crate::results`]), built here from
+//! the same snapshot so the file always agrees with the job.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -22,6 +26,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::entity::{evaluations, jobs, steps};
+use crate::results::result_line;
 use crate::{Store, StoreError};
 
 /// Stays under SQLite's limit of 32,766 bound parameters per statement (Postgres allows 65,535).
@@ -116,6 +121,8 @@ impl Rows {
         }
         let usage = state.usage();
         let cost_usd = state.cost_usd();
+        let result = result_line(&state);
+        let origin = state.origin.as_ref();
         self.jobs.push(jobs::Model {
             id: state.id.as_uuid(),
             tenant: state.tenant.to_string(),
@@ -135,6 +142,11 @@ impl Rows {
             updated_at: timestamp(state.updated_at)?,
             finished_at: state.finished_at.map(timestamp).transpose()?,
             cost_usd,
+            batch_id: origin.map(|o| o.batch.clone()),
+            custom_id: origin.map(|o| o.custom_id.clone()),
+            line: origin.map(|o| int(o.line)),
+            result_ok: result.as_ref().map(|r| r.ok),
+            result_line: result.map(|r| r.json),
         });
         Ok(())
     }
@@ -197,6 +209,7 @@ fn assertion_rows(
             passed: a.passed,
             score: a.score,
             reason: a.reason.clone(),
+            errored: a.errored,
             version,
         })
     })

@@ -161,6 +161,7 @@ fn roundtable(tenant: &Tenant, created_at: i64) -> Vec<JobState> {
                     passed: true,
                     score: 1.0,
                     reason: "found `go`".into(),
+                    errored: false,
                 },
                 AssertionResult {
                     index: 1,
@@ -170,6 +171,7 @@ fn roundtable(tenant: &Tenant, created_at: i64) -> Vec<JobState> {
                     passed: false,
                     score: 0.25,
                     reason: "`CFO` not found".into(),
+                    errored: false,
                 },
             ],
         }],

@@ -19,6 +19,8 @@ pub struct Model {
     pub passed: bool,
     pub score: f64,
     pub reason: String,
+    /// The assertion could not be evaluated (it counts as failed).
+    pub errored: bool,
     /// `JobState::version` of the snapshot the row was taken from; an upsert only ever raises it.
     pub version: i64,
 }

@@ -27,6 +27,15 @@ pub struct Model {
     pub finished_at: Option<DateTimeUtc>,
     /// Sum of the steps' costs, when their routes have prices.
     pub cost_usd: Option<f64>,
+    /// The batch line the job came from: the batch, the line's `custom_id`, and its 0-based
+    /// position in the input file.
+    pub batch_id: Option<String>,
+    pub custom_id: Option<String>,
+    pub line: Option<i64>,
+    /// For a terminal batch job: whether its result line belongs in the output file (true) or
+    /// the error file (false), and the line itself (one JSON object, no newline).
+    pub result_ok: Option<bool>,
+    pub result_line: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,9 +1,12 @@
 //! sea-orm entities, one module per table; the column layout is described in [`crate::migration`].
 //!
 //! There are no relations (and no foreign keys in the schema): all rows of a job are written
-//! together from one snapshot, in one transaction, so there is nothing for the schema to enforce.
+//! together from one snapshot, in one transaction, so there is nothing for the schema to enforce;
+//! and `jobs.batch_id` may name a batch with no row in `batches` (a JetStream submitter's batch).
 
 pub mod audit_log;
+pub mod batches;
 pub mod evaluations;
+pub mod files;
 pub mod jobs;
 pub mod steps;

@@ -10,6 +10,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_audit_log;
 mod m0003_step_calls;
+mod m0004_batches;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_audit_log::Migration),
             Box::new(m0003_step_calls::Migration),
+            Box::new(m0004_batches::Migration),
         ]
     }
 }
