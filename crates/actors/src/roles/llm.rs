@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use chorus_bus::cancels::CancelSet;
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::RouteLimiter;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};
 use chorus_core::config::FaultConfig;
 use chorus_core::ids::{msg_id, now_millis};
+use chorus_core::judge;
 use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput, StepResult};
 use chorus_core::subjects::{EventKind, Stage};
 use chorus_llm::retry::Admission;
@@ -45,6 +47,8 @@ pub struct Shared {
     pub jobs: JobStore,
     /// The shared limits of every limited route, by route name.
     pub limiters: HashMap<String, RouteLimiter>,
+    /// Cancelled jobs and batches, checked before each call is sent.
+    pub cancels: CancelSet,
 }
 
 /// The test-only fault hook (see `FaultConfig`).
@@ -195,13 +199,32 @@ impl Handler for LlmWorker {
             return Next::Done;
         }
 
+        if let Some(stopped) = self.stopped(&call) {
+            let failed = StepResult {
+                job_id: call.job_id,
+                tenant: call.tenant.clone(),
+                step: call.step,
+                route: call.route.clone(),
+                outcome: StepOutcome::Failed(StepError::from(&stopped)),
+                attempts: 0,
+                calls: Vec::new(),
+                replays,
+                started_at,
+                finished_at: now_millis(),
+            };
+            if self.publish(&delivery, &failed).await {
+                let _ = delivery.ack().await;
+            }
+            return Next::Done;
+        }
+
         let admission = Limited {
             shared,
             gate_admitted: AtomicBool::new(delivery.admitted()),
             reserved: AtomicU32::new(0),
         };
         let attempt = {
-            let attempt = self.attempt_routes(&call, delivered, &admission);
+            let attempt = self.answer(&call, delivered, &admission);
             tokio::pin!(attempt);
             let mut keepalive = tokio::time::interval(shared.keepalive);
             keepalive.tick().await;
@@ -273,12 +296,71 @@ struct RoutesOutcome {
 }
 
 impl LlmWorker {
+    /// Why the call must not be made at all: its job or batch was cancelled, or its deadline
+    /// passed.
+    fn stopped(&self, call: &LlmCall) -> Option<LlmError> {
+        if let Some(reason) =
+            self.shared
+                .cancels
+                .cancelled(&call.tenant, call.job_id, call.batch.as_deref())
+        {
+            return Some(LlmError::new(ErrorKind::Cancelled, reason));
+        }
+        let deadline = call.deadline.filter(|d| *d <= now_millis())?;
+        let at = chrono::DateTime::from_timestamp_millis(deadline)
+            .map_or_else(|| deadline.to_string(), |d| d.to_rfc3339());
+        Some(LlmError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("the job's deadline {at} passed before the call was made"),
+        ))
+    }
+
+    /// The call's answer. A judge's answer must parse as a verdict: one that does not is asked
+    /// for again, up to [`judge::TRIES`] times, and then fails the step (a permanent failure:
+    /// the evaluation records the judge assertion as errored).
+    async fn answer(
+        &self,
+        call: &LlmCall,
+        delivered: u64,
+        admission: &Limited<'_>,
+    ) -> RoutesOutcome {
+        let mut outcome = self.attempt_routes(call, delivered, 0, admission).await;
+        if !call.judge {
+            return outcome;
+        }
+        let mut tries = 1;
+        loop {
+            let problem = match &outcome.result {
+                Ok(output) => match judge::parse_verdict(&output.text) {
+                    Ok(_) => return outcome,
+                    Err(problem) => problem,
+                },
+                Err(_) => return outcome,
+            };
+            if tries >= judge::TRIES {
+                tracing::info!(job = %call.job_id, step = call.step, %problem, "judge never answered validly");
+                outcome.result = Err(LlmError::new(
+                    ErrorKind::InvalidJudgeAnswer,
+                    format!("{problem} (asked {tries} times)"),
+                ));
+                outcome.retryable = false;
+                return outcome;
+            }
+            tracing::debug!(job = %call.job_id, step = call.step, %problem, "judge answer invalid; asking again");
+            let mut next = self.attempt_routes(call, delivered, tries, admission).await;
+            next.calls.splice(0..0, outcome.calls);
+            outcome = next;
+            tries += 1;
+        }
+    }
+
     /// Tries the call's route, then each fallback, until one answers. A fallback is tried when the
     /// route before it failed permanently or ran out of in-process retries.
     async fn attempt_routes(
         &self,
         call: &LlmCall,
         delivered: u64,
+        round: u32,
         admission: &Limited<'_>,
     ) -> RoutesOutcome {
         let shared = &self.shared;
@@ -304,10 +386,15 @@ impl LlmWorker {
                 (true, Some(limiter)) => limiter.acquire_slot().await.unwrap_or_default(),
                 _ => None,
             };
+            if let Some(stopped) = self.stopped(call) {
+                last_error = Some(stopped);
+                retryable = false;
+                break;
+            }
             let request = route.request(
                 call.messages.clone(),
                 call.params.clone(),
-                seed_key(call.job_id, call.step, delivered),
+                seed_key(call.job_id, call.step, delivered + u64::from(round) * 1000),
             );
             let outcome = shared.policy.call(&route, &request, admission).await;
             record_calls(&route, &outcome.calls);

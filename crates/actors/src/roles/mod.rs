@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{DefinitionError, Definitions};
 use chorus_bus::delivery::Ticket;
 use chorus_bus::jobs::JobStore;
@@ -91,6 +92,7 @@ pub async fn orchestrator(
         jobs: JobStore::open(&ctx.bus).await?,
         routes: ctx.routes.clone(),
         limited: limited_routes(&ctx.config).into_keys().collect(),
+        cancels: Cancels::open(&ctx.bus).await?.watch().await?,
     });
     let cache = config.cache_per_worker;
     Ok(StageSpec {
@@ -155,6 +157,9 @@ impl Gate for RouteGate {
     }
 }
 
+/// Calls of a limited route one process holds while they wait for the route's gate.
+const GATED_WINDOW: usize = 128;
+
 pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError> {
     let config = &ctx.config.llm;
     let work = ctx.bus.subjects.stream("work");
@@ -191,7 +196,8 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
             .derive(&consumer, &ctx.bus.subjects.limited_llm_work(&name))
             .apply(&ctx.bus, &work)
             .await?;
-        let mut gated = pull(work.clone(), &consumer, 8);
+        // A wide window, so a backlog waiting at the gate is served by priority.
+        let mut gated = pull(work.clone(), &consumer, GATED_WINDOW);
         gated.gate = Some(Arc::new(RouteGate {
             route: name.clone(),
             limiter: limiter.clone(),
@@ -209,6 +215,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         faults: llm::Faults::new(&ctx.config.faults),
         jobs: JobStore::open(&ctx.bus).await?,
         limiters,
+        cancels: Cancels::open(&ctx.bus).await?.watch().await?,
     });
     Ok(StageSpec {
         name: "llm",

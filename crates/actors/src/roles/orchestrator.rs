@@ -11,9 +11,11 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_bus::cancels::CancelSet;
 use chorus_bus::jobs::{JobStore, Write};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, BusError, Delivery};
+use chorus_core::batch::{Endpoint, Origin};
 use chorus_core::codec::{self, headers};
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
 use chorus_core::job::{Effect, Input, JobState, apply};
@@ -34,6 +36,8 @@ pub struct Shared {
     pub routes: Arc<Routes>,
     /// Routes with shared limits, whose calls go to a consumer of their own.
     pub limited: HashSet<String>,
+    /// Cancelled jobs and batches: a submission of one is stored cancelled, not dispatched.
+    pub cancels: CancelSet,
 }
 
 pub struct Orchestrator {
@@ -91,6 +95,10 @@ impl Handler for Orchestrator {
         let event = match self.decode(&delivery) {
             Ok(event) => event,
             Err(rejected) => {
+                // A JetStream submitter hears of it on its results subject, as a batch error line.
+                if let Some(origin) = self.external_origin(&delivery) {
+                    self.publish_rejection(&delivery, &origin, &rejected).await;
+                }
                 let failure = Failure::new(rejected.kind(), &rejected);
                 dead_letter(&self.shared.bus, Stage::Orchestrator, delivery, failure).await;
                 return Next::Done;
@@ -131,21 +139,26 @@ impl Orchestrator {
                 .header(headers::TRACEPARENT)
                 .and_then(TraceContext::parse)
                 .or_else(|| Some(TraceContext::new_root()));
-            let (job, spec, state_created) = match kind {
+            let (job, spec, state_created, origin) = match kind {
                 Some(_) => {
                     let submission: Submission =
                         codec::decode(kind, delivery.payload()).map_err(undecodable)?;
-                    (submission.job_id, submission.spec, submission.state_created)
+                    let Submission {
+                        job_id,
+                        spec,
+                        state_created,
+                        origin,
+                        ..
+                    } = submission;
+                    (job_id, spec, state_created, origin)
                 }
-                // A JetStream submitter's own message: a bare spec in JSON or MessagePack.
+                // A JetStream submitter's own message: a bare spec (or chat completion request)
+                // in JSON or MessagePack, its batch and line ids in headers.
                 None => {
-                    let spec = parse_external(delivery)?;
-                    // A replay from the DLQ carries `<id>:replay:<n>`: it is still the same job.
-                    let key = delivery
-                        .header(headers::MSG_ID)
-                        .map(|id| id.split(":replay:").next().unwrap_or(id).to_owned())
-                        .unwrap_or_else(|| format!("seq:{}", delivery.info().stream_sequence));
-                    (JobId::derived(&tenant, &key), spec, false)
+                    let origin = self.external_origin(delivery);
+                    let endpoint = origin.as_ref().map_or(Endpoint::Jobs, |o| o.endpoint);
+                    let spec = parse_external(delivery, endpoint)?;
+                    (external_job_id(&tenant, delivery), spec, false, origin)
                 }
             };
             let errors = spec.validate(&SpecValidator {
@@ -155,11 +168,16 @@ impl Orchestrator {
                 let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 return Err(Rejected::InvalidSpec(list.join("; ")));
             }
-            let state = JobState::new(job, tenant.clone(), spec, now, trace);
+            let batch = origin.as_ref().map(|o| o.batch.as_str());
+            let input = match self.shared.cancels.cancelled(&tenant, job, batch) {
+                Some(reason) => Input::Cancel { at: now, reason },
+                None => Input::Submitted { at: now },
+            };
+            let state = JobState::new(job, tenant.clone(), spec, now, trace).with_origin(origin);
             return Ok(Event {
                 tenant,
                 job,
-                input: Input::Submitted { at: now },
+                input,
                 new_state: Some(Box::new(state)),
                 state_created,
             });
@@ -264,7 +282,8 @@ impl Orchestrator {
                     trace,
                 )
                 .map_err(nats)?
-                .header(headers::ROUTE, &call.route),
+                .header(headers::ROUTE, &call.route)
+                .header(headers::PRIORITY, &call.priority.to_string()),
                 Effect::Evaluate(request) => Outgoing::envelope(
                     subjects.evaluator_work(),
                     &msg_id::evaluation_request(state.id),
@@ -279,21 +298,108 @@ impl Orchestrator {
     }
 }
 
-fn parse_external(delivery: &Delivery) -> Result<JobSpec, Rejected> {
+impl Orchestrator {
+    /// For a JetStream submitter's own message: the batch line it is. The batch is the
+    /// `Chorus-Batch` header (`default` without one); the line's id is `Chorus-Custom-Id`, else
+    /// the message id, else the stream sequence.
+    fn external_origin(&self, delivery: &Delivery) -> Option<Origin> {
+        self.shared
+            .bus
+            .subjects
+            .tenant_of_submit(delivery.subject())?;
+        if delivery.header(headers::TYPE).is_some() {
+            return None;
+        }
+        let sequence = delivery.info().stream_sequence;
+        let custom_id = delivery
+            .header(headers::CUSTOM_ID)
+            .or_else(|| delivery.header(headers::MSG_ID).map(original_id))
+            .map_or_else(|| format!("seq-{sequence}"), str::to_owned);
+        let endpoint = delivery
+            .header(headers::ENDPOINT)
+            .and_then(Endpoint::parse)
+            .unwrap_or(Endpoint::Jobs);
+        Some(Origin {
+            batch: delivery
+                .header(headers::BATCH)
+                .unwrap_or(DEFAULT_BATCH)
+                .to_owned(),
+            custom_id,
+            endpoint,
+            line: sequence,
+        })
+    }
+
+    /// Publishes the error line of a submission that never became a job.
+    async fn publish_rejection(&self, delivery: &Delivery, origin: &Origin, rejected: &Rejected) {
+        let Some(tenant) = self
+            .shared
+            .bus
+            .subjects
+            .tenant_of_submit(delivery.subject())
+        else {
+            return;
+        };
+        let line = chorus_store::results::error_line(
+            &origin.custom_id,
+            rejected.kind(),
+            &rejected.to_string(),
+        );
+        let message = Outgoing::json(
+            self.shared.bus.subjects.results(&tenant, &origin.batch),
+            &format!("rejected:{tenant}:{}", delivery.info().stream_sequence),
+            line.into_bytes(),
+        )
+        .header(headers::CUSTOM_ID, &origin.custom_id);
+        if let Err(e) = self.shared.bus.publish_all(vec![message]).await {
+            tracing::warn!(error = %e, "cannot publish the error line of a rejected submission");
+        }
+    }
+}
+
+/// The batch of a JetStream submission without a `Chorus-Batch` header.
+const DEFAULT_BATCH: &str = "default";
+
+/// A message id without the `:replay:<n>` a DLQ replay adds: a replay is still the same job.
+fn original_id(id: &str) -> &str {
+    id.split(":replay:").next().unwrap_or(id)
+}
+
+/// A JetStream submission's job id, derived from what identifies the message, so a redelivery or
+/// a re-publish with the same `Nats-Msg-Id` (or the same batch and custom id) is the same job.
+fn external_job_id(tenant: &Tenant, delivery: &Delivery) -> JobId {
+    let key = match (
+        delivery.header(headers::MSG_ID),
+        delivery.header(headers::BATCH),
+        delivery.header(headers::CUSTOM_ID),
+    ) {
+        (Some(id), ..) => original_id(id).to_owned(),
+        (None, batch, Some(custom_id)) => {
+            format!("batch:{}:{custom_id}", batch.unwrap_or(DEFAULT_BATCH))
+        }
+        (None, ..) => format!("seq:{}", delivery.info().stream_sequence),
+    };
+    JobId::derived(tenant, &key)
+}
+
+/// A JetStream submitter's body: JSON or MessagePack by `Content-Type`; a job spec, or a chat
+/// completion request for `Chorus-Endpoint: /v1/chat/completions`.
+fn parse_external(delivery: &Delivery, endpoint: Endpoint) -> Result<JobSpec, Rejected> {
     let content_type = delivery
         .header(headers::CONTENT_TYPE)
         .unwrap_or(codec::JSON);
-    if content_type.starts_with(codec::MSGPACK) {
+    let what = match endpoint {
+        Endpoint::Jobs => "a job spec",
+        Endpoint::ChatCompletions => "a chat completion request",
+    };
+    let body: serde_json::Value = if content_type.starts_with(codec::MSGPACK) {
         rmp_serde::from_slice(delivery.payload()).map_err(|e| {
-            Rejected::InvalidSpec(format!(
-                "MessagePack body does not decode as a job spec: {e}"
-            ))
-        })
+            Rejected::InvalidSpec(format!("MessagePack body does not decode as {what}: {e}"))
+        })?
     } else {
-        let de = &mut serde_json::Deserializer::from_slice(delivery.payload());
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            Rejected::InvalidSpec(format!("{path}: {}", e.into_inner()))
-        })
-    }
+        serde_json::from_slice(delivery.payload()).map_err(|e| {
+            Rejected::InvalidSpec(format!("the body is not JSON ({what} expected): {e}"))
+        })?
+    };
+    chorus_core::batch::spec_from_body(endpoint, body).map_err(Rejected::InvalidSpec)
 }

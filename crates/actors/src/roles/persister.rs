@@ -8,13 +8,18 @@
 //! Deliveries are buffered and written when the worker's queue runs dry or the batch is full, one
 //! transaction per batch, then acknowledged together. Only after a job's final snapshot is
 //! committed does the persister announce it on `<prefix>.notify.<tenant>.<job>` (core NATS, for
-//! requests waiting on the job): a job reads as finished only once it is stored. A failed write
+//! requests waiting on the job): a job reads as finished only once it is stored. A job that is a
+//! batch line also gets its result line published on `<prefix>.results.<tenant>.<batch>` (for
+//! JetStream submitters) before its snapshot is acknowledged. A failed write
 //! NAKs the whole batch with a growing delay; the events wait in JetStream until the database is
 //! back.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, Delivery};
+use chorus_core::JobId;
 use chorus_core::codec::{self, headers};
 use chorus_core::job::JobState;
 use chorus_core::subjects::Stage;
@@ -49,6 +54,34 @@ fn is_milestone(state: &JobState) -> bool {
     state.status.is_terminal() || !state.steps.iter().any(|s| s.status.is_settled())
 }
 
+impl Persister {
+    /// The result lines of the batch lines among `states` that are final.
+    fn result_lines(&self, states: &[JobState]) -> Vec<Outgoing> {
+        let mut latest: HashMap<JobId, &JobState> = HashMap::new();
+        for state in states.iter().filter(|s| s.status.is_terminal()) {
+            let entry = latest.entry(state.id).or_insert(state);
+            if entry.version < state.version {
+                *entry = state;
+            }
+        }
+        latest
+            .into_values()
+            .filter_map(|state| {
+                let origin = state.origin.as_ref()?;
+                let line = chorus_store::results::result_line(state)?;
+                let subject = self.bus.subjects.results(&state.tenant, &origin.batch);
+                // Per version: a job reopened by a DLQ replay gets its new result out too.
+                let id = format!("result:{}:{}", state.id, state.version);
+                Some(
+                    Outgoing::json(subject, &id, line.json.into_bytes())
+                        .header(headers::CUSTOM_ID, &origin.custom_id)
+                        .for_job(state.id, &state.tenant),
+                )
+            })
+            .collect()
+    }
+}
+
 impl Handler for Persister {
     async fn handle(&mut self, delivery: Delivery) -> Next {
         match codec::decode::<JobState>(delivery.header(headers::TYPE), delivery.payload()) {
@@ -81,7 +114,15 @@ impl Handler for Persister {
             return;
         }
         let (deliveries, states): (Vec<Delivery>, Vec<JobState>) = self.buffer.drain(..).unzip();
-        match self.store.write_batch(states).await {
+        let results = self.result_lines(&states);
+        let written = match self.store.write_batch(states).await {
+            Ok(committed) => match self.bus.publish_all(results).await {
+                Ok(()) => Ok(committed),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
             Ok(committed) => {
                 self.failures = 0;
                 for job in committed {
@@ -100,7 +141,7 @@ impl Handler for Persister {
                 self.failures += 1;
                 let delay = Duration::from_millis(500 * 2u64.pow(self.failures.min(6)))
                     .min(Duration::from_secs(30));
-                tracing::error!(error = %e, events = deliveries.len(), ?delay, "cannot write a batch; redelivering");
+                tracing::error!(error = %e, events = deliveries.len(), ?delay, "cannot store a batch; redelivering");
                 for delivery in deliveries {
                     let _ = delivery.nak(Some(delay)).await;
                 }
