@@ -24,6 +24,15 @@ pub enum ApiError {
     TooLarge { limit: u64 },
     #[error("{0}")]
     NotFound(String),
+    /// A batch input file with bad lines; `details` (the lines by number) joins the error body.
+    #[error("{message}")]
+    BadLines {
+        message: String,
+        details: serde_json::Value,
+    },
+    /// The request conflicts with the resource's state (cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -39,6 +48,14 @@ impl ApiError {
         Self::Invalid {
             message,
             param: errors.first().map(|e| e.field.clone()),
+        }
+    }
+
+    /// A refused batch input file: the message lists the bad lines, `lines` holds them.
+    pub fn refused_file(errors: chorus_core::batch::FileErrors) -> Self {
+        Self::BadLines {
+            message: format!("the file was refused: {errors}"),
+            details: json!({"lines": errors.errors, "omitted": errors.omitted}),
         }
     }
 
@@ -68,6 +85,18 @@ impl ApiError {
                 "body_too_large",
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", None, "not_found"),
+            Self::BadLines { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("file"),
+                "invalid_file",
+            ),
+            Self::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                None,
+                "conflict",
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -81,7 +110,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, param, code) = self.parts();
-        let body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
+        let mut body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
+        if let (Self::BadLines { details, .. }, Some(error)) =
+            (&self, body["error"].as_object_mut())
+            && let Some(details) = details.as_object()
+        {
+            error.extend(details.clone());
+        }
         (status, Json(body)).into_response()
     }
 }

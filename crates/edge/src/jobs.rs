@@ -1,4 +1,4 @@
-//! `/v1/jobs`: create (202 once JetStream has the submission), get, and list.
+//! `/v1/jobs`: create (202 once JetStream has the submission), get, list and cancel.
 //!
 //! A create stores the queued state in the jobs bucket alongside the submission, so a `GET` right
 //! after the 202 finds the job even before the orchestrator picks it up. Reads answer from the
@@ -17,9 +17,9 @@ use chorus_bus::jobs::Write;
 use chorus_bus::publish::Outgoing;
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, msg_id, now_millis};
-use chorus_core::job::{JobState, JobStatus};
+use chorus_core::job::{Input, JobState, JobStatus, apply};
 use chorus_core::messages::Submission;
-use chorus_core::spec::JobSpec;
+use chorus_core::spec::{FieldError, JobSpec};
 use chorus_core::trace::TraceContext;
 use chorus_store::{JobRecord, StoreError};
 use futures::StreamExt;
@@ -45,9 +45,10 @@ pub async fn create(
     request_headers: HeaderMap,
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
-    let errors = spec.validate(&SpecValidator {
+    let mut errors = spec.validate(&SpecValidator {
         routes: &state.routes,
     });
+    errors.extend(deadline_passed(&spec, now_millis()));
     if !errors.is_empty() {
         return Err(ApiError::fields(&errors));
     }
@@ -105,6 +106,7 @@ pub async fn create(
         spec,
         submitted_at: now,
         state_created: true,
+        origin: None,
     };
     let message = Outgoing::envelope(
         state.bus.subjects.submit(&tenant),
@@ -231,6 +233,84 @@ pub async fn list(
         .map_err(store_error)?;
     Ok(Json(page))
 }
+
+/// A deadline already past when the job is submitted: the job could never run.
+pub fn deadline_passed(spec: &JobSpec, now: i64) -> Option<FieldError> {
+    spec.deadline
+        .filter(|d| d.timestamp_millis() <= now)
+        .map(|d| FieldError::new("deadline", format!("{} is in the past", d.to_rfc3339())))
+}
+
+/// `POST /v1/jobs/{id}/cancel`. Once this answers, nothing new is dispatched for the job: the
+/// cancel is in the cancels bucket every dispatcher checks, and the job's state is `cancelled`
+/// (calls already sent finish, and their results are not applied). Answers the job; `409` when
+/// it had already finished otherwise.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job `{id}`"));
+    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let tenant = state.tenant.clone();
+    let record = read(&state, job).await?.ok_or_else(not_found)?;
+    match record.summary.status {
+        JobStatus::Cancelled => return Ok(Json(record)),
+        status if status.is_terminal() => {
+            return Err(ApiError::Conflict(format!(
+                "job `{id}` already {}; only an unfinished job can be cancelled",
+                status.as_str()
+            )));
+        }
+        _ => {}
+    }
+    let mut committed_signal = state
+        .bus
+        .client
+        .subscribe(state.bus.subjects.notify(&tenant, job))
+        .await
+        .map_err(|e| ApiError::unavailable("NATS", e))?;
+    state
+        .cancels
+        .cancel_job(&tenant, job)
+        .await
+        .map_err(|e| ApiError::unavailable("the cancels bucket", e))?;
+    let live = loop {
+        let current = state
+            .jobs
+            .get(&tenant, job)
+            .await
+            .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
+        let Some((current, revision)) = current else {
+            // Only in the database: the state has expired from the bucket, so it is final.
+            return Ok(Json(record));
+        };
+        let input = Input::Cancel {
+            at: now_millis(),
+            reason: "cancelled by request".into(),
+        };
+        let transition = apply(&current, input);
+        if !transition.changed {
+            break transition.state;
+        }
+        match state.jobs.update(&transition.state, revision).await {
+            Ok(Write::Stored(_)) => break transition.state,
+            Ok(Write::Conflict) => continue,
+            Err(e) => return Err(ApiError::unavailable("the job-state bucket", e)),
+        }
+    };
+    // Answer with the stored record when the persister commits it promptly.
+    let stored = tokio::time::timeout(CANCEL_COMMIT_WAIT, committed_signal.next()).await;
+    if stored.is_ok()
+        && let Some(record) = committed(&state, job).await?
+    {
+        return Ok(Json(record));
+    }
+    Ok(Json(JobRecord::from_live_state(&live)))
+}
+
+/// How long a cancel waits for the persister to store the cancelled state before answering
+/// with the live one.
+const CANCEL_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The job's record once its final state is committed.
 async fn committed(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiError> {

@@ -1,7 +1,9 @@
 //! Chorus's HTTP edge (axum): the REST API in front of the pipeline.
 //!
 //! Layout:
-//! - [`jobs`]: `/v1/jobs` create, get, list.
+//! - [`jobs`]: `/v1/jobs` create, get, list, cancel.
+//! - [`files`] and [`batches`]: the OpenAI Batch API (`/v1/files`, `/v1/batches`) and batch reports.
+//! - [`events`]: `/v1/jobs/{id}/events`, a job's lifecycle as Server-Sent Events.
 //! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
 //! - [`health`]: `/health` and `/ready`.
 //! - [`extract`]: the JSON body extractor (size limit, field-level errors).
@@ -12,14 +14,18 @@
 //! templates, assertions) before anything is published.
 
 pub mod admin;
+pub mod batches;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod server;
 pub mod state;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use server::EdgeRole;
@@ -29,6 +35,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(events::events))
+        .route(
+            "/v1/files",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/files/{id}", get(files::get))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/batches/{id}/report", get(batches::report))
         .route("/v1/admin/dlq", get(admin::list))
         .route("/v1/admin/dlq/replay", post(admin::replay))
         .route("/v1/admin/dlq/purge", post(admin::purge))

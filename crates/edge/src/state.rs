@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_bus::Bus;
+use chorus_bus::cancels::Cancels;
 use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
 use chorus_core::config::DlqConfig;
@@ -19,6 +20,10 @@ pub struct AppState {
     /// Every request's tenant, until API keys arrive.
     pub tenant: Tenant,
     pub body_limit: u64,
+    /// Largest accepted batch input file, and most lines in one.
+    pub file_limit: u64,
+    pub batch_max_lines: usize,
+    pub cancels: Cancels,
     pub max_wait: Duration,
     /// The replay cap and pace of `/v1/admin/dlq/replay`.
     pub dlq: DlqConfig,

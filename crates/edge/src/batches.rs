@@ -1,0 +1,278 @@
+//! `/v1/batches`: OpenAI's Batch API over any route, plus a report of the batch's evaluations.
+//!
+//! Creating a batch checks its input file again (routes may have changed since the upload), then
+//! stores the batch and publishes one submission per line onto JetStream, pipelined, each under a
+//! job id derived from the batch and the line's `custom_id` (so a retried publish is the same
+//! job). It answers once JetStream has acknowledged every line. Progress (`request_counts`) is
+//! read from the stored jobs; the batch becomes `completed` (or `cancelled`) when every line's job
+//! is final. A cancel stops every line not yet called: those end in the error file with code
+//! `batch_cancelled`, so every `custom_id` appears exactly once across the output and error files.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use chorus_actors::validation::SpecValidator;
+use chorus_bus::publish::Outgoing;
+use chorus_core::batch::{self, BatchLine, Endpoint};
+use chorus_core::ids::{JobId, msg_id, now_millis};
+use chorus_core::messages::Submission;
+use chorus_core::trace::TraceContext;
+use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The only completion window, as in OpenAI's API.
+const COMPLETION_WINDOW: &str = "24h";
+/// How long [`COMPLETION_WINDOW`] is: a batch's `expires_at` is this after its creation.
+const COMPLETION_WINDOW_LENGTH: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Submissions published per round of acks.
+const PUBLISH_CHUNK: usize = 2048;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    crate::extract::JsonBody(request): crate::extract::JsonBody<CreateBatch>,
+) -> Result<Json<BatchObject>, ApiError> {
+    let endpoint = Endpoint::parse(&request.endpoint).ok_or_else(|| ApiError::BadRequest {
+        message: format!(
+            "endpoint: `{}` is not supported; use `/v1/chat/completions` or `/v1/jobs`",
+            request.endpoint
+        ),
+        param: Some("endpoint".into()),
+        code: "invalid_value",
+    })?;
+    if request.completion_window != COMPLETION_WINDOW {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "completion_window: `{}` is not supported; use `{COMPLETION_WINDOW}`",
+                request.completion_window
+            ),
+            param: Some("completion_window".into()),
+            code: "invalid_value",
+        });
+    }
+    let tenant = state.tenant.clone();
+    let content = state
+        .store
+        .file_content(&tenant, &request.input_file_id)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::NotFound(format!("no file `{}`", request.input_file_id)))?;
+    let validator = SpecValidator {
+        routes: &state.routes,
+    };
+    let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
+        .map_err(ApiError::refused_file)?;
+    check_endpoints(&lines, endpoint)?;
+
+    let created_at = Utc::now();
+    let now = created_at.timestamp_millis();
+    let batch = state
+        .store
+        .create_batch(
+            &tenant,
+            NewBatch {
+                input_file_id: request.input_file_id,
+                endpoint,
+                completion_window: COMPLETION_WINDOW.into(),
+                metadata: request.metadata.map(Value::Object),
+                status: BatchStatus::Validating,
+                total: lines.len() as u64,
+                errors: None,
+                created_at,
+                expires_at: Some(created_at + COMPLETION_WINDOW_LENGTH),
+            },
+        )
+        .await
+        .map_err(db)?;
+    let trace = TraceContext::new_root();
+    let mut messages = Vec::with_capacity(PUBLISH_CHUNK);
+    for line in lines {
+        let origin = line.origin(&batch.id);
+        let job = JobId::derived(&tenant, &format!("batch:{}:{}", batch.id, line.custom_id));
+        let submission = Submission {
+            job_id: job,
+            spec: line.spec,
+            submitted_at: now,
+            state_created: false,
+            origin: Some(origin),
+        };
+        let message = Outgoing::envelope(
+            state.bus.subjects.submit(&tenant),
+            &msg_id::submit(job),
+            &submission,
+            Some(&trace),
+        )
+        .map_err(|e| ApiError::unavailable("encoding", e))?
+        .for_job(job, &tenant);
+        messages.push(message);
+        if messages.len() == PUBLISH_CHUNK {
+            publish(&state, &batch.id, std::mem::take(&mut messages)).await?;
+        }
+    }
+    publish(&state, &batch.id, messages).await?;
+    // Every line is in JetStream: the batch is under way.
+    state
+        .store
+        .set_batch_status(&tenant, &batch.id, BatchStatus::InProgress, now_millis())
+        .await
+        .map_err(db)?;
+    let batch = state
+        .store
+        .refresh_batch(&tenant, &batch.id)
+        .await
+        .map_err(db)?
+        .unwrap_or(batch);
+    Ok(Json(batch))
+}
+
+/// Publishes a chunk of a batch's submissions; a failure marks the batch failed.
+async fn publish(state: &AppState, batch: &str, messages: Vec<Outgoing>) -> Result<(), ApiError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = state.bus.publish_all(messages).await {
+        let _ = state
+            .store
+            .set_batch_status(&state.tenant, batch, BatchStatus::Failed, now_millis())
+            .await;
+        return Err(ApiError::unavailable("JetStream", e));
+    }
+    Ok(())
+}
+
+/// Every line must ask for the batch's endpoint, as OpenAI requires.
+fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiError> {
+    let wrong: Vec<String> = lines
+        .iter()
+        .filter(|l| l.endpoint != endpoint)
+        .take(batch::MAX_REPORTED)
+        .map(|l| format!("line {}: url `{}`", l.line, l.endpoint.as_str()))
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest {
+        message: format!(
+            "every line's url must be the batch's endpoint `{}`: {}",
+            endpoint.as_str(),
+            wrong.join("; ")
+        ),
+        param: Some("endpoint".into()),
+        code: "invalid_value",
+    })
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BatchObject>, ApiError> {
+    state
+        .store
+        .refresh_batch(&state.tenant, &id)
+        .await
+        .map_err(db)?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<BatchList>, ApiError> {
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::Invalid {
+            message: "limit: must be between 1 and 100".into(),
+            param: Some("limit".into()),
+        });
+    }
+    let list = state
+        .store
+        .list_batches(&state.tenant, limit, params.after.as_deref())
+        .await
+        .map_err(db)?;
+    Ok(Json(list))
+}
+
+/// `POST /v1/batches/{id}/cancel`: the batch is `cancelling` until every line's job is final.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BatchObject>, ApiError> {
+    let tenant = &state.tenant;
+    let batch = state
+        .store
+        .refresh_batch(tenant, &id)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| not_found(&id))?;
+    match batch.status {
+        BatchStatus::Cancelling | BatchStatus::Cancelled => return Ok(Json(batch)),
+        BatchStatus::Completed | BatchStatus::Failed | BatchStatus::Expired => {
+            return Err(ApiError::Conflict(format!(
+                "batch `{id}` is already {}; only an unfinished batch can be cancelled",
+                batch.status.as_str()
+            )));
+        }
+        BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {}
+    }
+    state
+        .cancels
+        .cancel_batch(tenant, &id)
+        .await
+        .map_err(|e| ApiError::unavailable("the cancels bucket", e))?;
+    state
+        .store
+        .set_batch_status(tenant, &id, BatchStatus::Cancelling, now_millis())
+        .await
+        .map_err(db)?;
+    state
+        .store
+        .refresh_batch(tenant, &id)
+        .await
+        .map_err(db)?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `GET /v1/batches/{id}/report`: pass rate and mean score per metric, model and persona.
+pub async fn report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BatchReport>, ApiError> {
+    state
+        .store
+        .batch_report(&state.tenant, &id)
+        .await
+        .map_err(db)?
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no batch `{id}`"))
+}
+
+fn db(e: chorus_store::StoreError) -> ApiError {
+    ApiError::unavailable("the database", e)
+}
