@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use chorus_actors::roles::{self, Context};
 use chorus_actors::{Role, Runtime};
 use chorus_bus::Bus;
+use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{Applied, Definitions};
 use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
@@ -171,6 +172,9 @@ pub async fn start(
                         routes: routes.clone(),
                         tenant: Tenant::new(config.edge.tenant.clone())?,
                         body_limit: config.edge.body_limit.as_u64(),
+                        file_limit: config.edge.file_limit.as_u64(),
+                        batch_max_lines: config.edge.batch_max_lines,
+                        cancels: Cancels::open(&bus).await?,
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
                     },

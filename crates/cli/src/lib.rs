@@ -6,11 +6,16 @@
 //! - [`natsd`]: the `nats-server` child process of `chorus dev` and `chorus bench`.
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
+//! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
+//!   through [`client`].
 
 pub mod app;
+pub mod batch;
 pub mod bench;
+pub mod client;
 pub mod dev;
 pub mod dlq;
+pub mod job;
 pub mod mock;
 pub mod natsd;
 
@@ -61,6 +66,10 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// A mock LLM provider (OpenAI, Anthropic and Ollama wire formats) for demos and load tests.
     MockLlm(mock::MockArgs),
+    /// Jobs on a running Chorus, over its REST API: show one, follow one.
+    Job(job::JobArgs),
+    /// Batches on a running Chorus, over its REST API: submit, follow, download, report.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,5 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(config_file, args).await,
         Command::Dlq(args) => dlq::run(config_file, args).await,
         Command::MockLlm(args) => mock::run(args).await,
+        Command::Job(args) => job::run(args).await,
+        Command::Batch(args) => batch::run(args).await,
     }
 }
