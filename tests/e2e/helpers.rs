@@ -239,6 +239,19 @@ pub fn roundtable(model: &str) -> Value {
     })
 }
 
+/// A route to `model` on the mock, through the OpenAI-compatible provider.
+pub fn mock_route(
+    name: &str,
+    mock: &chorus_testkit::mock_llm::MockLlm,
+    model: &str,
+) -> RouteConfig {
+    RouteConfig {
+        base_url: Some(format!("{}/v1", mock.url())),
+        timeout: Duration::from_millis(800),
+        ..RouteConfig::new(name, "openai", model)
+    }
+}
+
 /// A simple one-call job.
 pub fn single(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})

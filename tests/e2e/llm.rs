@@ -15,15 +15,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// A route to `model` on the mock, through the OpenAI-compatible provider.
-fn mock_route(name: &str, mock: &MockLlm, model: &str) -> RouteConfig {
-    RouteConfig {
-        base_url: Some(format!("{}/v1", mock.url())),
-        timeout: Duration::from_millis(800),
-        ..RouteConfig::new(name, "openai", model)
-    }
-}
-
 async fn submit(app: &TestApp, model: &str, text: &str) -> String {
     let body: Value = app
         .post_job(&single(model, text), "")

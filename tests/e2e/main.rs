@@ -7,8 +7,12 @@
 mod helpers;
 
 mod api;
+mod batches;
 mod bench;
+mod cli;
 mod dlq;
+mod examples;
 mod faults;
+mod jobs;
 mod llm;
 mod pipeline;
