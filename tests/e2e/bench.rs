@@ -6,7 +6,9 @@ use crate::helpers::Processes;
 #[tokio::test]
 async fn chorus_bench_runs_and_reports() {
     let processes = Processes::new(&chorus_core::config::Config::default());
-    let output = processes.run(&["bench", "-n", "2000", "--raw-messages", "20000", "--json"]);
+    let output = processes
+        .run(&["bench", "-n", "2000", "--raw-messages", "20000", "--json"])
+        .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -87,11 +87,11 @@ fn header<'a>(entry: &'a Entry, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn cli(processes: &Processes, args: &[&str]) -> Value {
+async fn cli(processes: &Processes, args: &[&str]) -> Value {
     let mut full = vec!["dlq"];
     full.extend_from_slice(args);
     full.push("--json");
-    let output = processes.run(&full);
+    let output = processes.run(&full).await;
     assert!(
         output.status.success(),
         "chorus {full:?} failed: {}",
@@ -218,22 +218,22 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
     assert_eq!(malformed_entry.letter.error_kind, "malformed");
 
     // list, with each filter
-    let all = cli(&processes, &["list"]);
+    let all = cli(&processes, &["list"]).await;
     assert_eq!(all["data"].as_array().map(Vec::len), Some(3), "{all:#}");
     assert_eq!(all["has_more"], false);
-    let only = |args: &[&str]| seqs(&cli(&processes, args)["data"]);
+    let only = async |args: &[&str]| seqs(&cli(&processes, args).await["data"]);
     assert_eq!(
-        only(&["list", "--kind", "max_deliveries"]),
+        only(&["list", "--kind", "max_deliveries"]).await,
         [crash_entry.seq]
     );
     assert_eq!(
-        only(&["list", "--route", UNAVAILABLE]),
+        only(&["list", "--route", UNAVAILABLE]).await,
         [unavailable_entry.seq]
     );
-    assert_eq!(only(&["list", "--stage", "llm"]).len(), 3);
-    assert!(only(&["list", "--stage", "evaluator"]).is_empty());
-    assert_eq!(only(&["list", "--since", "1h"]).len(), 3);
-    assert!(only(&["list", "--until", "1h"]).is_empty());
+    assert_eq!(only(&["list", "--stage", "llm"]).await.len(), 3);
+    assert!(only(&["list", "--stage", "evaluator"]).await.is_empty());
+    assert_eq!(only(&["list", "--since", "1h"]).await.len(), 3);
+    assert!(only(&["list", "--until", "1h"]).await.is_empty());
     for entry in all["data"].as_array().expect("entries") {
         let (seq, at) = (
             entry["seq"].as_u64(),
@@ -241,17 +241,19 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
         );
         assert!(
             only(&["list", "--since", at])
+                .await
                 .iter()
                 .any(|s| Some(*s) == seq)
         );
         assert!(
             only(&["list", "--until", at])
+                .await
                 .iter()
                 .any(|s| Some(*s) == seq)
         );
     }
-    assert_eq!(only(&["list", "--limit", "2"]).len(), 2);
-    let table = processes.run(&["dlq", "list"]);
+    assert_eq!(only(&["list", "--limit", "2"]).await.len(), 2);
+    let table = processes.run(&["dlq", "list"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("SEQ"), "{table}");
     assert!(
@@ -261,7 +263,7 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
 
     // show
     let seq = unavailable_entry.seq.to_string();
-    let shown = cli(&processes, &["show", &seq]);
+    let shown = cli(&processes, &["show", &seq]).await;
     assert_eq!(shown["seq"], unavailable_entry.seq);
     assert_eq!(shown["job_id"], unavailable.as_str());
     assert_eq!(shown["route"], UNAVAILABLE);
@@ -276,7 +278,7 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
             .contains(&json!({"name": "Chorus-Type", "value": "llm.call/1"})),
         "{shown:#}"
     );
-    let missing = processes.run(&["dlq", "show", "99999"]);
+    let missing = processes.run(&["dlq", "show", "99999"]).await;
     assert!(!missing.status.success());
 
     // a dry run changes nothing and is not audited
@@ -284,7 +286,8 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
     let dry = cli(
         &processes,
         &["replay", "--kind", "server_error", "--dry-run"],
-    );
+    )
+    .await;
     assert_eq!(
         (dry["dry_run"].as_bool(), dry["matched"].as_u64()),
         (Some(true), Some(1))
@@ -292,7 +295,7 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
     assert_eq!(seqs(&dry["replayed"]), [unavailable_entry.seq]);
     assert_eq!(entries(&app.bus).await.len(), 3);
     assert_eq!(stream_state(&app.bus, "work").await, work_before);
-    let dry = cli(&processes, &["purge", "--all", "--dry-run"]);
+    let dry = cli(&processes, &["purge", "--all", "--dry-run"]).await;
     assert_eq!(seqs(&dry["purged"]).len(), 3);
     assert_eq!(entries(&app.bus).await.len(), 3);
     assert!(audit_rows(&db).await.is_empty(), "dry runs are not audited");
@@ -305,7 +308,8 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
         &[
             "replay", "--seq", &both, "--rate", "5", "--actor", "ops@test",
         ],
-    );
+    )
+    .await;
     assert_eq!(
         seqs(&replayed["replayed"]),
         [crash_entry.seq, unavailable_entry.seq]
@@ -356,7 +360,7 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
 
     // the cap: an entry replayed once already is refused under --max-replays 1
     let seq = unavailable_again.seq.to_string();
-    let capped = cli(&processes, &["replay", "--seq", &seq, "--max-replays", "1"]);
+    let capped = cli(&processes, &["replay", "--seq", &seq, "--max-replays", "1"]).await;
     assert!(capped["replayed"].as_array().is_some_and(Vec::is_empty));
     assert_eq!(seqs(&capped["refused"]), [unavailable_again.seq]);
     assert!(
@@ -371,13 +375,14 @@ async fn chorus_dlq_lists_shows_replays_within_the_cap_and_purges_with_an_audit_
     assert_eq!(seqs(&rows[0].detail["refused"]), [unavailable_again.seq]);
 
     // purge
-    let refused = processes.run(&["dlq", "purge"]);
+    let refused = processes.run(&["dlq", "purge"]).await;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--all"));
     let purged = cli(
         &processes,
         &["purge", "--kind", "malformed", "--actor", "ops@test"],
-    );
+    )
+    .await;
     assert_eq!(seqs(&purged["purged"]), [malformed_entry.seq]);
     assert!(dlq.get(malformed_entry.seq).await.expect("get").is_none());
     assert_eq!(entries(&app.bus).await.len(), 2);

@@ -42,7 +42,7 @@ async fn killing_the_llm_worker_mid_load_loses_nothing_and_stores_nothing_twice(
     config.llm.workers = 256;
     let base = free_edge(&mut config);
     let processes = Processes::new(&config);
-    assert!(processes.run(&["migrate"]).status.success());
+    assert!(processes.run(&["migrate"]).await.status.success());
 
     // Every role in its own process.
     let mut children: Vec<_> = ["persister", "evaluator", "orchestrator", "edge"]

@@ -294,13 +294,15 @@ impl Processes {
         Chorus(child)
     }
 
-    /// Runs `chorus <args>` to completion.
-    pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_chorus"))
+    /// Runs `chorus <args>` to completion. Async, so Chorus running in the test's own runtime
+    /// keeps going meanwhile (a blocked runtime could hold SQLite's write lock the child needs).
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
             .output()
+            .await
             .expect("run chorus")
     }
 }

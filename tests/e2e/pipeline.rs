@@ -181,7 +181,7 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     let mut config = test_config(&nats, &db);
     let base = free_edge(&mut config);
     let processes = Processes::new(&config);
-    assert!(processes.run(&["migrate"]).status.success());
+    assert!(processes.run(&["migrate"]).await.status.success());
     let mut chorus = processes.spawn(&["serve"]);
     let client = reqwest::Client::new();
     wait_ready(&client, &base).await;
