@@ -13,12 +13,13 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// Runs `chorus <args>` against the edge at `base`, without blocking the runtime the edge runs
-/// on.
-async fn chorus(base: &str, args: &[&str]) -> Output {
+/// Runs `chorus <args>` against `app`'s edge with its key, without blocking the runtime the
+/// edge runs on.
+async fn chorus(app: &TestApp, args: &[&str]) -> Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
         .args(args)
-        .env("CHORUS_URL", base)
+        .env("CHORUS_URL", &app.base)
+        .env("CHORUS_API_KEY", &app.key)
         .env("RUST_LOG", "warn")
         .output();
     tokio::time::timeout(Duration::from_secs(120), run)
@@ -80,7 +81,7 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
 
     // Submit and follow: stdout has the batch id first, the final status last.
     let submitted = ok(
-        chorus(&app.base, &["batch", "submit", file, "--watch"]).await,
+        chorus(&app, &["batch", "submit", file, "--watch"]).await,
         "batch submit --watch",
     );
     let id = submitted.lines().next().expect("the batch id").to_owned();
@@ -88,7 +89,7 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     assert!(submitted.contains("completed"), "{submitted}");
 
     let status = ok(
-        chorus(&app.base, &["batch", "status", &id, "--json"]).await,
+        chorus(&app, &["batch", "status", &id, "--json"]).await,
         "batch status",
     );
     let batch: Value = serde_json::from_str(&status).expect("the batch as JSON");
@@ -99,11 +100,11 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     );
 
     let output = ok(
-        chorus(&app.base, &["batch", "results", &id]).await,
+        chorus(&app, &["batch", "results", &id]).await,
         "batch results",
     );
     let errors = ok(
-        chorus(&app.base, &["batch", "results", &id, "--errors"]).await,
+        chorus(&app, &["batch", "results", &id, "--errors"]).await,
         "batch results --errors",
     );
     let ids = |text: &str| -> Vec<String> {
@@ -119,14 +120,14 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     assert!(errors.contains(&"case-0".to_owned()) && errors.contains(&"case-30".to_owned()));
 
     let report = ok(
-        chorus(&app.base, &["batch", "report", &id, "--json"]).await,
+        chorus(&app, &["batch", "report", &id, "--json"]).await,
         "batch report",
     );
     let report: Value = serde_json::from_str(&report).expect("the report as JSON");
     assert_eq!(report["overall"]["evaluated"], 36, "{report:#}");
     assert_eq!(report["overall"]["pass_rate"], 1.0, "{report:#}");
     let table = ok(
-        chorus(&app.base, &["batch", "report", &id]).await,
+        chorus(&app, &["batch", "report", &id]).await,
         "batch report",
     );
     assert!(table.contains("mentions"), "{table}");
@@ -139,7 +140,7 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     )
     .expect("write");
     let refused = chorus(
-        &app.base,
+        &app,
         &[
             "batch",
             "submit",
@@ -167,10 +168,7 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.expect("json");
     let job_id = job["id"].as_str().expect("id");
-    let watched = ok(
-        chorus(&app.base, &["job", "watch", job_id]).await,
-        "job watch",
-    );
+    let watched = ok(chorus(&app, &["job", "watch", job_id]).await, "job watch");
     let lines: Vec<&str> = watched.lines().collect();
     assert!(
         lines.iter().any(|l| l.contains("running")),
@@ -178,14 +176,14 @@ async fn batch_and_job_commands_drive_a_running_chorus() {
     );
     assert!(watched.contains("succeeded"), "{watched}");
     let got = ok(
-        chorus(&app.base, &["job", "get", job_id, "--json"]).await,
+        chorus(&app, &["job", "get", job_id, "--json"]).await,
         "job get",
     );
     let got: Value = serde_json::from_str(&got).expect("the job as JSON");
     assert_eq!(got["status"], "succeeded");
     assert_eq!(got["steps"].as_array().map(Vec::len), Some(2));
     let missing = chorus(
-        &app.base,
+        &app,
         &["job", "get", "01a2339f-5d54-75a7-b24a-323c95b0a3ed"],
     )
     .await;

@@ -50,7 +50,7 @@ async fn killing_the_llm_worker_mid_load_loses_nothing_and_stores_nothing_twice(
         .map(|role| processes.spawn(&["serve", "--roles", role]))
         .collect();
     let mut llm = processes.spawn(&["serve", "--roles", "llm"]);
-    let client = reqwest::Client::new();
+    let (client, _) = admin_client(db.url()).await;
     wait_ready(&client, &base).await;
 
     let mut job = roundtable("sim:echo?latency=100ms..600ms");
@@ -156,7 +156,7 @@ async fn a_worker_that_keeps_crashing_stops_the_process_with_an_error() {
     let base = free_edge(&mut config);
     let processes = Processes::new(&config);
     let mut chorus = processes.spawn(&["serve"]);
-    let client = reqwest::Client::new();
+    let (client, _) = admin_client(db.url()).await;
     wait_ready(&client, &base).await;
     let response = client
         .post(format!("{base}/v1/jobs"))

@@ -89,10 +89,45 @@ pub fn llm_consumer_with(dir: &Path, edit: impl Fn(String) -> String) {
     );
 }
 
+/// Makes a key with `scopes` for `tenant` in the database at `url` (migrating it first).
+pub async fn create_key(url: &str, tenant: &str, scopes: &str) -> String {
+    let store = chorus_store::Store::connect(url, 1)
+        .await
+        .expect("database");
+    store.migrate().await.expect("migrate");
+    let scopes = chorus_core::auth::Scopes::parse(scopes).expect("scopes");
+    let tenant = chorus_core::Tenant::new(tenant).expect("tenant");
+    let created = store
+        .create_key(&tenant, "e2e", scopes, None)
+        .await
+        .expect("create a key");
+    secrecy::ExposeSecret::expose_secret(&created.key).to_owned()
+}
+
+/// A client that sends `key` on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {key}").parse().expect("header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A key with every scope for the tenant `default`, and a client that sends it.
+pub async fn admin_client(database_url: &str) -> (reqwest::Client, String) {
+    let key = create_key(database_url, "default", "submit,read,admin").await;
+    (client_with_key(&key), key)
+}
+
 /// Chorus running in this process.
 pub struct TestApp {
     pub base: String,
+    /// Sends [`TestApp::key`].
     pub client: reqwest::Client,
+    /// A key with every scope for the tenant `default`.
+    pub key: String,
     pub bus: Bus,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Result<(), String>>>,
@@ -111,16 +146,19 @@ impl TestApp {
         let bus = Bus::connect(&config.nats.url, "chorus", "test", Duration::from_secs(5))
             .await
             .expect("connect to NATS");
+        let database_url = config.database.url.clone();
         let runtime = chorus_cli::app::start(config, roles, Some(listener))
             .await
             .expect("start chorus");
+        let (client, key) = admin_client(&database_url).await;
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(runtime.run_until(async {
             let _ = stopped.await;
         }));
         TestApp {
             base,
-            client: reqwest::Client::new(),
+            client,
+            key,
             bus,
             stop: Some(stop),
             done: Some(done),

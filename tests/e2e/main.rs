@@ -7,6 +7,7 @@
 mod helpers;
 
 mod api;
+mod auth;
 mod batches;
 mod bench;
 mod cli;

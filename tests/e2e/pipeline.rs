@@ -183,7 +183,7 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     let processes = Processes::new(&config);
     assert!(processes.run(&["migrate"]).await.status.success());
     let mut chorus = processes.spawn(&["serve"]);
-    let client = reqwest::Client::new();
+    let (client, _) = admin_client(db.url()).await;
     wait_ready(&client, &base).await;
     let mut ids = Vec::new();
     for i in 0..20 {

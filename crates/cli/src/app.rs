@@ -11,7 +11,8 @@ use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{Applied, Definitions};
 use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
-use chorus_core::config::{Config, DatabaseConfig};
+use chorus_core::config::{Config, DatabaseConfig, EdgeConfig};
+use chorus_edge::auth::{Auth, AuthMode};
 use chorus_edge::{AppState, EdgeRole};
 use chorus_llm::Routes;
 use chorus_store::Store;
@@ -170,7 +171,7 @@ pub async fn start(
                         jobs: JobStore::open(&bus).await?,
                         store: store()?,
                         routes: routes.clone(),
-                        tenant: Tenant::new(config.edge.tenant.clone())?,
+                        auth: Arc::new(edge_auth(&config.edge)?),
                         body_limit: config.edge.body_limit.as_u64(),
                         file_limit: config.edge.file_limit.as_u64(),
                         batch_max_lines: config.edge.batch_max_lines,
@@ -192,6 +193,21 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))?;
     tracing::info!(roles = %names.join(","), "chorus is running");
     Ok(runtime)
+}
+
+/// The edge's authentication; without it, every request acts for `edge.tenant`, loudly.
+fn edge_auth(config: &EdgeConfig) -> anyhow::Result<Auth> {
+    let mode = if config.auth {
+        AuthMode::Keys
+    } else {
+        let tenant = Tenant::new(config.tenant.clone())?;
+        tracing::warn!(
+            %tenant,
+            "AUTHENTICATION IS OFF (edge.auth = false): every request acts for this tenant with every scope"
+        );
+        AuthMode::Off(tenant)
+    };
+    Ok(Auth::new(mode, config.key_rpm))
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -2,11 +2,17 @@
 //! SQLite in `.chorus/`, every role in this process, and a first job to paste. Providers whose
 //! credentials are in the environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_HOST`) get a
 //! route of their name unless the configuration already has one; `sim:` routes are always there.
+//! API keys are on, as everywhere: dev makes an admin key for `edge.tenant`, keeps it in
+//! `.chorus/dev-api-key` for the next run, and prints it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use chorus_core::Tenant;
+use chorus_core::auth::Scopes;
 use chorus_core::config::RouteConfig;
+use chorus_store::Store;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 use crate::app::{self, RoleName};
@@ -64,8 +70,17 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
     let url = format!("http://{}", listener.local_addr()?);
     let nats_url = config.nats.url.clone();
     let database = config.database.url.clone();
+    let database_config = config.database.clone();
+    let edge = config.edge.clone();
     let result = async {
         let runtime = app::start(config, &RoleName::ALL, Some(listener)).await?;
+        let key = match edge.auth {
+            true => {
+                let store = app::open_store(&database_config, false).await?;
+                Some(dev_key(&store, &edge.tenant, &args.dir.join(KEY_FILE)).await?)
+            }
+            false => None,
+        };
         println!("\nChorus is running (all roles).");
         println!("  API:      {url}");
         println!(
@@ -81,9 +96,26 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
         for line in &providers {
             println!("            {line}");
         }
+        let auth_header = match &key {
+            Some(key) => {
+                println!(
+                    "  API key:  {} (tenant {}, every scope; kept in {})",
+                    key.expose_secret(),
+                    edge.tenant,
+                    args.dir.join(KEY_FILE).display()
+                );
+                println!("\nFor `chorus job` and `chorus batch`:\n");
+                println!("export CHORUS_URL={url} CHORUS_API_KEY={}", key.expose_secret());
+                " -H \"Authorization: Bearer $CHORUS_API_KEY\"".to_owned()
+            }
+            None => {
+                println!("  API key:  none needed (edge.auth = false)");
+                String::new()
+            }
+        };
         println!("\nSubmit a persona-roundtable job and wait for its result:\n");
         println!(
-            "curl -s '{url}/v1/jobs?wait=30' -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
+            "curl -s '{url}/v1/jobs?wait=30'{auth_header} -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
         );
         println!("Press ctrl-c to stop.");
         runtime
@@ -96,6 +128,38 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
         child.stop().await;
     }
     result
+}
+
+/// The file in the dev directory that keeps the dev API key between runs.
+const KEY_FILE: &str = "dev-api-key";
+
+/// The dev API key: the one kept in `path` while it still works, else a new key with every
+/// scope for `tenant`, written there (readable by the owner only).
+async fn dev_key(store: &Store, tenant: &str, path: &Path) -> anyhow::Result<SecretString> {
+    if let Ok(kept) = std::fs::read_to_string(path) {
+        let kept = SecretString::from(kept.trim().to_owned());
+        if store.authenticate(&kept).await?.is_some() {
+            return Ok(kept);
+        }
+    }
+    let tenant = Tenant::new(tenant.to_owned())?;
+    let created = store
+        .create_key(&tenant, "chorus dev", Scopes::EVERY, None)
+        .await?;
+    write_private(path, created.key.expose_secret())
+        .with_context(|| format!("cannot keep the dev API key in {}", path.display()))?;
+    Ok(created.key)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")
 }
 
 /// Providers `chorus dev` finds in the environment: route name (also the provider), the variable

@@ -139,8 +139,8 @@ impl Change {
     }
 }
 
-/// `$USER@<hostname>`.
-fn default_actor() -> String {
+/// `$USER@<hostname>`: who the audit log names for a command run here.
+pub(crate) fn default_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

@@ -6,6 +6,7 @@
 //! - [`natsd`]: the `nats-server` child process of `chorus dev` and `chorus bench`.
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
+//! - [`keys`]: `chorus keys`, API keys in the database.
 //! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
 //!   through [`client`].
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod dev;
 pub mod dlq;
 pub mod job;
+pub mod keys;
 pub mod mock;
 pub mod natsd;
 
@@ -52,6 +54,10 @@ enum Command {
             default_value = "edge,orchestrator,llm,evaluator,persister"
         )]
         roles: Vec<app::RoleName>,
+        /// Serve the API without API keys: every request acts for `edge.tenant` with every
+        /// scope (the same as `edge.auth = false`). Never on a network others can reach.
+        #[arg(long)]
+        no_auth: bool,
     },
     /// Apply pending database migrations.
     Migrate,
@@ -70,6 +76,8 @@ enum Command {
     Job(job::JobArgs),
     /// Batches on a running Chorus, over its REST API: submit, follow, download, report.
     Batch(batch::BatchArgs),
+    /// API keys per tenant: create (shown once), list, revoke.
+    Keys(keys::KeysArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,8 +112,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_file = cli.config.as_deref();
     match cli.command {
         Command::Dev(args) => dev::run(config_file, args).await,
-        Command::Serve { roles } => {
-            let config = app::load_config(config_file)?;
+        Command::Serve { roles, no_auth } => {
+            let mut config = app::load_config(config_file)?;
+            if no_auth {
+                config.edge.auth = false;
+            }
             app::serve(config, &roles, None).await
         }
         Command::Migrate => {
@@ -130,5 +141,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MockLlm(args) => mock::run(args).await,
         Command::Job(args) => job::run(args).await,
         Command::Batch(args) => batch::run(args).await,
+        Command::Keys(args) => keys::run(config_file, args).await,
     }
 }

@@ -90,8 +90,14 @@ pub struct EdgeConfig {
     /// Longest `?wait=` a request may ask for.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
-    /// Tenant of requests until API keys arrive.
+    /// Require an API key (`Authorization: Bearer`) on every `/v1` route. Off, every request
+    /// acts for `tenant` with every scope, and start-up warns about it.
+    pub auth: bool,
+    /// Tenant of every request when `auth` is off.
     pub tenant: String,
+    /// Requests per minute one API key may make at one edge process, for keys without a rate of
+    /// their own; none: unlimited.
+    pub key_rpm: Option<u32>,
 }
 
 impl Default for EdgeConfig {
@@ -102,7 +108,9 @@ impl Default for EdgeConfig {
             file_limit: ByteSize::mib(100),
             batch_max_lines: 50_000,
             max_wait: Duration::from_secs(300),
+            auth: true,
             tenant: "default".into(),
+            key_rpm: None,
         }
     }
 }
@@ -446,6 +454,10 @@ impl Config {
         require(
             crate::Tenant::new(self.edge.tenant.clone()).is_ok(),
             "edge.tenant: use 1-64 characters of a-z, 0-9, '_' or '-'",
+        );
+        require(
+            self.edge.key_rpm != Some(0),
+            "edge.key_rpm: must be at least 1 (leave it out for no limit)",
         );
         require(
             self.edge.body_limit.as_u64() >= 1024,

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`ids`]: job ids, tenants, timestamps.
+//! - [`auth`]: API key scopes and the caller a request authenticates as.
 //! - [`spec`]: the job spec clients submit, and its validation.
 //! - [`assertion`]: the shape of evaluation assertions.
 //! - [`judge`]: the calls LLM judges make and how their answers are read.
@@ -15,6 +16,7 @@
 //! - [`config`]: typed configuration, loaded from a TOML file and `CHORUS_…` variables.
 
 pub mod assertion;
+pub mod auth;
 pub mod batch;
 pub mod codec;
 pub mod config;

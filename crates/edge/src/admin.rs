@@ -1,8 +1,9 @@
 //! `/v1/admin/dlq`: list, show, replay and purge dead letters over HTTP.
 //!
-//! Every replay and purge that is not a dry run is written to the audit log, with the caller
-//! recorded as `http:<peer address>` until API keys name callers; dry runs change nothing and are
-//! not audited. The database is checked before anything changes, so an unaudited change is
+//! These are the operator's routes (the `admin` scope): dead letters of every tenant. Every
+//! replay and purge that is not a dry run is written to the audit log, with the caller recorded
+//! as `key:<key id>@<tenant>` (`http:<peer address>` when authentication is off); dry runs change
+//! nothing and are not audited. The database is checked before anything changes, so an unaudited change is
 //! unlikely; a replay or purge then runs in a task of its own, so a client that disconnects
 //! mid-way (a paced replay can take a while) neither cuts it short nor skips its audit row.
 
@@ -12,6 +13,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use chorus_bus::dlq::{self, DeadLetters, DlqError, Filter, ReplayOptions};
+use chorus_core::auth::Caller;
 use chorus_store::AuditAction;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -96,10 +98,13 @@ fn dlq_error(e: DlqError) -> ApiError {
     }
 }
 
-fn actor(peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
-    match peer {
-        Some(Extension(ConnectInfo(addr))) => format!("http:{addr}"),
-        None => "http:unknown".into(),
+/// Who the audit log names: the API key (`key:<id>@<tenant>`), or the peer address when
+/// authentication is off.
+fn actor(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+    match (&caller.key_id, peer) {
+        (Some(key), _) => format!("key:{key}@{}", caller.tenant),
+        (None, Some(Extension(ConnectInfo(addr)))) => format!("http:{addr}"),
+        (None, None) => "http:unknown".into(),
     }
 }
 
@@ -211,6 +216,7 @@ async fn audit(
 /// `POST /v1/admin/dlq/replay`.
 pub async fn replay(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(selection): JsonBody<Selection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -227,7 +233,7 @@ pub async fn replay(
         ));
     }
     audit_ready(&state, options.dry_run).await?;
-    let actor = actor(peer);
+    let actor = actor(&caller, peer);
     let task = tokio::spawn(async move {
         let report = DeadLetters::new(state.bus.clone())
             .replay(&filter, options, std::future::pending())
@@ -249,6 +255,7 @@ pub async fn replay(
 /// `POST /v1/admin/dlq/purge`.
 pub async fn purge(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(selection): JsonBody<Selection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -258,7 +265,7 @@ pub async fn purge(
     let filter = selection.filter()?;
     let dry_run = selection.dry_run;
     audit_ready(&state, dry_run).await?;
-    let actor = actor(peer);
+    let actor = actor(&caller, peer);
     let task = tokio::spawn(async move {
         let report = DeadLetters::new(state.bus.clone())
             .purge(&filter, dry_run)

@@ -8,10 +8,13 @@
 //! is final. A cancel stops every line not yet called: those end in the error file with code
 //! `batch_cancelled`, so every `custom_id` appears exactly once across the output and error files.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chorus_actors::validation::SpecValidator;
 use chorus_bus::publish::Outgoing;
+use chorus_core::Tenant;
+use chorus_core::auth::Caller;
 use chorus_core::batch::{self, BatchLine, Endpoint};
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
@@ -43,6 +46,7 @@ pub struct CreateBatch {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     crate::extract::JsonBody(request): crate::extract::JsonBody<CreateBatch>,
 ) -> Result<Json<BatchObject>, ApiError> {
     let endpoint = Endpoint::parse(&request.endpoint).ok_or_else(|| ApiError::BadRequest {
@@ -63,7 +67,7 @@ pub async fn create(
             code: "invalid_value",
         });
     }
-    let tenant = state.tenant.clone();
+    let tenant = caller.tenant.clone();
     let content = state
         .store
         .file_content(&tenant, &request.input_file_id)
@@ -119,10 +123,10 @@ pub async fn create(
         .for_job(job, &tenant);
         messages.push(message);
         if messages.len() == PUBLISH_CHUNK {
-            publish(&state, &batch.id, std::mem::take(&mut messages)).await?;
+            publish(&state, &tenant, &batch.id, std::mem::take(&mut messages)).await?;
         }
     }
-    publish(&state, &batch.id, messages).await?;
+    publish(&state, &tenant, &batch.id, messages).await?;
     // Every line is in JetStream: the batch is under way.
     state
         .store
@@ -139,14 +143,19 @@ pub async fn create(
 }
 
 /// Publishes a chunk of a batch's submissions; a failure marks the batch failed.
-async fn publish(state: &AppState, batch: &str, messages: Vec<Outgoing>) -> Result<(), ApiError> {
+async fn publish(
+    state: &AppState,
+    tenant: &Tenant,
+    batch: &str,
+    messages: Vec<Outgoing>,
+) -> Result<(), ApiError> {
     if messages.is_empty() {
         return Ok(());
     }
     if let Err(e) = state.bus.publish_all(messages).await {
         let _ = state
             .store
-            .set_batch_status(&state.tenant, batch, BatchStatus::Failed, now_millis())
+            .set_batch_status(tenant, batch, BatchStatus::Failed, now_millis())
             .await;
         return Err(ApiError::unavailable("JetStream", e));
     }
@@ -177,11 +186,12 @@ fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiErr
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchObject>, ApiError> {
     state
         .store
-        .refresh_batch(&state.tenant, &id)
+        .refresh_batch(&caller.tenant, &id)
         .await
         .map_err(db)?
         .map(Json)
@@ -197,6 +207,7 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<BatchList>, ApiError> {
     let limit = params.limit.unwrap_or(20);
@@ -208,7 +219,7 @@ pub async fn list(
     }
     let list = state
         .store
-        .list_batches(&state.tenant, limit, params.after.as_deref())
+        .list_batches(&caller.tenant, limit, params.after.as_deref())
         .await
         .map_err(db)?;
     Ok(Json(list))
@@ -217,9 +228,10 @@ pub async fn list(
 /// `POST /v1/batches/{id}/cancel`: the batch is `cancelling` until every line's job is final.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchObject>, ApiError> {
-    let tenant = &state.tenant;
+    let tenant = &caller.tenant;
     let batch = state
         .store
         .refresh_batch(tenant, &id)
@@ -258,11 +270,12 @@ pub async fn cancel(
 /// `GET /v1/batches/{id}/report`: pass rate and mean score per metric, model and persona.
 pub async fn report(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchReport>, ApiError> {
     state
         .store
-        .batch_report(&state.tenant, &id)
+        .batch_report(&caller.tenant, &id)
         .await
         .map_err(db)?
         .map(Json)

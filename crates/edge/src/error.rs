@@ -2,7 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`, where `param` names the offending field.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_core::spec::FieldError;
 use serde_json::json;
@@ -35,6 +35,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// No API key, or one that is not a live key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A live key without the scope the route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The key's request rate is used up; `retry_after` whole seconds until the next request is
+    /// admitted.
+    #[error("too many requests for this API key; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
 }
 
 impl ApiError {
@@ -103,6 +113,24 @@ impl ApiError {
                 None,
                 "unavailable",
             ),
+            Self::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            ),
+            Self::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                None,
+                "insufficient_scope",
+            ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                "rate_limit_exceeded",
+            ),
         }
     }
 }
@@ -117,6 +145,17 @@ impl IntoResponse for ApiError {
         {
             error.extend(details.clone());
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
 }

@@ -22,10 +22,13 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chorus_bus::BusError;
+use chorus_core::Tenant;
+use chorus_core::auth::Caller;
 use chorus_core::ids::JobId;
 use chorus_core::job::{JobState, JobStatus, StepKind, StepStatus};
 use chorus_store::JobRecord;
@@ -42,11 +45,12 @@ type Watch = Pin<Box<dyn Stream<Item = Result<(JobState, u64), BusError>> + Send
 
 pub async fn events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::NotFound(format!("no job `{id}`"));
     let job: JobId = id.parse().map_err(|_| not_found())?;
-    let tenant = &state.tenant;
+    let tenant = &caller.tenant;
 
     let notify = state
         .bus
@@ -86,6 +90,7 @@ pub async fn events(
     let poll = watch.is_none().then(poll_timer);
     let follow = Follow {
         state,
+        tenant: caller.tenant,
         job,
         notify: Some(notify),
         watch,
@@ -107,6 +112,7 @@ fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
 /// One follower's progress through a job.
 struct Follow {
     state: AppState,
+    tenant: Tenant,
     job: JobId,
     notify: Option<async_nats::Subscriber>,
     watch: Option<Watch>,
@@ -196,7 +202,7 @@ impl Follow {
 
     /// The job's record, once its final state is committed.
     async fn committed(&mut self) -> Option<JobRecord> {
-        match self.state.store.get_job(&self.state.tenant, self.job).await {
+        match self.state.store.get_job(&self.tenant, self.job).await {
             Ok(record) => record.filter(is_final),
             Err(e) => {
                 tracing::warn!(error = %e, job = %self.job, "cannot read the job; retrying");

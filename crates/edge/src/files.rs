@@ -7,12 +7,14 @@
 //! files (`<batch>-output`, `<batch>-errors`) are not stored as files: they are read from the
 //! batch's stored results in line order.
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
+use chorus_core::auth::Caller;
 use chorus_core::batch;
 use chorus_store::{FileObject, NewFile};
 
@@ -25,6 +27,7 @@ const ERRORS: &str = "-errors";
 
 pub async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     mut multipart: Multipart,
 ) -> Result<Json<FileObject>, ApiError> {
     let mut purpose = None;
@@ -79,7 +82,7 @@ pub async fn upload(
     };
     let file = state
         .store
-        .create_file(&state.tenant, new)
+        .create_file(&caller.tenant, new)
         .await
         .map_err(|e| ApiError::unavailable("the database", e))?;
     Ok(Json(file))
@@ -87,13 +90,14 @@ pub async fn upload(
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<FileObject>, ApiError> {
     if let Some((batch, ok)) = result_file(&id) {
-        let content = result_content(&state, &id, batch, ok).await?;
+        let content = result_content(&state, &caller, &id, batch, ok).await?;
         let created_at = state
             .store
-            .get_batch(&state.tenant, batch)
+            .get_batch(&caller.tenant, batch)
             .await
             .map_err(|e| ApiError::unavailable("the database", e))?
             .map_or(0, |b| b.created_at);
@@ -107,7 +111,7 @@ pub async fn get(
     }
     state
         .store
-        .get_file(&state.tenant, &id)
+        .get_file(&caller.tenant, &id)
         .await
         .map_err(|e| ApiError::unavailable("the database", e))?
         .map(Json)
@@ -116,13 +120,14 @@ pub async fn get(
 
 pub async fn content(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let content = match result_file(&id) {
-        Some((batch, ok)) => result_content(&state, &id, batch, ok).await?,
+        Some((batch, ok)) => result_content(&state, &caller, &id, batch, ok).await?,
         None => state
             .store
-            .file_content(&state.tenant, &id)
+            .file_content(&caller.tenant, &id)
             .await
             .map_err(|e| ApiError::unavailable("the database", e))?
             .ok_or_else(|| not_found(&id))?,
@@ -149,13 +154,14 @@ pub fn result_file_id(batch: &str, ok: bool) -> String {
 
 async fn result_content(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     batch: &str,
     ok: bool,
 ) -> Result<Vec<u8>, ApiError> {
     state
         .store
-        .batch_output(&state.tenant, batch, ok)
+        .batch_output(&caller.tenant, batch, ok)
         .await
         .map_err(|e| ApiError::unavailable("the database", e))?
         .ok_or_else(|| not_found(id))

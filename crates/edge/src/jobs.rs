@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
 use chorus_bus::jobs::Write;
 use chorus_bus::publish::Outgoing;
+use chorus_core::Tenant;
+use chorus_core::auth::Caller;
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::job::{Input, JobState, JobStatus, apply};
@@ -41,6 +44,7 @@ pub struct CreateParams {
 
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<CreateParams>,
     request_headers: HeaderMap,
     JsonBody(spec): JsonBody<JobSpec>,
@@ -75,7 +79,7 @@ pub async fn create(
             code: "invalid_value",
         });
     }
-    let tenant = state.tenant.clone();
+    let tenant = caller.tenant.clone();
     let job = match &key {
         Some(key) => JobId::derived(&tenant, key),
         None => JobId::new(),
@@ -134,7 +138,7 @@ pub async fn create(
     if let (Some(limit), Some(subscription)) = (wait, finished.as_mut()) {
         let done = async {
             // A retried request may find the job already finished.
-            if !is_new && committed(&state, job).await?.is_some() {
+            if !is_new && committed(&state, &tenant, job).await?.is_some() {
                 return Ok::<_, ApiError>(());
             }
             subscription.next().await;
@@ -142,7 +146,7 @@ pub async fn create(
         };
         if let Ok(result) = tokio::time::timeout(limit, done).await {
             result?;
-            if let Some(record) = committed(&state, job).await? {
+            if let Some(record) = committed(&state, &tenant, job).await? {
                 return Ok((StatusCode::OK, Json(record)).into_response());
             }
         }
@@ -150,7 +154,7 @@ pub async fn create(
     let status = if is_new {
         JobStatus::Queued
     } else {
-        current_status(&state, job).await?
+        current_status(&state, &tenant, job).await?
     };
     let body = json!({"id": job, "status": status, "created_at": chrono_rfc3339(now)});
     Ok((
@@ -163,19 +167,27 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no job `{id}`"));
     let job: JobId = id.parse().map_err(|_| not_found())?;
-    read(&state, job).await?.map(Json).ok_or_else(not_found)
+    read(&state, &caller.tenant, job)
+        .await?
+        .map(Json)
+        .ok_or_else(not_found)
 }
 
 /// A job as a reader should see it: the stored record once final; before that the live state in
 /// the jobs bucket, which holds the progress the database does not.
-async fn read(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiError> {
+async fn read(
+    state: &AppState,
+    tenant: &Tenant,
+    job: JobId,
+) -> Result<Option<JobRecord>, ApiError> {
     let stored = state
         .store
-        .get_job(&state.tenant, job)
+        .get_job(tenant, job)
         .await
         .map_err(store_error)?;
     if stored
@@ -184,7 +196,7 @@ async fn read(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiErro
     {
         return Ok(stored);
     }
-    match state.jobs.get(&state.tenant, job).await {
+    match state.jobs.get(tenant, job).await {
         Ok(Some((live, _))) => Ok(Some(JobRecord::from_live_state(&live))),
         Ok(None) => Ok(stored),
         Err(e) => match stored {
@@ -207,6 +219,7 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<chorus_store::JobPage>, ApiError> {
     let status = match params.status.as_deref() {
@@ -228,7 +241,7 @@ pub async fn list(
     }
     let page = state
         .store
-        .list_jobs(&state.tenant, status, limit, params.cursor.as_deref())
+        .list_jobs(&caller.tenant, status, limit, params.cursor.as_deref())
         .await
         .map_err(store_error)?;
     Ok(Json(page))
@@ -247,12 +260,15 @@ pub fn deadline_passed(spec: &JobSpec, now: i64) -> Option<FieldError> {
 /// it had already finished otherwise.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no job `{id}`"));
     let job: JobId = id.parse().map_err(|_| not_found())?;
-    let tenant = state.tenant.clone();
-    let record = read(&state, job).await?.ok_or_else(not_found)?;
+    let tenant = caller.tenant.clone();
+    let record = read(&state, &caller.tenant, job)
+        .await?
+        .ok_or_else(not_found)?;
     match record.summary.status {
         JobStatus::Cancelled => return Ok(Json(record)),
         status if status.is_terminal() => {
@@ -301,7 +317,7 @@ pub async fn cancel(
     // Answer with the stored record when the persister commits it promptly.
     let stored = tokio::time::timeout(CANCEL_COMMIT_WAIT, committed_signal.next()).await;
     if stored.is_ok()
-        && let Some(record) = committed(&state, job).await?
+        && let Some(record) = committed(&state, &tenant, job).await?
     {
         return Ok(Json(record));
     }
@@ -313,17 +329,25 @@ pub async fn cancel(
 const CANCEL_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The job's record once its final state is committed.
-async fn committed(state: &AppState, job: JobId) -> Result<Option<JobRecord>, ApiError> {
+async fn committed(
+    state: &AppState,
+    tenant: &Tenant,
+    job: JobId,
+) -> Result<Option<JobRecord>, ApiError> {
     let record = state
         .store
-        .get_job(&state.tenant, job)
+        .get_job(tenant, job)
         .await
         .map_err(store_error)?;
     Ok(record.filter(|r| r.summary.status.is_terminal()))
 }
 
-async fn current_status(state: &AppState, job: JobId) -> Result<JobStatus, ApiError> {
-    Ok(read(state, job)
+async fn current_status(
+    state: &AppState,
+    tenant: &Tenant,
+    job: JobId,
+) -> Result<JobStatus, ApiError> {
+    Ok(read(state, tenant, job)
         .await?
         .map_or(JobStatus::Queued, |r| r.summary.status))
 }

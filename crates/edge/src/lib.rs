@@ -6,6 +6,7 @@
 //! - [`events`]: `/v1/jobs/{id}/events`, a job's lifecycle as Server-Sent Events.
 //! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
 //! - [`health`]: `/health` and `/ready`.
+//! - [`auth`]: API keys, scopes and per-key request rates on every `/v1` route.
 //! - [`extract`]: the JSON body extractor (size limit, field-level errors).
 //! - [`error`]: errors in OpenAI's error shape.
 //! - [`server`]: the edge as a supervised role.
@@ -14,6 +15,7 @@
 //! templates, assertions) before anything is published.
 
 pub mod admin;
+pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod events;
@@ -26,6 +28,7 @@ pub mod state;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
 pub use server::EdgeRole;
@@ -54,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use chorus_bus::Bus;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::jobs::JobStore;
-use chorus_core::Tenant;
 use chorus_core::config::DlqConfig;
 use chorus_llm::Routes;
 use chorus_store::Store;
+
+use crate::auth::Auth;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -17,8 +18,8 @@ pub struct AppState {
     pub jobs: JobStore,
     pub store: Store,
     pub routes: Arc<Routes>,
-    /// Every request's tenant, until API keys arrive.
-    pub tenant: Tenant,
+    /// Who may call what (API keys, scopes, per-key rates).
+    pub auth: Arc<Auth>,
     pub body_limit: u64,
     /// Largest accepted batch input file, and most lines in one.
     pub file_limit: u64,

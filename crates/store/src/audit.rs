@@ -1,4 +1,5 @@
-//! The audit log: who changed dead letters (replayed or purged them), when, and what exactly.
+//! The audit log: who changed dead letters (replayed or purged them) or API keys (created or
+//! revoked them), when, and what exactly.
 //!
 //! Rows are only ever inserted. The detail is free-form JSON written by the caller (the filters,
 //! the counts and the affected entries), so the log can grow new kinds of actions without a
@@ -19,6 +20,10 @@ pub enum AuditAction {
     DlqReplay,
     #[serde(rename = "dlq.purge")]
     DlqPurge,
+    #[serde(rename = "key.create")]
+    KeyCreate,
+    #[serde(rename = "key.revoke")]
+    KeyRevoke,
 }
 
 impl AuditAction {
@@ -26,6 +31,8 @@ impl AuditAction {
         match self {
             Self::DlqReplay => "dlq.replay",
             Self::DlqPurge => "dlq.purge",
+            Self::KeyCreate => "key.create",
+            Self::KeyRevoke => "key.revoke",
         }
     }
 }
@@ -35,7 +42,8 @@ impl AuditAction {
 pub struct AuditRecord {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `user@host` for the command line, `http:<peer address>` for the admin API.
+    /// `user@host` for the command line, `key:<id>@<tenant>` (or `http:<peer address>` without
+    /// authentication) for the admin API.
     pub actor: String,
     pub action: String,
     pub detail: Json,

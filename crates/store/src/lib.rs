@@ -11,6 +11,7 @@
 //! - [`batches`]: batches (`/v1/batches`, OpenAI's shape): status, counts, output and error files.
 //! - [`results`]: a finished batch job's line of its batch's output or error file.
 //! - [`report`]: a batch's evaluation report, per metric, model and persona.
+//! - [`keys`]: API keys per tenant: generated, stored hashed, checked in constant time.
 //! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
 //! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
 //! - [`error`]: [`StoreError`], which says whether retrying can help.
@@ -23,6 +24,7 @@ pub mod batches;
 pub mod entity;
 pub mod error;
 pub mod files;
+pub mod keys;
 pub mod migration;
 pub mod read;
 pub mod report;
@@ -35,6 +37,7 @@ pub use audit::{AuditAction, AuditRecord};
 pub use batches::{BatchList, BatchObject, BatchStatus, NewBatch, RequestCounts};
 pub use error::StoreError;
 pub use files::{FileObject, NewFile};
+pub use keys::{KeyInfo, NewKey};
 pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
 pub use results::{ResultLine, error_line, result_line};
 pub use store::Store;

@@ -4,9 +4,11 @@
 //! together from one snapshot, in one transaction, so there is nothing for the schema to enforce;
 //! and `jobs.batch_id` may name a batch with no row in `batches` (a JetStream submitter's batch).
 
+pub mod api_keys;
 pub mod audit_log;
 pub mod batches;
 pub mod evaluations;
 pub mod files;
 pub mod jobs;
 pub mod steps;
+pub mod tenants;

@@ -11,6 +11,7 @@ mod m0001_initial;
 mod m0002_audit_log;
 mod m0003_step_calls;
 mod m0004_batches;
+mod m0005_api_keys;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_audit_log::Migration),
             Box::new(m0003_step_calls::Migration),
             Box::new(m0004_batches::Migration),
+            Box::new(m0005_api_keys::Migration),
         ]
     }
 }

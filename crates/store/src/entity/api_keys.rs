@@ -1,0 +1,26 @@
+//! One row per API key (see [`crate::keys`]).
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "api_keys")]
+pub struct Model {
+    /// The key's public id: the middle part of `chorus_<id>_<secret>`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    /// `submit,read,admin`, as [`chorus_core::auth::Scopes`] writes them.
+    pub scopes: String,
+    /// Requests per minute this key may make at one edge process; none means the edge default.
+    pub rpm: Option<i32>,
+    #[sea_orm(column_type = "Blob")]
+    pub secret_sha256: Vec<u8>,
+    pub created_at: DateTimeUtc,
+    pub revoked_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
