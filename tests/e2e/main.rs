@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod batches;
 mod bench;
+mod chat;
 mod cli;
 mod dlq;
 mod examples;

@@ -467,8 +467,48 @@ pub fn spec_from_body(endpoint: Endpoint, body: Value) -> Result<JobSpec, String
 fn body_spec(endpoint: Endpoint, body: Map<String, Value>) -> Result<JobSpec, BodyError> {
     match endpoint {
         Endpoint::Jobs => job_spec(body),
-        Endpoint::ChatCompletions => chat_spec(body),
+        Endpoint::ChatCompletions => match chat_spec(body)? {
+            (spec, None) => Ok(spec),
+            (_, Some(_)) => Err(BodyError::invalid(
+                "body.stream",
+                "streaming is not available in batches",
+            )),
+        },
     }
+}
+
+/// How a `POST /v1/chat/completions` asked to be streamed (`stream: true`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streaming {
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
+
+/// A problem with a `POST /v1/chat/completions` body: the field (a path within the body, `None`
+/// for the body as a whole) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatRequestError {
+    pub param: Option<String>,
+    pub message: String,
+}
+
+/// A `POST /v1/chat/completions` body (OpenAI's chat completion request) as a one-call job spec,
+/// and whether to stream the answer.
+pub fn chat_request(body: Value) -> Result<(JobSpec, Option<Streaming>), ChatRequestError> {
+    let Value::Object(body) = body else {
+        return Err(ChatRequestError {
+            param: None,
+            message: format!("the body must be a JSON object, got {}", kind(&body)),
+        });
+    };
+    chat_spec(body).map_err(|e| {
+        let param = e.param.strip_prefix("body.").map(str::to_owned);
+        let message = match &param {
+            Some(field) => format!("{field}: {}", e.message),
+            None => e.message,
+        };
+        ChatRequestError { param, message }
+    })
 }
 
 /// A problem in a body, before it knows its line.
@@ -509,9 +549,9 @@ fn job_spec(body: Map<String, Value>) -> Result<JobSpec, BodyError> {
     })
 }
 
-/// The fields of an OpenAI chat completion request a batch line may use. `user` is accepted and
-/// ignored; `stream` and `n` only with their defaults.
-const CHAT_FIELDS: [&str; 15] = [
+/// The fields of an OpenAI chat completion request Chorus takes. `user` is accepted and ignored;
+/// `n` only as 1; `stream` (and `stream_options`) not in batches.
+const CHAT_FIELDS: [&str; 16] = [
     "model",
     "messages",
     "temperature",
@@ -526,6 +566,7 @@ const CHAT_FIELDS: [&str; 15] = [
     "metadata",
     "user",
     "stream",
+    "stream_options",
     "n",
 ];
 
@@ -544,7 +585,15 @@ struct ChatRequest {
     tool_choice: Option<Value>,
     metadata: Option<Map<String, Value>>,
     stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
     n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -557,14 +606,14 @@ struct ChatRequestMessage {
     name: Option<String>,
 }
 
-/// A `/v1/chat/completions` body as a one-call job spec.
-fn chat_spec(body: Map<String, Value>) -> Result<JobSpec, BodyError> {
+/// A `/v1/chat/completions` body as a one-call job spec, and how to stream it.
+fn chat_spec(body: Map<String, Value>) -> Result<(JobSpec, Option<Streaming>), BodyError> {
     let unknown = unknown_fields(&body, &CHAT_FIELDS);
     if !unknown.is_empty() {
         return Err(BodyError::invalid(
             "body",
             format!(
-                "unknown or unsupported {unknown}; a chat completion in a batch takes {}",
+                "unknown or unsupported {unknown}; a chat completion takes {}",
                 CHAT_FIELDS.join(", ")
             ),
         ));
@@ -573,12 +622,18 @@ fn chat_spec(body: Map<String, Value>) -> Result<JobSpec, BodyError> {
         serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
             BodyError::invalid(format!("body.{}", e.path()), e.into_inner().to_string())
         })?;
-    if request.stream == Some(true) {
-        return Err(BodyError::invalid(
-            "body.stream",
-            "streaming is not available in batches",
-        ));
-    }
+    let streaming = match (request.stream, request.stream_options) {
+        (Some(true), options) => Some(Streaming {
+            include_usage: options.is_some_and(|o| o.include_usage),
+        }),
+        (_, Some(_)) => {
+            return Err(BodyError::invalid(
+                "body.stream_options",
+                "only with `stream: true`",
+            ));
+        }
+        _ => None,
+    };
     if let Some(n) = request.n.filter(|n| *n != 1) {
         return Err(BodyError::invalid(
             "body.n",
@@ -632,7 +687,7 @@ fn chat_spec(body: Map<String, Value>) -> Result<JobSpec, BodyError> {
             ));
         }
     };
-    Ok(JobSpec {
+    let spec = JobSpec {
         model: Some(model),
         messages,
         params: Params {
@@ -647,7 +702,8 @@ fn chat_spec(body: Map<String, Value>) -> Result<JobSpec, BodyError> {
         },
         metadata: request.metadata.unwrap_or_default(),
         ..JobSpec::default()
-    })
+    };
+    Ok((spec, streaming))
 }
 
 /// One request message: `developer` is a system message; content is a string or text parts,

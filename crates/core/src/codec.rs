@@ -30,6 +30,8 @@ pub mod headers {
     pub const ENDPOINT: &str = "Chorus-Endpoint";
     /// On a message replayed from the DLQ: how often it has been replayed.
     pub const REPLAYS: &str = "Chorus-Replays";
+    /// On a streamed answer's message: `begin` (an attempt's answer starts; earlier text is void).
+    pub const DELTA: &str = "Chorus-Delta";
 }
 
 pub const MSGPACK: &str = "application/msgpack";
@@ -104,6 +106,7 @@ mod tests {
             deadline: Some(1_000),
             batch: Some("batch_1".into()),
             judge: true,
+            stream: true,
         }
     }
 

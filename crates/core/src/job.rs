@@ -199,6 +199,9 @@ pub struct JobState {
     /// The batch line the job came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// Its answer is streamed to a waiting client as it arrives (the fan-out call only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// The error kind of a step not made, or a job stopped, because it was cancelled.
@@ -320,11 +323,17 @@ impl JobState {
             finished_at: None,
             trace,
             origin: None,
+            stream: false,
         }
     }
 
     pub fn with_origin(mut self, origin: Option<Origin>) -> Self {
         self.origin = origin;
+        self
+    }
+
+    pub fn streamed(mut self, stream: bool) -> Self {
+        self.stream = stream;
         self
     }
 
@@ -400,6 +409,7 @@ impl JobState {
             deadline: self.spec.deadline.map(|d| d.timestamp_millis()),
             batch: self.origin.as_ref().map(|o| o.batch.clone()),
             judge: step.kind == StepKind::Judge,
+            stream: self.stream && step.kind == StepKind::Fanout,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Submission {
     /// The batch line the job came from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// Stream the answer's text as it arrives (a streamed `POST /v1/chat/completions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 envelope!(Submission, "job.submit", 1);
 
@@ -64,6 +67,9 @@ pub struct LlmCall {
     /// A judge call: its answer must parse as a [`Verdict`], else it is asked again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub judge: bool,
+    /// Stream the answer's text to `<prefix>.stream.<tenant>.<job>` as it arrives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 envelope!(LlmCall, "llm.call", 1);
 

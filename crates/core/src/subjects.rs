@@ -103,6 +103,12 @@ impl Subjects {
         format!("{}.notify.{}.{}", self.prefix, tenant, job)
     }
 
+    /// Core NATS (not stored): the text of a streamed job's answer as the provider sends it, for
+    /// the edge request streaming it to its client.
+    pub fn answer_stream(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("{}.stream.{}.{}", self.prefix, tenant, job)
+    }
+
     /// Results of a batch's lines, for JetStream submitters.
     pub fn results(&self, tenant: &Tenant, batch: &str) -> String {
         format!(

@@ -112,6 +112,7 @@ pub async fn create(
             submitted_at: now,
             state_created: false,
             origin: Some(origin),
+            stream: false,
         };
         let message = Outgoing::envelope(
             state.bus.subjects.submit(&tenant),

@@ -45,6 +45,14 @@ pub enum ApiError {
     /// admitted.
     #[error("too many requests for this API key; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// A call the pipeline made on the client's behalf did not answer: the status and code say
+    /// why (the provider refused it, stayed rate-limited, timed out, …).
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -74,7 +82,19 @@ impl ApiError {
         Self::Unavailable(format!("{what} is unavailable; retry shortly"))
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, Option<&str>, &'static str) {
+    /// The JSON error body, `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, param, code) = self.parts();
+        let mut body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
+        if let (Self::BadLines { details, .. }, Some(error)) = (self, body["error"].as_object_mut())
+            && let Some(details) = details.as_object()
+        {
+            error.extend(details.clone());
+        }
+        body
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<&str>, &str) {
         match self {
             Self::BadRequest { param, code, .. } => (
                 StatusCode::BAD_REQUEST,
@@ -131,21 +151,22 @@ impl ApiError {
                 None,
                 "rate_limit_exceeded",
             ),
+            Self::Upstream { status, code, .. } => {
+                let kind = match status.as_u16() {
+                    429 => "rate_limit_error",
+                    400..=499 => "invalid_request_error",
+                    _ => "api_error",
+                };
+                (*status, kind, None, code.as_str())
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, param, code) = self.parts();
-        let mut body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
-        if let (Self::BadLines { details, .. }, Some(error)) =
-            (&self, body["error"].as_object_mut())
-            && let Some(details) = details.as_object()
-        {
-            error.extend(details.clone());
-        }
-        let mut response = (status, Json(body)).into_response();
+        let (status, ..) = self.parts();
+        let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
         match &self {
             Self::Unauthorized(_) => {

@@ -84,13 +84,6 @@ pub async fn create(
         Some(key) => JobId::derived(&tenant, key),
         None => JobId::new(),
     };
-    let trace = request_headers
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::new_root);
-    let now = now_millis();
-    let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace));
 
     // Subscribe before publishing, so a fast job cannot finish before we listen.
     let mut finished = match wait {
@@ -105,35 +98,16 @@ pub async fn create(
         None => None,
     };
 
-    let submission = Submission {
-        job_id: job,
+    let now = now_millis();
+    let is_new = submit(
+        &state,
+        &tenant,
+        job,
         spec,
-        submitted_at: now,
-        state_created: true,
-        origin: None,
-    };
-    let message = Outgoing::envelope(
-        state.bus.subjects.submit(&tenant),
-        &msg_id::submit(job),
-        &submission,
-        Some(&trace),
+        trace_of(&request_headers),
+        false,
     )
-    .map_err(|e| ApiError::unavailable("encoding", e))?
-    .for_job(job, &tenant);
-    let (published, created) = tokio::join!(
-        state.bus.publish_all(vec![message]),
-        state.jobs.create(&queued)
-    );
-    published.map_err(|e| ApiError::unavailable("JetStream", e))?;
-    let is_new = match created {
-        Ok(Write::Stored(_)) => true,
-        Ok(Write::Conflict) => false,
-        // The submission is durable; the orchestrator creates the state when the bucket is back.
-        Err(e) => {
-            tracing::warn!(error = %e, %job, "could not store the queued state");
-            true
-        }
-    };
+    .await?;
 
     if let (Some(limit), Some(subscription)) = (wait, finished.as_mut()) {
         let done = async {
@@ -245,6 +219,62 @@ pub async fn list(
         .await
         .map_err(store_error)?;
     Ok(Json(page))
+}
+
+/// The request's W3C trace context, or a new trace.
+pub fn trace_of(headers: &HeaderMap) -> TraceContext {
+    headers
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root)
+}
+
+/// Publishes a validated job and stores its queued state beside it, so a read right after finds
+/// it; answers once JetStream has the submission. `Ok(false)` when the job already existed (a
+/// retried request with the same idempotency key). `stream`: the answer's text goes to the job's
+/// answer stream as it arrives.
+pub async fn submit(
+    state: &AppState,
+    tenant: &Tenant,
+    job: JobId,
+    spec: JobSpec,
+    trace: TraceContext,
+    stream: bool,
+) -> Result<bool, ApiError> {
+    let now = now_millis();
+    let queued =
+        JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace)).streamed(stream);
+    let submission = Submission {
+        job_id: job,
+        spec,
+        submitted_at: now,
+        state_created: true,
+        origin: None,
+        stream,
+    };
+    let message = Outgoing::envelope(
+        state.bus.subjects.submit(tenant),
+        &msg_id::submit(job),
+        &submission,
+        Some(&trace),
+    )
+    .map_err(|e| ApiError::unavailable("encoding", e))?
+    .for_job(job, tenant);
+    let (published, created) = tokio::join!(
+        state.bus.publish_all(vec![message]),
+        state.jobs.create(&queued)
+    );
+    published.map_err(|e| ApiError::unavailable("JetStream", e))?;
+    Ok(match created {
+        Ok(Write::Stored(_)) => true,
+        Ok(Write::Conflict) => false,
+        // The submission is durable; the orchestrator creates the state when the bucket is back.
+        Err(e) => {
+            tracing::warn!(error = %e, %job, "could not store the queued state");
+            true
+        }
+    })
 }
 
 /// A deadline already past when the job is submitted: the job could never run.

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`jobs`]: `/v1/jobs` create, get, list, cancel.
+//! - [`chat`]: `/v1/chat/completions` (streaming too) and `/v1/models`, OpenAI's API through the
+//!   pipeline.
 //! - [`files`] and [`batches`]: the OpenAI Batch API (`/v1/files`, `/v1/batches`) and batch reports.
 //! - [`events`]: `/v1/jobs/{id}/events`, a job's lifecycle as Server-Sent Events.
 //! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod auth;
 pub mod batches;
+pub mod chat;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -36,6 +39,9 @@ pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*model}", get(chat::model_by_id))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))

@@ -19,7 +19,7 @@ pub mod sim;
 pub mod tokens;
 
 pub use error::{ErrorKind, LlmError};
-pub use provider::{Completion, CompletionRequest, Provider, seed_key};
+pub use provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider, seed_key};
 pub use retry::{CallOutcome, RetryPolicy};
 pub use routes::{Route, Routes, UnknownRoute};
 pub use sim::{SimModel, SimProvider};

@@ -3,7 +3,15 @@
 //! A provider makes exactly one call: no retries, no timeout, no rate limiting. Those are decided
 //! around it ([`crate::retry`], and shared limits later), so every backend behaves alike. The trait
 //! returns a boxed future to stay object safe: routes hold providers as `Arc<dyn Provider>`.
+//!
+//! Streaming is a side channel, not a second API: a request with a [`DeltaSink`] asks the
+//! provider to stream, and one that can sends the text to the sink as it arrives, then returns the
+//! whole [`Completion`] as always. So retries, fallbacks, limits and what is stored stay the same;
+//! a provider that cannot stream (or a call with tools, whose calls are not streamed) just
+//! answers whole, and the sink hears nothing.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_core::JobId;
@@ -21,6 +29,52 @@ pub struct CompletionRequest {
     pub params: Params,
     /// Deterministic per call and attempt; the simulator draws latency and failures from it.
     pub seed_key: u64,
+    /// Where to stream the answer's text as it arrives, if anywhere.
+    pub deltas: Option<DeltaSink>,
+}
+
+impl CompletionRequest {
+    /// The sink, when this call should stream: it asks to, and has no tools (tool calls are not
+    /// streamed).
+    pub fn stream_to(&self) -> Option<&DeltaSink> {
+        self.deltas.as_ref().filter(|_| self.params.tools.is_none())
+    }
+}
+
+/// What a streaming call reports as its answer arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delta<'a> {
+    /// The provider accepted the call and its answer starts: text reported before this, by an
+    /// earlier attempt, is void.
+    Begin,
+    /// The next piece of the answer's text.
+    Text(&'a str),
+}
+
+/// Where a streaming call sends its [`Delta`]s, in order, from the calling task.
+#[derive(Clone)]
+pub struct DeltaSink(Arc<dyn Fn(Delta<'_>) + Send + Sync>);
+
+impl DeltaSink {
+    pub fn new(sink: impl Fn(Delta<'_>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(sink))
+    }
+
+    pub fn send(&self, delta: Delta<'_>) {
+        (self.0)(delta)
+    }
+}
+
+impl fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeltaSink")
+    }
+}
+
+impl PartialEq for DeltaSink {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -71,6 +71,7 @@ impl Route {
             messages,
             params,
             seed_key,
+            deltas: None,
         }
     }
 

@@ -55,6 +55,7 @@ mod tests {
                 ..Params::default()
             },
             seed_key: 0,
+            deltas: None,
         };
         assert_eq!(estimate(&request, 1024), 2 + PER_MESSAGE + 100);
         let request = CompletionRequest {

@@ -39,7 +39,7 @@ pub use error::StoreError;
 pub use files::{FileObject, NewFile};
 pub use keys::{KeyInfo, NewKey};
 pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
-pub use results::{ResultLine, error_line, result_line};
+pub use results::{ChatCompletion, ResultLine, chat_completion, error_line, result_line};
 pub use store::Store;
 pub use view::{
     AssertionRecord, ErrorRecord, EvaluationRecord, JobPage, JobRecord, JobSummary,

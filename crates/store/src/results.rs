@@ -95,8 +95,9 @@ fn request_id(state: &JobState) -> String {
     format!("batch_req_{}", state.id.as_uuid().simple())
 }
 
-/// The answer of a chat completion job (its one call) as OpenAI's `chat.completion` object.
-fn chat_completion(state: &JobState) -> ChatCompletion {
+/// The answer of a chat completion job (its one call) as OpenAI's `chat.completion` object: the
+/// body of a batch output line and of `POST /v1/chat/completions`.
+pub fn chat_completion(state: &JobState) -> ChatCompletion {
     let step = state.steps.first();
     let output = step.and_then(|s| s.output.as_ref());
     let model = output
@@ -161,29 +162,34 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-#[derive(Serialize)]
-struct ChatCompletion {
-    id: String,
-    object: &'static str,
-    created: i64,
-    model: String,
-    choices: [Choice; 1],
-    usage: UsageRecord,
+/// OpenAI's `chat.completion` object.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChatCompletion {
+    /// `chatcmpl-<job id without hyphens>`.
+    pub id: String,
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: i64,
+    /// The route that answered.
+    pub model: String,
+    pub choices: [Choice; 1],
+    pub usage: UsageRecord,
 }
 
-#[derive(Serialize)]
-struct Choice {
-    index: u32,
-    message: Message,
-    finish_reason: String,
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: Message,
+    pub finish_reason: String,
 }
 
-#[derive(Serialize)]
-struct Message {
-    role: &'static str,
-    content: Option<String>,
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Message {
+    pub role: &'static str,
+    /// `null` for an answer made only of tool calls.
+    pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<Value>,
+    pub tool_calls: Option<Value>,
 }
 
 #[cfg(test)]

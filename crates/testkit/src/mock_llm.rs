@@ -57,6 +57,9 @@ pub struct Behaviour {
     /// Waited before every answer, faults included (`"250ms"`).
     #[serde(with = "humantime_serde")]
     pub latency: Duration,
+    /// Waited between the pieces of a streamed answer (`"20ms"`).
+    #[serde(with = "humantime_serde")]
+    pub chunk_delay: Duration,
     /// Faults for the next calls, one call each, in order.
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub queue: VecDeque<Fault>,
@@ -93,6 +96,11 @@ impl Behaviour {
 
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
+        self.chunk_delay = delay;
         self
     }
 
@@ -163,7 +171,8 @@ pub enum Fault {
     Reset,
     /// A 200 whose body is not JSON.
     Malformed,
-    /// A 200 that announces its full length but stops halfway and closes the connection.
+    /// A 200 that announces its full length but stops halfway and closes the connection (a
+    /// streamed answer: half its pieces, then the connection closes).
     Truncated,
     /// The content filter withholds the answer (OpenAI: `finish_reason: content_filter`;
     /// Anthropic: `stop_reason: refusal`; Ollama has none and answers normally).
@@ -452,6 +461,7 @@ enum Api {
 /// What one call is answered with, decided under the lock.
 struct Plan {
     latency: Duration,
+    chunk_delay: Duration,
     fault: Option<Fault>,
     answer: Option<String>,
     tool_calls: Vec<ToolCall>,
@@ -510,6 +520,7 @@ async fn call(
         *m.stats.outcomes.entry(outcome).or_default() += 1;
         Plan {
             latency: m.behaviour.latency,
+            chunk_delay: m.behaviour.chunk_delay,
             fault,
             answer: m.behaviour.answer.clone(),
             tool_calls: m.behaviour.tool_calls.clone(),
@@ -523,6 +534,27 @@ async fn call(
     }
     let id = shared.ids.fetch_add(1, Ordering::Relaxed) + 1;
     let answer = || Answer::new(&body, &plan, api, id);
+    if body.get("stream") == Some(&Value::Bool(true)) {
+        let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
+        let streamed = |filtered: bool| api.stream(&model, &answer(), filtered, include_usage);
+        let pieces = match &plan.fault {
+            None => streamed(false),
+            Some(Fault::Slow { delay }) => {
+                tokio::time::sleep(*delay).await;
+                streamed(false)
+            }
+            Some(Fault::ContentFilter) => streamed(true),
+            Some(Fault::Truncated) => {
+                let mut pieces = streamed(false);
+                pieces.truncate(pieces.len() / 2);
+                return streaming(api, pieces, plan.chunk_delay, true);
+            }
+            Some(_) => Vec::new(),
+        };
+        if !pieces.is_empty() {
+            return streaming(api, pieces, plan.chunk_delay, false);
+        }
+    }
     match plan.fault {
         None => Json(api.success(&model, &answer(), false)).into_response(),
         Some(Fault::Slow { delay }) => {
@@ -572,6 +604,52 @@ async fn call(
             response
         }
     }
+}
+
+/// A streamed answer: `pieces` (whole events or lines) `delay` apart; `cut` ends the connection
+/// after them instead of ending the body.
+fn streaming(api: Api, pieces: Vec<String>, delay: Duration, cut: bool) -> Response {
+    let content_type = match api {
+        Api::Ollama => "application/x-ndjson",
+        _ => "text/event-stream",
+    };
+    let chunks =
+        futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, piece)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, std::io::Error>(Bytes::from(piece))
+        });
+    let end = futures::stream::once(async move {
+        match cut {
+            true => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(std::io::Error::other("mock LLM: stream cut off"))
+            }
+            false => Ok(Bytes::new()),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(chunks.chain(end)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An answer's text in the pieces a provider streams: a word at a time, each with the space
+/// before it.
+fn words(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c == ' ' && i > start {
+            pieces.push(&text[start..i]);
+            start = i;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces.retain(|p| !p.is_empty());
+    pieces
 }
 
 /// Ends the connection without a response: unwinding out of the handler ends the connection's
@@ -705,9 +783,11 @@ impl Api {
             {
                 Some((400, "messages: Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role.".into()))
             }
-            Self::Ollama if body.get("stream") != Some(&Value::Bool(false)) => Some((
+            // Ollama streams unless told not to; a client that forgets `"stream": false` would
+            // get lines it does not expect.
+            Self::Ollama if body.get("stream").and_then(Value::as_bool).is_none() => Some((
                 400,
-                "the mock answers only \"stream\": false".into(),
+                "the mock wants \"stream\" set, true or false".into(),
             )),
             _ if messages.is_none() => Some((400, "'messages' is a required property".into())),
             _ => None,
@@ -798,6 +878,120 @@ impl Api {
                     "eval_count": usage.1,
                     "eval_duration": 700_000,
                 })
+            }
+        }
+    }
+
+    /// A streamed answer in the provider's format: Server-Sent Events (OpenAI's
+    /// `chat.completion.chunk`s and `data: [DONE]`; Anthropic's message events) or Ollama's JSON
+    /// lines. Tool calls are not streamed: the text is.
+    fn stream(
+        self,
+        model: &str,
+        answer: &Answer,
+        filtered: bool,
+        include_usage: bool,
+    ) -> Vec<String> {
+        let created = unix_secs(SystemTime::now());
+        let id = answer.id;
+        let (prompt, completion) = (answer.prompt_tokens, answer.completion_tokens);
+        let text = if filtered { "" } else { answer.text.as_str() };
+        match self {
+            Self::OpenAi | Self::Azure => {
+                let chunk = |delta: Value, finish: Value| {
+                    let mut chunk = json!({
+                        "id": format!("chatcmpl-mock{id}"),
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": "fp_mock",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+                    });
+                    if include_usage {
+                        chunk["usage"] = Value::Null;
+                    }
+                    format!("data: {chunk}\n\n")
+                };
+                let mut pieces = vec![chunk(
+                    json!({"role": "assistant", "content": "", "refusal": null}),
+                    Value::Null,
+                )];
+                pieces.extend(
+                    words(text)
+                        .into_iter()
+                        .map(|w| chunk(json!({"content": w}), Value::Null)),
+                );
+                let finish = if filtered { "content_filter" } else { "stop" };
+                pieces.push(chunk(json!({}), json!(finish)));
+                if include_usage {
+                    let usage = json!({
+                        "id": format!("chatcmpl-mock{id}"),
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                    });
+                    pieces.push(format!("data: {usage}\n\n"));
+                }
+                pieces.push("data: [DONE]\n\n".into());
+                pieces
+            }
+            Self::Anthropic => {
+                let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+                let mut pieces = vec![
+                    event(
+                        "message_start",
+                        json!({"type": "message_start", "message": {
+                        "id": format!("msg_mock{id}"), "type": "message", "role": "assistant",
+                        "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": prompt, "output_tokens": 1}}}),
+                    ),
+                    event(
+                        "content_block_start",
+                        json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "text", "text": ""}}),
+                    ),
+                    event("ping", json!({"type": "ping"})),
+                ];
+                pieces.extend(words(text).into_iter().map(|w| {
+                    event(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": w}}),
+                    )
+                }));
+                let stop = if filtered { "refusal" } else { "end_turn" };
+                pieces.push(event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                pieces.push(event(
+                    "message_delta",
+                    json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": null},
+                    "usage": {"output_tokens": completion}}),
+                ));
+                pieces.push(event("message_stop", json!({"type": "message_stop"})));
+                pieces
+            }
+            Self::Ollama => {
+                let at = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                let mut pieces: Vec<String> = words(text)
+                    .into_iter()
+                    .map(|w| {
+                        let line = json!({"model": model, "created_at": at(),
+                            "message": {"role": "assistant", "content": w}, "done": false});
+                        format!("{line}\n")
+                    })
+                    .collect();
+                let last = json!({"model": model, "created_at": at(),
+                    "message": {"role": "assistant", "content": ""}, "done": true,
+                    "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 100_000,
+                    "prompt_eval_count": prompt, "prompt_eval_duration": 200_000,
+                    "eval_count": completion, "eval_duration": 700_000});
+                pieces.push(format!("{last}\n"));
+                pieces
             }
         }
     }
@@ -1146,6 +1340,7 @@ mod tests {
                 "answer": "a",
                 "tool_calls": [{"name": "lookup", "arguments": {"q": 1}}],
                 "latency": "250ms",
+                "chunk_delay": "0s",
                 "queue": [{"type": "status", "status": 429, "retry_after": {"millis": 1500}}],
                 "random": [{"probability": 0.1, "fault": {"type": "slow", "delay": "2s"}}],
             })

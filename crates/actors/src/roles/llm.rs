@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chorus_bus::cancels::CancelSet;
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::RouteLimiter;
@@ -25,8 +26,8 @@ use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput
 use chorus_core::subjects::{EventKind, Stage};
 use chorus_llm::retry::Admission;
 use chorus_llm::{
-    Completion, CompletionRequest, ErrorKind, LlmError, RetryPolicy, Route, Routes, seed_key,
-    tokens,
+    Completion, CompletionRequest, Delta, DeltaSink, ErrorKind, LlmError, RetryPolicy, Route,
+    Routes, seed_key, tokens,
 };
 use chorus_telemetry::names;
 use futures::future::BoxFuture;
@@ -369,6 +370,7 @@ impl LlmWorker {
         let mut last_error = None;
         let mut retryable = false;
         let mut index = 0;
+        let deltas = call.stream.then(|| self.delta_sink(call));
         while let Some(name) = names.get(index).cloned() {
             index += 1;
             let route = match shared.routes.resolve(&name) {
@@ -391,11 +393,12 @@ impl LlmWorker {
                 retryable = false;
                 break;
             }
-            let request = route.request(
+            let mut request = route.request(
                 call.messages.clone(),
                 call.params.clone(),
                 seed_key(call.job_id, call.step, delivered + u64::from(round) * 1000),
             );
+            request.deltas = deltas.clone();
             let outcome = shared.policy.call(&route, &request, admission).await;
             record_calls(&route, &outcome.calls);
             calls.extend(outcome.calls);
@@ -426,6 +429,43 @@ impl LlmWorker {
             retryable,
             calls,
         }
+    }
+
+    /// Where a streamed call's text goes: core NATS messages on the job's answer stream, in
+    /// order (a task forwards them, so the provider's read loop never waits on NATS). A begin is
+    /// an empty message with `Chorus-Delta: begin`; text is the body. At most once: the edge
+    /// streaming them reconciles with the stored answer at the end.
+    fn delta_sink(&self, call: &LlmCall) -> DeltaSink {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+        let client = self.shared.bus.client.clone();
+        let subject = self
+            .shared
+            .bus
+            .subjects
+            .answer_stream(&call.tenant, call.job_id);
+        tokio::spawn(async move {
+            while let Some(delta) = receiver.recv().await {
+                let sent = match delta {
+                    None => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(headers::DELTA, "begin");
+                        client
+                            .publish_with_headers(subject.clone(), headers, Bytes::new())
+                            .await
+                    }
+                    Some(text) => client.publish(subject.clone(), text.into()).await,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        DeltaSink::new(move |delta| {
+            let _ = sender.send(match delta {
+                Delta::Begin => None,
+                Delta::Text(text) => Some(text.to_owned()),
+            });
+        })
     }
 
     /// Whether the job's state already records this step as settled (a redelivery after the

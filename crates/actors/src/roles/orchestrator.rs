@@ -139,7 +139,7 @@ impl Orchestrator {
                 .header(headers::TRACEPARENT)
                 .and_then(TraceContext::parse)
                 .or_else(|| Some(TraceContext::new_root()));
-            let (job, spec, state_created, origin) = match kind {
+            let (job, spec, state_created, origin, stream) = match kind {
                 Some(_) => {
                     let submission: Submission =
                         codec::decode(kind, delivery.payload()).map_err(undecodable)?;
@@ -148,9 +148,10 @@ impl Orchestrator {
                         spec,
                         state_created,
                         origin,
+                        stream,
                         ..
                     } = submission;
-                    (job_id, spec, state_created, origin)
+                    (job_id, spec, state_created, origin, stream)
                 }
                 // A JetStream submitter's own message: a bare spec (or chat completion request)
                 // in JSON or MessagePack, its batch and line ids in headers.
@@ -158,7 +159,13 @@ impl Orchestrator {
                     let origin = self.external_origin(delivery);
                     let endpoint = origin.as_ref().map_or(Endpoint::Jobs, |o| o.endpoint);
                     let spec = parse_external(delivery, endpoint)?;
-                    (external_job_id(&tenant, delivery), spec, false, origin)
+                    (
+                        external_job_id(&tenant, delivery),
+                        spec,
+                        false,
+                        origin,
+                        false,
+                    )
                 }
             };
             let errors = spec.validate(&SpecValidator {
@@ -173,7 +180,9 @@ impl Orchestrator {
                 Some(reason) => Input::Cancel { at: now, reason },
                 None => Input::Submitted { at: now },
             };
-            let state = JobState::new(job, tenant.clone(), spec, now, trace).with_origin(origin);
+            let state = JobState::new(job, tenant.clone(), spec, now, trace)
+                .with_origin(origin)
+                .streamed(stream);
             return Ok(Event {
                 tenant,
                 job,

@@ -6,7 +6,9 @@
 //! [`DEFAULT_MAX_TOKENS`] is sent; `stop` becomes `stop_sequences`; tools arrive in OpenAI's shape
 //! and are sent as `{name, description, input_schema}`, `tool_choice` likewise. Answers are the
 //! text blocks joined, `tool_use` blocks become tool calls in OpenAI's shape, and `stop_reason` is
-//! reported in OpenAI's words. Prompt tokens count cache writes and reads too. `seed` and
+//! reported in OpenAI's words. Prompt tokens count cache writes and reads too. A streaming call
+//! sends `stream: true` and reads the text deltas, the usage of `message_start` and
+//! `message_delta`, and an `error` event as the error it names. `seed` and
 //! `response_format` have no equivalent in the Messages API and are not sent.
 
 use chorus_core::config::RouteConfig;
@@ -18,9 +20,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::http::{ErrorBody, Http, decode, endpoint};
+use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Provider};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
 
 pub const PROVIDER_NAME: &str = "anthropic";
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -79,6 +81,7 @@ impl Anthropic {
             stop_sequences: &params.stop,
             tools: params.tools.as_ref().map(tools).transpose()?,
             tool_choice: params.tool_choice.as_ref().map(tool_choice).transpose()?,
+            stream: None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -87,11 +90,132 @@ impl Anthropic {
         );
         self.http
             .auth(&mut headers, HeaderName::from_static("x-api-key"), "")?;
+        if let Some(sink) = request.stream_to() {
+            let body = MessagesRequest {
+                stream: Some(true),
+                ..body
+            };
+            let mut stream = Stream::default();
+            self.http
+                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
+                    stream.line(line, sink)
+                })
+                .await?;
+            return stream.finish();
+        }
         let body = self
             .http
             .post(self.url.clone(), headers, &body, read_error)
             .await?;
         completion(decode(&body, "a Messages API message")?)
+    }
+}
+
+/// A streamed message (Server-Sent Events: `message_start`, `content_block_delta`s,
+/// `message_delta`, `message_stop`; `error` when it fails midway), gathered as it arrives.
+#[derive(Default)]
+struct Stream {
+    stopped: bool,
+    text: String,
+    stop_reason: Option<String>,
+    usage: Option<MessagesUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartedMessage,
+    },
+    ContentBlockDelta {
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<OutputUsage>,
+    },
+    MessageStop,
+    Error {},
+    /// `ping`, `content_block_start`, `content_block_stop`.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartedMessage {
+    usage: MessagesUsage,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    /// Tool input and thinking deltas carry no answer text.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OutputUsage {
+    #[serde(default)]
+    output_tokens: u32,
+}
+
+impl Stream {
+    fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
+        let Some(data) = sse_data(line) else {
+            return Ok(());
+        };
+        match decode::<Event>(data.as_bytes(), "a Messages API stream event")? {
+            Event::MessageStart { message } => {
+                self.usage = Some(message.usage);
+                sink.send(Delta::Begin);
+            }
+            Event::ContentBlockDelta {
+                delta: BlockDelta::TextDelta { text },
+            } => {
+                sink.send(Delta::Text(&text));
+                self.text.push_str(&text);
+            }
+            Event::MessageDelta { delta, usage } => {
+                self.stop_reason = delta.stop_reason.or(self.stop_reason.take());
+                if let (Some(total), Some(delta)) = (&mut self.usage, usage) {
+                    total.output_tokens = delta.output_tokens;
+                }
+            }
+            Event::MessageStop => self.stopped = true,
+            Event::Error {} => {
+                let found = read_error(data.as_bytes());
+                return Err(LlmError::new(
+                    found.kind.unwrap_or(ErrorKind::ServerError),
+                    found
+                        .message
+                        .unwrap_or_else(|| "the stream reported an error".into()),
+                ));
+            }
+            Event::ContentBlockDelta { .. } | Event::Other => {}
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Completion, LlmError> {
+        let (true, Some(usage)) = (self.stopped, self.usage) else {
+            return Err(ended_early());
+        };
+        completion(MessagesResponse {
+            content: vec![Block::Text { text: self.text }],
+            stop_reason: self.stop_reason,
+            usage,
+        })
     }
 }
 
@@ -125,6 +249,8 @@ struct MessagesRequest<'a> {
     tools: Option<Vec<Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
 }
 
 #[derive(Serialize)]

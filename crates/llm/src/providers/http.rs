@@ -138,10 +138,68 @@ impl Http {
     pub async fn post(
         &self,
         url: Url,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: &impl Serialize,
         read_error: fn(&[u8]) -> ErrorBody,
     ) -> Result<Vec<u8>, LlmError> {
+        let response = self.send(url, headers, body, read_error).await?;
+        match response.bytes().await {
+            Ok(body) => Ok(body.to_vec()),
+            Err(e) if e.is_timeout() => Err(LlmError::timeout(self.timeout)),
+            Err(e) => Err(LlmError::new(
+                ErrorKind::Malformed,
+                format!("response body cut short: {}", root_cause(&e)),
+            )),
+        }
+    }
+
+    /// POSTs `body` as JSON and hands each line of a success answer to `line` as it arrives
+    /// (a streamed answer: Server-Sent Events or JSON lines), without its line ending; a failure
+    /// is an [`LlmError`] as for [`Http::post`], or whatever `line` returns. A stream that breaks
+    /// off is [`ErrorKind::Malformed`], which is retryable.
+    pub async fn post_lines(
+        &self,
+        url: Url,
+        headers: HeaderMap,
+        body: &impl Serialize,
+        read_error: fn(&[u8]) -> ErrorBody,
+        mut line: impl FnMut(&str) -> Result<(), LlmError>,
+    ) -> Result<(), LlmError> {
+        let mut response = self.send(url, headers, body, read_error).await?;
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    pending.extend_from_slice(&chunk);
+                    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                        let raw: Vec<u8> = pending.drain(..=end).collect();
+                        line(String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']))?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(LlmError::timeout(self.timeout)),
+                Err(e) => {
+                    return Err(LlmError::new(
+                        ErrorKind::Malformed,
+                        format!("the streamed answer broke off: {}", root_cause(&e)),
+                    ));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            line(String::from_utf8_lossy(&pending).trim_end_matches('\r'))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the request; a success answer is returned unread, anything else is the error.
+    async fn send(
+        &self,
+        url: Url,
+        mut headers: HeaderMap,
+        body: &impl Serialize,
+        read_error: fn(&[u8]) -> ErrorBody,
+    ) -> Result<reqwest::Response, LlmError> {
         let body = serde_json::to_vec(body).map_err(|e| {
             LlmError::new(
                 ErrorKind::BadRequest,
@@ -158,22 +216,16 @@ impl Http {
             .await
             .map_err(|e| self.transport_error(&e))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let retry_after = retry_after(response.headers(), SystemTime::now());
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
             Err(e) if e.is_timeout() => return Err(LlmError::timeout(self.timeout)),
-            Err(e) if status.is_success() => {
-                return Err(LlmError::new(
-                    ErrorKind::Malformed,
-                    format!("response body cut short: {}", root_cause(&e)),
-                ));
-            }
             // The status says enough; an unreadable error body adds nothing.
             Err(_) => Vec::new(),
         };
-        if status.is_success() {
-            return Ok(body);
-        }
         let found = read_error(&body);
         let message = found
             .message
@@ -210,6 +262,21 @@ impl Http {
             )
         }
     }
+}
+
+/// The payload of a Server-Sent Events `data:` line; `None` for any other line (event names,
+/// comments, blank separators).
+pub(crate) fn sse_data(line: &str) -> Option<&str> {
+    let data = line.strip_prefix("data:")?;
+    Some(data.strip_prefix(' ').unwrap_or(data))
+}
+
+/// The error of a streamed answer that ended before the provider said it was complete.
+pub(crate) fn ended_early() -> LlmError {
+    LlmError::new(
+        ErrorKind::Malformed,
+        "the streamed answer ended before its last event",
+    )
 }
 
 /// Decodes a success body; anything else than the expected shape is [`ErrorKind::Malformed`].

@@ -1,5 +1,6 @@
-//! `ollama`: Ollama's native chat endpoint (`POST {base_url}/api/chat`, no key), one answer per
-//! request (`"stream": false`).
+//! `ollama`: Ollama's native chat endpoint (`POST {base_url}/api/chat`, no key): one answer per
+//! request (`"stream": false`), or, for a streaming call, `"stream": true` and a JSON object per
+//! line until the one with `"done": true`, which carries the usage.
 //!
 //! Sampling parameters go in `options` (`temperature`, `top_p`, `num_predict` from `max_tokens`
 //! or the route's, `stop`, `seed`); a JSON `response_format` becomes `"format": "json"`, or the
@@ -18,9 +19,9 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::http::{ErrorBody, Http, decode, endpoint};
-use crate::error::LlmError;
-use crate::provider::{Completion, CompletionRequest, Provider};
+use super::http::{ErrorBody, Http, decode, ended_early, endpoint};
+use crate::error::{ErrorKind, LlmError};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
 
 pub const PROVIDER_NAME: &str = "ollama";
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
@@ -48,10 +49,11 @@ impl Ollama {
             Some(schema) => Some(schema.clone()),
             None => params.wants_json().then(|| json!("json")),
         };
+        let sink = request.stream_to();
         let body = ChatRequest {
             model: &request.model,
             messages: request.messages.iter().map(Message::from).collect(),
-            stream: false,
+            stream: sink.is_some(),
             format,
             options: Options {
                 temperature: params.temperature,
@@ -64,6 +66,15 @@ impl Ollama {
         };
         let mut headers = HeaderMap::new();
         self.http.auth(&mut headers, AUTHORIZATION, "Bearer ")?;
+        if let Some(sink) = sink {
+            let mut stream = Stream::default();
+            self.http
+                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
+                    stream.line(line, sink)
+                })
+                .await?;
+            return stream.finish();
+        }
         let body = self
             .http
             .post(self.url.clone(), headers, &body, read_error)
@@ -134,6 +145,54 @@ impl Options<'_> {
             && self.num_predict.is_none()
             && self.stop.is_empty()
             && self.seed.is_none()
+    }
+}
+
+/// A streamed answer (a JSON object per line), gathered as it arrives.
+#[derive(Default)]
+struct Stream {
+    started: bool,
+    text: String,
+    last: Option<ChatResponse>,
+}
+
+#[derive(Deserialize)]
+struct StreamLine {
+    #[serde(flatten)]
+    response: ChatResponse,
+    #[serde(default)]
+    done: bool,
+}
+
+impl Stream {
+    fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        // A failure midway is a line of its own: `{"error": "…"}`.
+        if let Some(message) = read_error(line.as_bytes()).message {
+            return Err(LlmError::new(ErrorKind::ServerError, message));
+        }
+        let line: StreamLine = decode(line.as_bytes(), "a line of an Ollama chat stream")?;
+        if !self.started {
+            self.started = true;
+            sink.send(Delta::Begin);
+        }
+        let text = &line.response.message.content;
+        if !text.is_empty() {
+            sink.send(Delta::Text(text));
+            self.text.push_str(text);
+        }
+        if line.done {
+            self.last = Some(line.response);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Completion, LlmError> {
+        let mut last = self.last.ok_or_else(ended_early)?;
+        last.message.content = self.text;
+        Ok(completion(last))
     }
 }
 

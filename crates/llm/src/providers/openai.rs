@@ -5,7 +5,9 @@
 //! `?api-version=` is added and the key goes in `api-key`.
 //!
 //! `response_format`, `tools` and `tool_choice` pass through untouched; the route's `max_tokens`
-//! is sent when the job sets none. Error bodies are read leniently: OpenAI's
+//! is sent when the job sets none. A streaming call asks for `stream: true` with
+//! `stream_options.include_usage` and reads the chunks' `delta.content`, the last chunk's usage
+//! and `data: [DONE]`. Error bodies are read leniently: OpenAI's
 //! `{"error": {"message", "type", "param", "code"}}`, and the shapes compatible servers use instead
 //! (`{"error": "…"}`, vLLM's top-level `message`). A content filter that withheld the answer, a
 //! refusal, or an error coded `content_policy_violation` / `content_filter` is
@@ -20,9 +22,9 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http::{ErrorBody, Http, decode, endpoint};
+use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Provider};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
 
 pub const PROVIDER_NAME: &str = "openai";
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -63,6 +65,8 @@ impl OpenAi {
             response_format: params.response_format.as_ref(),
             tools: params.tools.as_ref(),
             tool_choice: params.tool_choice.as_ref(),
+            stream: None,
+            stream_options: None,
         };
         let mut headers = HeaderMap::new();
         if self.azure {
@@ -71,11 +75,117 @@ impl OpenAi {
         } else {
             self.http.auth(&mut headers, AUTHORIZATION, "Bearer ")?;
         }
+        if let Some(sink) = request.stream_to() {
+            let body = ChatRequest {
+                stream: Some(true),
+                stream_options: Some(StreamOptions {
+                    include_usage: true,
+                }),
+                ..body
+            };
+            let mut stream = Stream::default();
+            self.http
+                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
+                    stream.line(line, sink)
+                })
+                .await?;
+            return stream.finish();
+        }
         let body = self
             .http
             .post(self.url.clone(), headers, &body, read_error)
             .await?;
         completion(decode(&body, "a chat completion")?)
+    }
+}
+
+/// A streamed chat completion (Server-Sent Events of `chat.completion.chunk` objects, then
+/// `data: [DONE]`), gathered into the answer as it arrives.
+#[derive(Default)]
+struct Stream {
+    started: bool,
+    done: bool,
+    text: String,
+    refusal: Option<String>,
+    finish_reason: Option<String>,
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: ChunkDelta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct ChunkDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+impl Stream {
+    fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
+        let Some(data) = sse_data(line) else {
+            return Ok(());
+        };
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        // A failure after the answer began comes as an error object in place of a chunk.
+        if let Some(message) = read_error(data.as_bytes()).message {
+            return Err(LlmError::new(ErrorKind::ServerError, message));
+        }
+        let chunk: Chunk = decode(data.as_bytes(), "a chat completion chunk")?;
+        if !self.started {
+            self.started = true;
+            sink.send(Delta::Begin);
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        for choice in chunk.choices {
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                sink.send(Delta::Text(&text));
+                self.text.push_str(&text);
+            }
+            if let Some(refusal) = choice.delta.refusal {
+                self.refusal.get_or_insert_default().push_str(&refusal);
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Completion, LlmError> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(ended_early());
+        }
+        completion(ChatResponse {
+            choices: vec![Choice {
+                message: AssistantMessage {
+                    content: Some(self.text),
+                    tool_calls: None,
+                    refusal: self.refusal,
+                },
+                finish_reason: self.finish_reason,
+            }],
+            usage: self.usage,
+        })
     }
 }
 
@@ -112,6 +222,15 @@ struct ChatRequest<'a> {
     tools: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Deserialize)]

@@ -4,7 +4,8 @@
 //! depends only on the messages and `params` (so a retry gets the same answer), while latency and
 //! failures are drawn from the request's `seed_key`, which differs per attempt (so a retry can
 //! succeed where the first attempt failed). Text answers start with a `[sim]` marker; JSON answers
-//! carry `"sim": true` or `[sim]` strings where the schema leaves room for them.
+//! carry `"sim": true` or `[sim]` strings where the schema leaves room for them. A streaming call
+//! gets its answer a word at a time, its latency spread evenly over the words.
 
 mod model;
 mod schema;
@@ -19,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Provider, stable_hash};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider, stable_hash};
 
 pub use model::{Latency, SimError, SimKind, SimModel};
 
@@ -84,6 +85,12 @@ async fn simulate(request: &CompletionRequest) -> Result<Completion, LlmError> {
         Latency::Fixed(latency) => latency,
         Latency::Uniform(min, max) => rng.random_range(min..=max),
     };
+    let fails = model.error.is_some() || rng.random_bool(model.fail);
+    if let (Some(sink), false) = (request.stream_to(), fails) {
+        let completion = answer(&model, &request.messages, &request.params);
+        stream(&completion.text, latency, sink).await;
+        return Ok(completion);
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -95,11 +102,33 @@ async fn simulate(request: &CompletionRequest) -> Result<Completion, LlmError> {
              (simulated)",
         )),
         Some(SimError::Status(status)) => Err(status_error(status, model.retry_after)),
-        None if rng.random_bool(model.fail) => Err(LlmError::from_status(
+        None if fails => Err(LlmError::from_status(
             500,
             format!("internal server error (simulated, fail={})", model.fail),
         )),
         None => Ok(answer(&model, &request.messages, &request.params)),
+    }
+}
+
+/// Streams `text` a word at a time (each with the whitespace before it), its latency spread
+/// evenly over the words.
+async fn stream(text: &str, latency: Duration, sink: &DeltaSink) {
+    sink.send(Delta::Begin);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() && i > start && !text[start..i].trim().is_empty() {
+            pieces.push(&text[start..i]);
+            start = i;
+        }
+    }
+    pieces.push(&text[start..]);
+    let gap = latency / u32::try_from(pieces.len()).unwrap_or(u32::MAX).max(1);
+    for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        sink.send(Delta::Text(piece));
     }
 }
 
@@ -207,6 +236,7 @@ mod tests {
             ],
             params: Params::default(),
             seed_key,
+            deltas: None,
         }
     }
 
@@ -231,6 +261,54 @@ mod tests {
             }
         );
         assert_eq!(first.finish_reason.as_deref(), Some("stop"));
+    }
+
+    /// A sink that records what it hears.
+    fn recorder() -> (DeltaSink, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = heard.clone();
+        let sink = DeltaSink::new(move |delta| {
+            let mut heard = into.lock().unwrap();
+            match delta {
+                Delta::Begin => heard.push("<begin>".to_owned()),
+                Delta::Text(text) => heard.push(text.to_owned()),
+            }
+        });
+        (sink, heard)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_call_gets_its_answer_a_word_at_a_time() {
+        let (sink, heard) = recorder();
+        let mut req = request("echo?latency=300ms", 1);
+        req.deltas = Some(sink);
+        let started = Instant::now();
+        let whole = complete(&req).await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(300),
+            "the latency, spread"
+        );
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard[0], "<begin>");
+        assert_eq!(
+            heard[1..].concat(),
+            whole.text,
+            "the pieces make the answer"
+        );
+        assert_eq!(heard[1..4], ["[sim]", " (You", " are"]);
+        assert_eq!(whole, complete(&request("echo", 1)).await.unwrap());
+
+        // A failing call streams nothing; a call with tools is answered whole.
+        let (sink, heard) = recorder();
+        let mut failing = request("echo?error=503", 1);
+        failing.deltas = Some(sink.clone());
+        assert!(complete(&failing).await.is_err());
+        let mut tools = request("echo", 1);
+        tools.deltas = Some(sink);
+        tools.params.tools = Some(json!([]));
+        assert!(complete(&tools).await.is_ok());
+        assert!(heard.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 mod anthropic;
 mod ollama;
 mod openai;
+mod streaming;
 mod transport;
 
 use std::path::PathBuf;
