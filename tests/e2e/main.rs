@@ -18,3 +18,4 @@ mod faults;
 mod jobs;
 mod llm;
 mod pipeline;
+mod sdk;
