@@ -21,6 +21,7 @@ pub fn test_config(nats: &NatsServer, db: &TestDatabase) -> Config {
     config.nats.url = nats.url();
     config.database.url = db.url().to_owned();
     config.edge.listen = "127.0.0.1:0".parse().expect("addr");
+    config.probes.listen = "127.0.0.1:0".parse().expect("addr");
     config.llm.workers = 64;
     config.llm.retry_min_delay = Duration::from_millis(5);
     config.llm.retry_max_delay = Duration::from_millis(50);
@@ -290,6 +291,26 @@ pub fn mock_route(
     }
 }
 
+/// Whether `python3` can import `module`; a missing one is a skip (with a loud warning), or a
+/// failure where `TEST_REQUIRE_PYTHON` is set.
+pub async fn python_has(module: &str) -> bool {
+    let found = tokio::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("TEST_REQUIRE_PYTHON").is_err(),
+            "TEST_REQUIRE_PYTHON is set but python3 cannot import {module}"
+        );
+        eprintln!(
+            "WARNING: skipping a test: python3 cannot import {module} (pip install {module})"
+        );
+    }
+    found
+}
+
 /// A simple one-call job.
 pub fn single(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
@@ -317,10 +338,16 @@ impl Processes {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Chorus {
+        self.spawn_with(args, &[])
+    }
+
+    /// `chorus <args>` with environment variables over the configuration file.
+    pub fn spawn_with(&self, args: &[&str], env: &[(&str, String)]) -> Chorus {
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),

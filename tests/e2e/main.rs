@@ -17,5 +17,6 @@ mod examples;
 mod faults;
 mod jobs;
 mod llm;
+mod metrics;
 mod pipeline;
 mod sdk;

@@ -1,6 +1,6 @@
 //! The official OpenAI Python SDK (from PyPI) against Chorus: a chat completion, a streamed one,
-//! an error and a Batch API round trip (`tests/sdk/openai_sdk.py`). Without `python3` and the
-//! `openai` package the test is skipped with a loud warning; `TEST_REQUIRE_PYTHON_SDK=1` (set by
+//! an error and a Batch API round trip (`tests/python/openai_sdk.py`). Without `python3` and the
+//! `openai` package the test is skipped with a loud warning; `TEST_REQUIRE_PYTHON=1` (set by
 //! CI, which installs the package) makes that a failure.
 
 use chorus_testkit::database::TestDatabase;
@@ -8,27 +8,7 @@ use chorus_testkit::nats::NatsServer;
 
 use crate::helpers::*;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
-
-/// Whether `python3` can import `module`; a missing one is a skip, or a failure where required.
-async fn python_has(module: &str) -> bool {
-    let found = tokio::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("TEST_REQUIRE_PYTHON_SDK").is_err(),
-            "TEST_REQUIRE_PYTHON_SDK is set but python3 cannot import {module}"
-        );
-        eprintln!(
-            "WARNING: skipping the OpenAI SDK test: python3 cannot import {module} \
-             (pip install {module})"
-        );
-    }
-    found
-}
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_sdk.py");
 
 #[tokio::test]
 async fn the_openai_python_sdk_works_unchanged() {

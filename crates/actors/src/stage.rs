@@ -104,6 +104,7 @@ impl<H: Handler> StageSupervisor<H> {
         source: usize,
     ) -> Result<ActorRef<ConsumerMsg>, ActorProcessingErr> {
         let args = ConsumerArgs {
+            name: state.spec.name,
             bus: state.spec.bus.clone(),
             pull: state.spec.sources[source].clone(),
             permits: state.permits.clone(),
@@ -288,6 +289,8 @@ impl<H: Handler> Actor for StageSupervisor<H> {
 pub struct ConsumerActor;
 
 pub struct ConsumerArgs {
+    /// The stage's name, under which its deliveries are counted.
+    name: &'static str,
     bus: Bus,
     pull: Pull,
     permits: Arc<Semaphore>,
@@ -321,11 +324,13 @@ impl Actor for ConsumerActor {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let stage = args.stage;
+            let (stage, name) = (args.stage, args.name);
             let result = args
                 .bus
                 .pull(&args.pull, args.permits, token.clone(), |delivery| {
-                    stage.cast(StageMsg::Incoming(delivery)).is_ok()
+                    stage
+                        .cast(StageMsg::Incoming(delivery.counted(name)))
+                        .is_ok()
                 })
                 .await;
             if !token.is_cancelled() {

@@ -4,8 +4,13 @@
 //! because the actor holding it panicked, or shutdown came first — is NAKed at once, so the
 //! message is redelivered now instead of after the consumer's AckWait. A delivery also holds its
 //! share of the role's in-flight budget and gives it back when settled or dropped.
+//!
+//! A delivery handed to a role's workers is counted ([`Delivery::counted`]): the stage's
+//! in-flight gauge while it lives, and when it is settled its outcome and how long it took.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use chorus_telemetry::names;
 
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::{HeaderMap, Message};
@@ -21,6 +26,32 @@ pub struct Delivery {
     info: Info,
     _permit: Option<OwnedSemaphorePermit>,
     ticket: Option<Ticket>,
+    tally: Option<Tally>,
+}
+
+/// A counted delivery's stage and when it reached it.
+struct Tally {
+    stage: &'static str,
+    since: Instant,
+}
+
+impl Tally {
+    fn new(stage: &'static str) -> Self {
+        metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => stage).increment(1.0);
+        Self {
+            stage,
+            since: Instant::now(),
+        }
+    }
+
+    fn settled(self, outcome: &'static str) {
+        let stage = self.stage;
+        metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => stage).decrement(1.0);
+        metrics::counter!(names::STAGE_MESSAGES, "stage" => stage, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(names::STAGE_MESSAGE_SECONDS, "stage" => stage)
+            .record(self.since.elapsed());
+    }
 }
 
 /// What a [`crate::source::Gate`] granted a delivery (say, a concurrency lease): held as long as
@@ -65,7 +96,14 @@ impl Delivery {
             info,
             _permit: permit,
             ticket: None,
+            tally: None,
         }
+    }
+
+    /// The delivery counted in `stage`'s metrics from now until it is settled.
+    pub fn counted(mut self, stage: &'static str) -> Self {
+        self.tally = Some(Tally::new(stage));
+        self
     }
 
     /// The delivery holding its share of the role's in-flight budget until it is settled.
@@ -138,6 +176,14 @@ impl Delivery {
     }
 
     async fn settle(mut self, kind: AckKind) -> Result<(), BusError> {
+        if let Some(tally) = self.tally.take() {
+            tally.settled(match kind {
+                AckKind::Ack => "ack",
+                AckKind::Nak(_) => "nak",
+                AckKind::Term => "term",
+                AckKind::Progress | AckKind::Next => "progress",
+            });
+        }
         match self.acker.take() {
             Some(acker) => acker.ack_with(kind).await.map_err(BusError::nats),
             None => Ok(()),
@@ -147,6 +193,9 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
+        if let Some(tally) = self.tally.take() {
+            tally.settled("dropped");
+        }
         if let Some(acker) = self.acker.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {

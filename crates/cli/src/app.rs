@@ -13,7 +13,8 @@ use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
 use chorus_core::config::{Config, DatabaseConfig, EdgeConfig};
 use chorus_edge::auth::{Auth, AuthMode};
-use chorus_edge::{AppState, EdgeRole};
+use chorus_edge::probes::ProbeState;
+use chorus_edge::{AppState, HttpRole};
 use chorus_llm::Routes;
 use chorus_store::Store;
 use tokio::net::TcpListener;
@@ -164,9 +165,9 @@ pub async fn start(
                             format!("cannot listen on {} (edge.listen)", config.edge.listen)
                         })?,
                 };
-                Box::new(EdgeRole {
+                Box::new(HttpRole::edge(
                     listener,
-                    state: AppState {
+                    AppState {
                         bus: bus.clone(),
                         jobs: JobStore::open(&bus).await?,
                         store: store()?,
@@ -179,14 +180,30 @@ pub async fn start(
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
                     },
-                    drain_timeout: config.supervision.drain_timeout,
-                })
+                    config.supervision.drain_timeout,
+                ))
             }
         });
     }
     // Dead letters from MAX_DELIVERIES advisories: the DLQ watcher runs beside the orchestrator.
     if roles.contains(&RoleName::Orchestrator) {
         started.push(Box::new(roles::dlq_watcher(&ctx)));
+    }
+    // Without the edge, the probes get a port of their own.
+    if !roles.contains(&RoleName::Edge) {
+        let listen = config.probes.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (probes.listen)"))?;
+        let probes = ProbeState {
+            bus: bus.clone(),
+            store: store.clone(),
+        };
+        started.push(Box::new(HttpRole::probes(
+            listener,
+            probes,
+            config.supervision.drain_timeout,
+        )));
     }
     let runtime = Runtime::start(started)
         .await

@@ -20,6 +20,7 @@ pub struct Config {
     pub nats: NatsConfig,
     pub database: DatabaseConfig,
     pub edge: EdgeConfig,
+    pub probes: ProbesConfig,
     pub orchestrator: OrchestratorConfig,
     pub llm: LlmConfig,
     pub evaluator: EvaluatorConfig,
@@ -111,6 +112,22 @@ impl Default for EdgeConfig {
             auth: true,
             tenant: "default".into(),
             key_rpm: None,
+        }
+    }
+}
+
+/// The probe port of a process that runs no edge: `/health`, `/ready` and `/metrics` (a process
+/// with the edge serves them on the edge's port).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }
@@ -377,13 +394,14 @@ pub enum ConfigError {
 }
 
 /// Section names, longest first, for splitting `CHORUS_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "orchestrator",
     "supervision",
     "evaluator",
     "persister",
     "database",
     "faults",
+    "probes",
     "nats",
     "edge",
     "dlq",
@@ -575,6 +593,20 @@ impl Config {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        let sections = serde_json::to_value(Config::default()).unwrap_or_default();
+        let sections = sections.as_object().cloned().unwrap_or_default();
+        assert!(sections.len() > 10);
+        for section in sections.keys().filter(|s| *s != "routes") {
+            assert!(
+                SECTIONS.contains(&section.as_str()),
+                "CHORUS_{}_… would not reach [{section}]: add it to SECTIONS",
+                section.to_uppercase()
+            );
+        }
+    }
 
     #[test]
     fn environment_overrides_the_file() {

@@ -7,11 +7,12 @@
 //! - [`files`] and [`batches`]: the OpenAI Batch API (`/v1/files`, `/v1/batches`) and batch reports.
 //! - [`events`]: `/v1/jobs/{id}/events`, a job's lifecycle as Server-Sent Events.
 //! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
-//! - [`health`]: `/health` and `/ready`.
+//! - [`probes`]: `/health`, `/ready` and `/metrics`, here and on the probe port of processes
+//!   without the edge.
 //! - [`auth`]: API keys, scopes and per-key request rates on every `/v1` route.
 //! - [`extract`]: the JSON body extractor (size limit, field-level errors).
 //! - [`error`]: errors in OpenAI's error shape.
-//! - [`server`]: the edge as a supervised role.
+//! - [`server`]: an HTTP server (the edge, or a worker's probes) as a supervised role.
 //!
 //! Nothing invalid reaches a queue: a request is validated completely (types, fields, routes,
 //! templates, assertions) before anything is published.
@@ -24,17 +25,21 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod files;
-pub mod health;
 pub mod jobs;
+pub mod probes;
 pub mod server;
 pub mod state;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
-use axum::routing::{get, post};
+use std::time::Instant;
 
-pub use server::EdgeRole;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chorus_telemetry::names;
+
+pub use server::HttpRole;
 pub use state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -60,13 +65,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dlq/replay", post(admin::replay))
         .route("/v1/admin/dlq/purge", post(admin::purge))
         .route("/v1/admin/dlq/{seq}", get(admin::show))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .merge(probes::probe_routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
         ))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn(record))
         .with_state(state)
+}
+
+/// `chorus_http_requests_total` and `chorus_http_request_duration_seconds`, labelled with the
+/// matched route (its pattern, never the path: ids would make the labels unbounded).
+async fn record(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(names::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_SECONDS, "route" => route, "method" => method)
+        .record(started.elapsed());
+    response
 }

@@ -1,5 +1,7 @@
-//! The edge as a role: an actor that owns the HTTP server, so the root supervises it like any
-//! other role and drains it first on shutdown (stop accepting, finish in-flight requests).
+//! An HTTP server as a role: an actor that owns the server, so the root supervises it like any
+//! other role and drains it first on shutdown (stop accepting, finish in-flight requests). The
+//! edge is one ([`HttpRole::edge`]); a process without the edge serves its probes with another
+//! ([`HttpRole::probes`]).
 
 use std::time::Duration;
 
@@ -11,16 +13,40 @@ use tokio_util::sync::CancellationToken;
 
 use chorus_actors::{Role, RoleHandle};
 
+use crate::probes::{ProbeState, probe_router};
 use crate::state::AppState;
 
-pub struct EdgeRole {
-    pub listener: TcpListener,
-    pub state: AppState,
+pub struct HttpRole {
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
     /// How long a drain waits for in-flight requests.
-    pub drain_timeout: Duration,
+    drain_timeout: Duration,
 }
 
-struct EdgeServer;
+impl HttpRole {
+    /// The API, on `listener`.
+    pub fn edge(listener: TcpListener, state: AppState, drain_timeout: Duration) -> Self {
+        Self {
+            name: "edge",
+            listener,
+            router: crate::router(state),
+            drain_timeout,
+        }
+    }
+
+    /// `/health`, `/ready` and `/metrics` alone, on `listener`.
+    pub fn probes(listener: TcpListener, state: ProbeState, drain_timeout: Duration) -> Self {
+        Self {
+            name: "probes",
+            listener,
+            router: probe_router(state),
+            drain_timeout,
+        }
+    }
+}
+
+struct HttpServer;
 
 struct ServerState {
     stop: CancellationToken,
@@ -32,18 +58,18 @@ enum ServerMsg {
     Failed(String),
 }
 
-impl Actor for EdgeServer {
+impl Actor for HttpServer {
     type Msg = ServerMsg;
     type State = ServerState;
-    type Arguments = (EdgeRole, CancellationToken);
+    type Arguments = (HttpRole, CancellationToken);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ServerMsg>,
-        (role, stop): (EdgeRole, CancellationToken),
+        (role, stop): (HttpRole, CancellationToken),
     ) -> Result<ServerState, ActorProcessingErr> {
         let token = stop.clone();
-        let app = crate::router(role.state);
+        let app = role.router;
         let task = tokio::spawn(async move {
             // With the peer's address, which the admin API records as the actor.
             let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -87,9 +113,9 @@ impl Actor for EdgeServer {
     }
 }
 
-impl Role for EdgeRole {
+impl Role for HttpRole {
     fn name(&self) -> &'static str {
-        "edge"
+        self.name
     }
 
     fn start(
@@ -98,11 +124,11 @@ impl Role for EdgeRole {
     ) -> BoxFuture<'static, Result<RoleHandle, ActorProcessingErr>> {
         Box::pin(async move {
             let stop = CancellationToken::new();
-            let drain_timeout = self.drain_timeout;
+            let (name, drain_timeout) = (self.name, self.drain_timeout);
             let (server, _) =
-                Actor::spawn_linked(None, EdgeServer, (*self, stop.clone()), root).await?;
+                Actor::spawn_linked(None, HttpServer, (*self, stop.clone()), root).await?;
             Ok(RoleHandle {
-                name: "edge",
+                name,
                 cell: server.get_cell(),
                 drain: Box::new(move || {
                     Box::pin(async move {

@@ -11,6 +11,7 @@ use chorus_llm::Routes;
 use chorus_store::Store;
 
 use crate::auth::Auth;
+use crate::probes::ProbeState;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,4 +29,13 @@ pub struct AppState {
     pub max_wait: Duration,
     /// The replay cap and pace of `/v1/admin/dlq/replay`.
     pub dlq: DlqConfig,
+}
+
+impl axum::extract::FromRef<AppState> for ProbeState {
+    fn from_ref(state: &AppState) -> Self {
+        ProbeState {
+            bus: state.bus.clone(),
+            store: Some(state.store.clone()),
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! - Logs: `tracing` events to stderr as text or JSON lines, filtered by `log.level` or `RUST_LOG`.
 //! - Metrics: the `metrics` facade, recorded by every role and rendered in Prometheus's text
-//!   format by [`metrics_handle`]. Every series is named `chorus_*`, described with its unit here,
+//!   format by [`metrics_handle`] (served on `/metrics` of the edge, or of the probe port of a
+//!   process without one). Every series is named `chorus_*`, described with its unit here,
 //!   and labelled with low-cardinality values only (route, outcome, stage — never ids).
 
 use std::sync::OnceLock;
@@ -58,6 +59,13 @@ pub mod names {
     pub const LLM_FALLBACKS: &str = "chorus_llm_fallbacks_total";
     pub const LLM_LIMITER_WAIT: &str = "chorus_llm_limiter_wait_seconds";
     pub const DLQ_MESSAGES: &str = "chorus_dlq_messages";
+    pub const HTTP_REQUESTS: &str = "chorus_http_requests_total";
+    pub const HTTP_REQUEST_SECONDS: &str = "chorus_http_request_duration_seconds";
+    pub const STAGE_MESSAGES: &str = "chorus_stage_messages_total";
+    pub const STAGE_MESSAGE_SECONDS: &str = "chorus_stage_message_duration_seconds";
+    pub const STAGE_IN_FLIGHT: &str = "chorus_stage_in_flight";
+    pub const CONSUMER_PENDING: &str = "chorus_consumer_pending";
+    pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
 }
 
 fn describe() {
@@ -98,4 +106,39 @@ fn describe() {
         "Time calls waited for their route's shared limits, by route."
     );
     describe_gauge!(DLQ_MESSAGES, Unit::Count, "Dead letters kept, by stage.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "HTTP requests answered, by route (the matched path), method and status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time from a request's arrival to its response's head, by route and method."
+    );
+    describe_counter!(
+        STAGE_MESSAGES,
+        Unit::Count,
+        "Messages a role settled, by stage and outcome (ack, nak, term, or dropped: NAKed because its holder stopped)."
+    );
+    describe_histogram!(
+        STAGE_MESSAGE_SECONDS,
+        Unit::Seconds,
+        "Time from a message reaching a role's workers to its settling, by stage."
+    );
+    describe_gauge!(
+        STAGE_IN_FLIGHT,
+        Unit::Count,
+        "Messages a role holds and has not settled, by stage."
+    );
+    describe_gauge!(
+        CONSUMER_PENDING,
+        Unit::Count,
+        "Messages of a durable consumer not yet delivered (its backlog), by stream and consumer; read at each scrape."
+    );
+    describe_gauge!(
+        CONSUMER_ACK_PENDING,
+        Unit::Count,
+        "Messages a durable consumer delivered and awaits acks for, by stream and consumer; read at each scrape."
+    );
 }

@@ -87,6 +87,8 @@ impl Bench {
             ),
         };
         config.database.auto_migrate = true;
+        // Several bench processes may run here at once: each takes a free probe port.
+        config.probes.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let database = if config.database.url.starts_with("sqlite:") {
             "sqlite"
         } else {

@@ -1,0 +1,154 @@
+//! `/health` (the process is alive), `/ready` (it can do its work: NATS connected, streams
+//! present, its database answering) and `/metrics` (Prometheus's text format), for load
+//! balancers, Kubernetes probes and scrapers. The edge serves them beside its API; a process
+//! without the edge serves them alone on its probe port ([`probe_router`]).
+//!
+//! Gauges that describe NATS rather than this process are read at each scrape: the dead letters
+//! kept per stage, and each durable consumer's backlog (`pending`) and unacknowledged deliveries
+//! (`ack_pending`). Ephemeral consumers (KV watchers) are left out: their names are random.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chorus_bus::Bus;
+use chorus_store::Store;
+use chorus_telemetry::names;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// What the probes look at.
+#[derive(Clone, Debug)]
+pub struct ProbeState {
+    pub bus: Bus,
+    /// The database, for a process that uses one.
+    pub store: Option<Store>,
+}
+
+/// `/health`, `/ready` and `/metrics`, for any router whose state holds a [`ProbeState`].
+pub fn probe_routes<S>() -> Router<S>
+where
+    ProbeState: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// The probe port of a process without the edge.
+pub fn probe_router(state: ProbeState) -> Router {
+    probe_routes()
+        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Value>) {
+    let nats = match state.bus.client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("{other:?}")),
+    };
+    let streams = state
+        .bus
+        .js
+        .get_stream_no_info(state.bus.subjects.stream("submit"))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let mut checks = vec![("nats", nats), ("streams", streams)];
+    if let Some(store) = &state.store {
+        checks.push(("database", store.ping().await.map_err(|e| e.to_string())));
+    }
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, Value> = checks
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!("ok"),
+                Err(e) => json!(e),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ready { "ready" } else { "unavailable" }, "checks": body})),
+    )
+}
+
+/// The process's metrics, with the NATS gauges read now.
+pub async fn metrics(State(state): State<ProbeState>) -> (StatusCode, String) {
+    let Some(handle) = chorus_telemetry::metrics_handle() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics recorder".into(),
+        );
+    };
+    tokio::join!(dead_letters(&state.bus), consumers(&state.bus));
+    (StatusCode::OK, handle.render())
+}
+
+/// `chorus_dlq_messages{stage}`, from the DLQ stream's subjects.
+async fn dead_letters(bus: &Bus) {
+    let subjects = &bus.subjects;
+    let dlq_subjects = format!("{}.dlq.>", subjects.prefix());
+    let Ok(stream) = bus.js.get_stream_no_info(subjects.stream("dlq")).await else {
+        return;
+    };
+    let Ok(mut info) = stream.info_with_subjects(&dlq_subjects).await else {
+        return;
+    };
+    let mut counts = HashMap::new();
+    while let Some(Ok((subject, count))) = info.next().await {
+        let stage = subject.rsplit('.').next().unwrap_or_default().to_owned();
+        *counts.entry(stage).or_insert(0usize) += count;
+    }
+    for stage in ["orchestrator", "llm", "evaluator", "persister"] {
+        let count = counts.get(stage).copied().unwrap_or(0);
+        metrics::gauge!(names::DLQ_MESSAGES, "stage" => stage).set(count as f64);
+    }
+}
+
+/// `chorus_consumer_pending` and `chorus_consumer_ack_pending` of every durable consumer on
+/// Chorus's streams (those named with its prefix, and its KV buckets').
+async fn consumers(bus: &Bus) {
+    let prefix = bus.subjects.stream_prefix();
+    let kv_prefix = format!("KV_{}_", bus.subjects.prefix());
+    let mut listed = bus.js.stream_names();
+    let mut streams = Vec::new();
+    while let Some(Ok(name)) = listed.next().await {
+        let ours = name
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('_'))
+            || name.starts_with(&kv_prefix);
+        if ours {
+            streams.push(name);
+        }
+    }
+    for name in streams {
+        let Ok(stream) = bus.js.get_stream_no_info(&name).await else {
+            continue;
+        };
+        let mut infos = stream.consumers();
+        while let Some(Ok(info)) = infos.next().await {
+            if info.config.durable_name.is_none() {
+                continue;
+            }
+            let labels = [("stream", name.clone()), ("consumer", info.name.clone())];
+            metrics::gauge!(names::CONSUMER_PENDING, &labels).set(info.num_pending as f64);
+            metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels).set(info.num_ack_pending as f64);
+        }
+    }
+}
