@@ -144,7 +144,7 @@ impl TestApp {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let bus = Bus::connect(&config.nats.url, "chorus", "test", Duration::from_secs(5))
+        let bus = Bus::connect_config(&config.nats, "test")
             .await
             .expect("connect to NATS");
         let database_url = config.database.url.clone();

@@ -18,5 +18,6 @@ mod faults;
 mod jobs;
 mod llm;
 mod metrics;
+mod nats_security;
 mod pipeline;
 mod sdk;

@@ -3,12 +3,19 @@
 //! Chorus needs JetStream and a server of at least [`MIN_SERVER`]: per-message TTLs (2.11) expire
 //! the concurrency leases of a process that died holding them. The errors say what to do, not only
 //! what failed.
+//!
+//! [`Bus::connect_config`] authenticates as `[nats]` says (a credentials file, an nkey seed, a user
+//! and password, or a token, the secrets read from their variable or file) and speaks TLS with the
+//! given CA and client certificate. Secrets are only ever handed to the client: the errors name
+//! their source.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, ConnectOptions};
+use chorus_core::config::{NatsConfig, load_secret};
 use chorus_core::subjects::Subjects;
+use secrecy::ExposeSecret;
 
 /// Oldest nats-server Chorus runs on.
 pub const MIN_SERVER: (u64, u64, u64) = (2, 11, 0);
@@ -36,6 +43,9 @@ pub enum BusError {
     TooOld { url: String, found: String },
     #[error("NATS request failed: {0}")]
     Nats(String),
+    /// The `[nats]` credentials or TLS settings cannot be used.
+    #[error("nats: {0}")]
+    Settings(String),
 }
 
 impl BusError {
@@ -61,14 +71,42 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects and runs the start-up checks. `name` shows in the server's connection list.
+    /// Connects without credentials and runs the start-up checks. `name` shows in the server's
+    /// connection list.
     pub async fn connect(
         url: &str,
         prefix: &str,
         name: &str,
         timeout: Duration,
     ) -> Result<Self, BusError> {
-        let client = ConnectOptions::new()
+        Self::connect_with(ConnectOptions::new(), url, prefix, name, timeout).await
+    }
+
+    /// Connects as `[nats]` configures it (credentials, TLS) and runs the start-up checks.
+    pub async fn connect_config(config: &NatsConfig, name: &str) -> Result<Self, BusError> {
+        let options = options(config).await?;
+        Self::connect_with(
+            options,
+            &config.url,
+            &config.prefix,
+            name,
+            config.connect_timeout,
+        )
+        .await
+    }
+
+    async fn connect_with(
+        options: ConnectOptions,
+        url: &str,
+        prefix: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
+        // Two rustls providers are in the build (ring for NATS and the databases, aws-lc-rs for
+        // the HTTP client), so rustls cannot pick one by itself: name ring before a TLS
+        // connection needs it. A provider already installed stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = options
             .name(name)
             .connection_timeout(timeout)
             .request_timeout(Some(Duration::from_secs(10)))
@@ -98,6 +136,50 @@ impl Bus {
             subjects: Subjects::new(prefix),
         })
     }
+}
+
+/// The client options for `[nats]`'s credentials and TLS.
+async fn options(config: &NatsConfig) -> Result<ConnectOptions, BusError> {
+    let settings =
+        |what: &str, e: &dyn std::fmt::Display| BusError::Settings(format!("{what}: {e}"));
+    let mut options = ConnectOptions::new();
+    if let Some(path) = &config.credentials_file {
+        options = ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| settings(&format!("credentials_file {}", path.display()), &e))?;
+    }
+    if let Some(path) = &config.nkey_seed_file {
+        let seed = load_secret(None, Some(path)).map_err(|e| settings("nkey_seed_file", &e))?;
+        if let Some(seed) = seed {
+            options = ConnectOptions::with_nkey(seed.expose_secret().to_owned());
+        }
+    }
+    if let Some(user) = &config.user {
+        let password = load_secret(
+            config.password_env.as_deref(),
+            config.password_file.as_deref(),
+        )
+        .map_err(|e| settings("the password", &e))?
+        .ok_or_else(|| {
+            BusError::Settings("user: give its password in password_env or password_file".into())
+        })?;
+        options = ConnectOptions::with_user_and_password(
+            user.clone(),
+            password.expose_secret().to_owned(),
+        );
+    }
+    if let Some(token) = load_secret(config.token_env.as_deref(), config.token_file.as_deref())
+        .map_err(|e| settings("the token", &e))?
+    {
+        options = ConnectOptions::with_token(token.expose_secret().to_owned());
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options.require_tls(config.tls_required))
 }
 
 /// `major.minor.patch[-suffix]` compared with `min`; unparseable versions fail the check.

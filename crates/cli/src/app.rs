@@ -73,13 +73,7 @@ pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 pub async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
-    Ok(Bus::connect(
-        &config.nats.url,
-        &config.nats.prefix,
-        name,
-        config.nats.connect_timeout,
-    )
-    .await?)
+    Ok(Bus::connect_config(&config.nats, name).await?)
 }
 
 pub async fn apply_definitions(config: &Config, bus: &Bus) -> anyhow::Result<Vec<Applied>> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -44,6 +45,22 @@ pub struct NatsConfig {
     pub definitions: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How to authenticate: at most one of a credentials file (JWT and nkey seed, as `nsc`
+    /// writes it), an nkey seed file, a user (with a password), or a token. Secrets come from a
+    /// variable (`*_env`, its name) or a file (`*_file`), never from this file.
+    pub credentials_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// TLS: the CA that signed the server's certificate, and a client certificate and key for
+    /// servers that verify clients. `tls_required` refuses a plain connection.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -54,8 +71,51 @@ impl Default for NatsConfig {
             replicas: 1,
             definitions: None,
             connect_timeout: Duration::from_secs(5),
+            credentials_file: None,
+            nkey_seed_file: None,
+            user: None,
+            password_env: None,
+            password_file: None,
+            token_env: None,
+            token_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
         }
     }
+}
+
+/// A secret named by configuration: the value of the variable `env`, or the content of `file`
+/// (trimmed; a mounted Kubernetes secret ends in a newline). `Ok(None)` when neither is given.
+/// Errors name the variable or the file, never the value.
+pub fn load_secret(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<SecretString>, String> {
+    let (value, source) = match (env, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err("give a variable or a file, not both".into()),
+        (Some(var), None) => {
+            let value = std::env::var(var).map_err(|e| match e {
+                std::env::VarError::NotPresent => format!("the variable `{var}` is not set"),
+                std::env::VarError::NotUnicode(_) => {
+                    format!("the variable `{var}` is not valid UTF-8")
+                }
+            })?;
+            (value, format!("the variable `{var}`"))
+        }
+        (None, Some(path)) => {
+            let value = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            (value, path.display().to_string())
+        }
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(format!("{source} is empty"));
+    }
+    Ok(Some(SecretString::from(value.to_owned())))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -469,6 +529,25 @@ impl Config {
             "nats.prefix: use letters, digits, '_' or '-'",
         );
         require(self.nats.replicas >= 1, "nats.replicas: must be at least 1");
+        let nats = &self.nats;
+        let methods = [
+            nats.credentials_file.is_some(),
+            nats.nkey_seed_file.is_some(),
+            nats.user.is_some(),
+            nats.token_env.is_some() || nats.token_file.is_some(),
+        ];
+        require(
+            methods.iter().filter(|m| **m).count() <= 1,
+            "nats: authenticate one way: credentials_file, nkey_seed_file, user, or a token",
+        );
+        require(
+            nats.user.is_some() || (nats.password_env.is_none() && nats.password_file.is_none()),
+            "nats.password_env / nats.password_file: only with nats.user",
+        );
+        require(
+            nats.tls_cert_file.is_some() == nats.tls_key_file.is_some(),
+            "nats.tls_cert_file and nats.tls_key_file: give both or neither",
+        );
         require(
             crate::Tenant::new(self.edge.tenant.clone()).is_ok(),
             "edge.tenant: use 1-64 characters of a-z, 0-9, '_' or '-'",

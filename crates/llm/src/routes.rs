@@ -399,7 +399,7 @@ mod tests {
         let err = Routes::new(&[a, claude, bad_url]).unwrap_err();
         assert_eq!(
             err,
-            "route `claude`: the API key variable `CHORUS_TEST_UNSET_ANTHROPIC_KEY` is not set; \
+            "route `claude`: the API key: the variable `CHORUS_TEST_UNSET_ANTHROPIC_KEY` is not set; \
              route `u`: bad base_url `localhost:8000`: scheme `localhost` is not http or https; \
              route `a` lists itself as a fallback; \
              route `a`: fallback `nope` is not a configured route or a valid `sim:` route; \

@@ -17,19 +17,41 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// A configuration file (`-c`) and the environment it reads (`$VAR` references).
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts clients.
     pub async fn start_new() -> Self {
+        Self::start_configured(None).await
+    }
+
+    /// Starts a server with the configuration `text` (its port, store and JetStream are set on
+    /// the command line), which may read `env` through `$VAR` references.
+    pub async fn start_with_config(text: &str, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_configured(Some((text, env))).await
+    }
+
+    async fn start_configured(config: Option<(&str, Vec<(String, String)>)>) -> Self {
         let binary = chorus_bus::server_binary::locate().unwrap_or_else(|e| panic!("{e}"));
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for the NATS store");
+        let config = config.map(|(text, env)| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, text).expect("write the server configuration");
+            (path, env)
+        });
         let mut server = Self {
             binary,
             port,
             dir,
             child: None,
+            config,
         };
         server.start().await;
         server
@@ -50,7 +72,11 @@ impl NatsServer {
     /// (Re)starts the server on the same port and store.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some((path, env)) = &self.config {
+            command.arg("-c").arg(path).envs(env.iter().cloned());
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.path().join("store"))

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use chorus_core::config::RouteConfig;
+use chorus_core::config::{RouteConfig, load_secret};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -27,41 +27,21 @@ pub struct ApiKey(SecretString);
 impl ApiKey {
     /// `Ok(None)` when the route names no key. Errors name the variable or file, never the key.
     pub fn load(config: &RouteConfig) -> Result<Option<Self>, String> {
-        let (raw, source) = match (&config.api_key_env, &config.api_key_file) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err("set `api_key_env` or `api_key_file`, not both".into());
-            }
-            (Some(var), None) => {
-                let value = std::env::var(var).map_err(|e| match e {
-                    std::env::VarError::NotPresent => {
-                        format!("the API key variable `{var}` is not set")
-                    }
-                    std::env::VarError::NotUnicode(_) => {
-                        format!("the API key variable `{var}` is not valid UTF-8")
-                    }
-                })?;
-                (SecretString::from(value), format!("variable `{var}`"))
-            }
-            (None, Some(path)) => {
-                let value = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
-                (
-                    SecretString::from(value),
-                    format!("file {}", path.display()),
-                )
-            }
+        if config.api_key_env.is_some() && config.api_key_file.is_some() {
+            return Err("set `api_key_env` or `api_key_file`, not both".into());
+        }
+        let key = load_secret(
+            config.api_key_env.as_deref(),
+            config.api_key_file.as_deref(),
+        )
+        .map_err(|e| format!("the API key: {e}"))?;
+        let Some(key) = key else {
+            return Ok(None);
         };
-        let key = raw.expose_secret().trim();
-        if key.is_empty() {
-            return Err(format!("the API key in {source} is empty"));
+        if !key.expose_secret().bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the API key has characters an HTTP header cannot carry".into());
         }
-        if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "the API key in {source} has characters an HTTP header cannot carry"
-            ));
-        }
-        Ok(Some(Self(SecretString::from(key))))
+        Ok(Some(Self(key)))
     }
 
     /// `prefix` and the key as a header value marked sensitive.
@@ -436,14 +416,14 @@ mod tests {
         config.api_key_file = None;
         assert_eq!(
             ApiKey::load(&config).unwrap_err(),
-            "the API key variable `CHORUS_TEST_NO_SUCH_KEY_VARIABLE` is not set"
+            "the API key: the variable `CHORUS_TEST_NO_SUCH_KEY_VARIABLE` is not set"
         );
         config.api_key_env = None;
         config.api_key_file = Some(dir.path().join("missing"));
         assert!(
             ApiKey::load(&config)
                 .unwrap_err()
-                .starts_with("cannot read the API key file")
+                .starts_with("the API key: cannot read ")
         );
     }
 }
