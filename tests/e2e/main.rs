@@ -21,3 +21,4 @@ mod metrics;
 mod nats_security;
 mod pipeline;
 mod sdk;
+mod secrets;

@@ -84,7 +84,7 @@ impl Bus {
 
     /// Connects as `[nats]` configures it (credentials, TLS) and runs the start-up checks.
     pub async fn connect_config(config: &NatsConfig, name: &str) -> Result<Self, BusError> {
-        let options = options(config).await?;
+        let options = connect_options(config).await?;
         Self::connect_with(
             options,
             &config.url,
@@ -138,8 +138,8 @@ impl Bus {
     }
 }
 
-/// The client options for `[nats]`'s credentials and TLS.
-async fn options(config: &NatsConfig) -> Result<ConnectOptions, BusError> {
+/// The client options for `[nats]`'s credentials and TLS, with its secrets read.
+pub async fn connect_options(config: &NatsConfig) -> Result<ConnectOptions, BusError> {
     let settings =
         |what: &str, e: &dyn std::fmt::Display| BusError::Settings(format!("{what}: {e}"));
     let mut options = ConnectOptions::new();

@@ -17,6 +17,7 @@ use chorus_edge::probes::ProbeState;
 use chorus_edge::{AppState, HttpRole};
 use chorus_llm::Routes;
 use chorus_store::Store;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +82,10 @@ pub async fn apply_definitions(config: &Config, bus: &Bus) -> anyhow::Result<Vec
 }
 
 pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.url, config.max_connections)
+    let url = config.connect_url().map_err(anyhow::Error::msg)?;
+    let store = Store::connect(url.expose_secret(), config.max_connections)
         .await
-        .context("cannot open the database (database.url)")?;
+        .with_context(|| format!("cannot open the database {}", config.redacted_url()))?;
     if migrate {
         store
             .migrate()

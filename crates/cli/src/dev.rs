@@ -69,7 +69,7 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
         })?;
     let url = format!("http://{}", listener.local_addr()?);
     let nats_url = config.nats.url.clone();
-    let database = config.database.url.clone();
+    let database = config.database.redacted_url();
     let database_config = config.database.clone();
     let edge = config.edge.clone();
     let result = async {

@@ -7,12 +7,14 @@
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
 //! - [`keys`]: `chorus keys`, API keys in the database.
+//! - [`check`]: `chorus config check`.
 //! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
 //!   through [`client`].
 
 pub mod app;
 pub mod batch;
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod dev;
 pub mod dlq;
@@ -78,6 +80,17 @@ enum Command {
     Batch(batch::BatchArgs),
     /// API keys per tenant: create (shown once), list, revoke.
     Keys(keys::KeysArgs),
+    /// The configuration: check it and print what is in effect, passwords redacted.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration (file and CHORUS_… variables) without connecting, and print it.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,5 +155,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(args) => job::run(args).await,
         Command::Batch(args) => batch::run(args).await,
         Command::Keys(args) => keys::run(config_file, args).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => check::run(config_file).await,
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -86,6 +86,44 @@ impl Default for NatsConfig {
     }
 }
 
+impl DatabaseConfig {
+    /// The URL to connect with: `url`, with the password of `password_env` / `password_file`
+    /// put in. The error names what is wrong, never a password.
+    pub fn connect_url(&self) -> Result<SecretString, String> {
+        let password = load_secret(self.password_env.as_deref(), self.password_file.as_deref())
+            .map_err(|e| format!("database password: {e}"))?;
+        let Some(password) = password else {
+            return Ok(SecretString::from(self.url.clone()));
+        };
+        let mut url = url::Url::parse(&self.url).map_err(|e| format!("database.url: {e}"))?;
+        if url.password().is_some() {
+            return Err(
+                "database.url has a password and database.password_env / password_file give                  another: keep one"
+                    .into(),
+            );
+        }
+        url.set_password(Some(password.expose_secret()))
+            .map_err(|()| "database.url: this URL cannot carry a password".to_owned())?;
+        Ok(SecretString::from(url.to_string()))
+    }
+
+    /// `url` with any password in it replaced by `***`, for showing.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// A secret named by configuration: the value of the variable `env`, or the content of `file`
 /// (trimmed; a mounted Kubernetes secret ends in a newline). `Ok(None)` when neither is given.
 /// Errors name the variable or the file, never the value.
@@ -123,6 +161,10 @@ pub fn load_secret(
 pub struct DatabaseConfig {
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub url: String,
+    /// The Postgres password, from a variable (its name) or a file, put into `url` to connect, so
+    /// the URL itself can be shown and logged.
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
     pub max_connections: u32,
     /// Run pending migrations at start-up (turn off where a separate migration job runs them).
     pub auto_migrate: bool,
@@ -132,6 +174,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://.chorus/chorus.db?mode=rwc".into(),
+            password_env: None,
+            password_file: None,
             max_connections: 8,
             auto_migrate: true,
         }
@@ -469,8 +513,9 @@ const SECTIONS: [&str; 12] = [
     "log",
 ];
 
-/// Variables read by the command line rather than the configuration.
-const NOT_CONFIG: [&str; 1] = ["CONFIG"];
+/// Variables read by the command line rather than the configuration: `CHORUS_CONFIG`, and the
+/// REST clients' `CHORUS_URL` and `CHORUS_API_KEY` (which `chorus dev` tells a user to export).
+const NOT_CONFIG: [&str; 3] = ["CONFIG", "URL", "API_KEY"];
 
 /// Maps `NATS_URL` to `nats.url`; an unknown section is left whole so deserialization names it.
 fn env_key(key: &str) -> String {
@@ -705,6 +750,9 @@ mod tests {
                 "#,
             )?;
             jail.set_env("CHORUS_NATS_URL", "nats://env:4222");
+            // The REST clients' variables are not configuration.
+            jail.set_env("CHORUS_URL", "http://127.0.0.1:8080");
+            jail.set_env("CHORUS_API_KEY", "chorus_0123456789abcdef_x");
             jail.set_env("CHORUS_EDGE_BODY_LIMIT", "2MiB");
             jail.set_env("CHORUS_LLM_RETRY_MIN_DELAY", "50ms");
             jail.set_env("CHORUS_CONFIG", "ignored.toml");
