@@ -22,3 +22,4 @@ mod nats_security;
 mod pipeline;
 mod sdk;
 mod secrets;
+mod traces;

@@ -22,10 +22,12 @@ use chorus_bus::source::Pull;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::SupervisionConfig;
+use chorus_core::trace::TraceContext;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::supervision::Intensity;
 
@@ -121,6 +123,7 @@ impl<H: Handler> StageSupervisor<H> {
         index: usize,
     ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
         let args = WorkerArgs {
+            name: state.spec.name,
             index,
             stage: myself.clone(),
             handler: (state.spec.make_handler)(),
@@ -373,6 +376,29 @@ impl Actor for ConsumerActor {
 
 // --- workers -----------------------------------------------------------------------------------
 
+/// The span of handling one message: a child of the span that published it (its
+/// `traceparent`), with the job and trace ids every log line inside carries.
+fn message_span(stage: &'static str, delivery: &Delivery) -> tracing::Span {
+    let parent = delivery
+        .header(headers::TRACEPARENT)
+        .and_then(TraceContext::parse);
+    let span = tracing::info_span!(
+        "message",
+        otel.name = stage,
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = delivery.subject(),
+        job = delivery.header(headers::JOB),
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(parent) = &parent {
+        span.record("trace_id", parent.trace_id_hex());
+    }
+    chorus_telemetry::trace::set_parent(&span, parent.as_ref());
+    span
+}
+
 pub struct WorkerActor<H>(PhantomData<fn() -> H>);
 
 impl<H> Default for WorkerActor<H> {
@@ -382,6 +408,8 @@ impl<H> Default for WorkerActor<H> {
 }
 
 pub struct WorkerArgs<H> {
+    /// The stage's name, on each message's span.
+    name: &'static str,
     index: usize,
     stage: ActorRef<StageMsg>,
     handler: H,
@@ -423,9 +451,13 @@ impl<H: Handler> Actor for WorkerActor<H> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             WorkerMsg::Work(delivery) => {
-                if state.args.handler.handle(delivery).await == Next::FlushSoon
-                    && !state.flush_pending
-                {
+                let span = message_span(state.args.name, &delivery);
+                let handled = async {
+                    let next = state.args.handler.handle(delivery).await;
+                    tracing::debug!(?next, "message handled");
+                    next
+                };
+                if handled.instrument(span).await == Next::FlushSoon && !state.flush_pending {
                     state.flush_pending = true;
                     myself.cast(WorkerMsg::Flush)?;
                 }

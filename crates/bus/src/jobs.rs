@@ -112,6 +112,10 @@ impl JobStore {
         message_headers.insert(headers::TYPE, codec::type_header::<JobState>().as_str());
         message_headers.insert(headers::JOB, state.id.to_string().as_str());
         message_headers.insert(headers::TENANT, state.tenant.as_str());
+        // The persister's span for this version is a child of the span that wrote it.
+        if let Some(trace) = chorus_telemetry::trace::outgoing(state.trace.as_ref()) {
+            message_headers.insert(headers::TRACEPARENT, trace.to_string().as_str());
+        }
         let body = codec::encode(state).map_err(BusError::nats)?;
         let subject = self.bus.subjects.job_key(&state.tenant, state.id);
         let ack = self

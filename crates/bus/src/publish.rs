@@ -24,7 +24,8 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// An envelope under `msg_id`, joining `trace` as a new hop when given.
+    /// An envelope under `msg_id`, carrying `trace` as its `traceparent` (see
+    /// `chorus_telemetry::trace::outgoing` for the context a hop passes on).
     pub fn envelope<T: Envelope>(
         subject: String,
         msg_id: &str,
@@ -36,7 +37,7 @@ impl Outgoing {
         headers.insert(headers::TYPE, codec::type_header::<T>().as_str());
         headers.insert(headers::CONTENT_TYPE, codec::MSGPACK);
         if let Some(trace) = trace {
-            headers.insert(headers::TRACEPARENT, trace.child().to_string().as_str());
+            headers.insert(headers::TRACEPARENT, trace.to_string().as_str());
         }
         Ok(Self {
             subject,

@@ -18,7 +18,6 @@ use chorus_core::auth::Caller;
 use chorus_core::batch::{self, BatchLine, Endpoint};
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
-use chorus_core::trace::TraceContext;
 use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch};
 use chrono::Utc;
 use serde::Deserialize;
@@ -101,7 +100,6 @@ pub async fn create(
         )
         .await
         .map_err(db)?;
-    let trace = TraceContext::new_root();
     let mut messages = Vec::with_capacity(PUBLISH_CHUNK);
     for line in lines {
         let origin = line.origin(&batch.id);
@@ -118,7 +116,8 @@ pub async fn create(
             state.bus.subjects.submit(&tenant),
             &msg_id::submit(job),
             &submission,
-            Some(&trace),
+            // Each line's job is a trace of its own, begun by the orchestrator.
+            None,
         )
         .map_err(|e| ApiError::unavailable("encoding", e))?
         .for_job(job, &tenant);

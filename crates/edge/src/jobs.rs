@@ -221,12 +221,16 @@ pub async fn list(
     Ok(Json(page))
 }
 
-/// The request's W3C trace context, or a new trace.
+/// The trace a job submitted by this request joins: the request's span when spans are exported,
+/// else the request's W3C trace context, else a new trace.
 pub fn trace_of(headers: &HeaderMap) -> TraceContext {
-    headers
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
+    chorus_telemetry::trace::current()
+        .or_else(|| {
+            headers
+                .get(headers::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse)
+        })
         .unwrap_or_else(TraceContext::new_root)
 }
 

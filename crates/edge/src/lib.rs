@@ -37,7 +37,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use chorus_core::codec::headers;
+use chorus_core::trace::TraceContext;
 use chorus_telemetry::names;
+use tracing::Instrument;
 
 pub use server::HttpRole;
 pub use state::AppState;
@@ -75,13 +78,33 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Each request's span (a child of the client's `traceparent`, if it sent one), and
 /// `chorus_http_requests_total` and `chorus_http_request_duration_seconds`, labelled with the
 /// matched route (its pattern, never the path: ids would make the labels unbounded).
 async fn record(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let parent = request
+        .headers()
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    chorus_telemetry::trace::set_parent(&span, parent.as_ref());
+    if let Some(trace) = chorus_telemetry::trace::current_of(&span).or(parent) {
+        span.record("trace_id", trace.trace_id_hex());
+    }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let status = response.status().as_u16().to_string();
     metrics::counter!(names::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);

@@ -20,6 +20,7 @@ use chorus_core::ids::now_millis;
 use chorus_core::messages::Attempt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::LlmError;
 use crate::provider::{Completion, CompletionRequest, stable_hash};
@@ -133,11 +134,14 @@ impl RetryPolicy {
             let calls = &calls;
             async move {
                 admission.admit(route, &request, n).await;
+                let span = call_span(route, &request, n);
                 let (started, started_at) = (Instant::now(), now_millis());
                 let result = tokio::time::timeout(route.timeout, route.provider.complete(&request))
+                    .instrument(span.clone())
                     .await
                     .unwrap_or_else(|_| Err(LlmError::timeout(route.timeout)));
                 let latency = started.elapsed();
+                record_outcome(&span, &result);
                 admission.settled(route, &request, &result).await;
                 let record = record(route, started_at, latency, &result);
                 if let Ok(mut calls) = calls.lock() {
@@ -211,6 +215,64 @@ fn record(
         outcome,
         status,
         message,
+    }
+}
+
+/// The span of one provider call, in the OpenTelemetry GenAI conventions. The prompt goes on
+/// it only where capturing content is switched on.
+fn call_span(route: &Route, request: &CompletionRequest, attempt: u32) -> tracing::Span {
+    let provider = route.provider.name();
+    let span = tracing::info_span!(
+        "gen_ai",
+        otel.name = format!("chat {}", route.model),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.system = provider,
+        gen_ai.request.model = %route.model,
+        gen_ai.request.temperature = request.params.temperature,
+        gen_ai.request.top_p = request.params.top_p,
+        gen_ai.request.max_tokens = request.params.max_tokens,
+        gen_ai.request.seed = request.params.seed,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.input.messages = tracing::field::Empty,
+        gen_ai.output.messages = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        chorus.route = %route.name,
+        chorus.attempt = attempt,
+    );
+    if chorus_telemetry::trace::capture_content() {
+        let messages = serde_json::to_string(&request.messages).unwrap_or_default();
+        span.record("gen_ai.input.messages", messages);
+    }
+    span
+}
+
+/// The call's outcome on its span: usage and finish reason, or the error's kind.
+fn record_outcome(span: &tracing::Span, result: &Result<Completion, LlmError>) {
+    match result {
+        Ok(completion) => {
+            span.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
+            span.record(
+                "gen_ai.usage.output_tokens",
+                completion.usage.completion_tokens,
+            );
+            if let Some(reason) = &completion.finish_reason {
+                span.record("gen_ai.response.finish_reasons", format!("[\"{reason}\"]"));
+            }
+            if chorus_telemetry::trace::capture_content() {
+                let output = serde_json::json!([{"role": "assistant", "content": completion.text}]);
+                span.record("gen_ai.output.messages", output.to_string());
+            }
+        }
+        Err(error) => {
+            span.record("error.type", error.kind.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

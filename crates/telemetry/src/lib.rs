@@ -1,6 +1,7 @@
-//! Logging and metrics.
+//! Logging, metrics and traces.
 //!
 //! - Logs: `tracing` events to stderr as text or JSON lines, filtered by `log.level` or `RUST_LOG`.
+//! - Traces: [`trace`], OpenTelemetry over OTLP when the standard variables ask for it.
 //! - Metrics: the `metrics` facade, recorded by every role and rendered in Prometheus's text
 //!   format by [`metrics_handle`] (served on `/metrics` of the edge, or of the probe port of a
 //!   process without one). Every series is named `chorus_*`, described with its unit here,
@@ -12,19 +13,28 @@ use chorus_core::config::{LogConfig, LogFormat};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
+pub mod trace;
+
+/// Installs the global subscriber: logs, and spans exported over OTLP when [`trace`] set up an
+/// exporter. A second call (tests) is a no-op. JSON logs carry the fields of the spans they are
+/// in, among them `job` and `trace_id`.
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match config.format {
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+        LogFormat::Text => logs.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(trace::layer())
+        .with(logs.with_filter(filter))
+        .try_init();
 }
 
 /// The process's metrics recorder, installed on first use; `None` if another recorder was

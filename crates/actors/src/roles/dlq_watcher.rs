@@ -136,6 +136,7 @@ impl DlqWatcher {
             .subjects
             .event(&call.tenant, call.job_id, EventKind::Step);
         let id = msg_id::step_result(call.job_id, call.step, letter.replays);
+        let trace = chorus_telemetry::trace::outgoing(trace.as_ref());
         let message = Outgoing::envelope(subject, &id, &result, trace.as_ref())
             .map_err(|e| e.to_string())?
             .for_job(call.job_id, &call.tenant);

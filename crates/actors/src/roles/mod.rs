@@ -54,6 +54,7 @@ async fn publish_event<T: Envelope>(
         .header(headers::TRACEPARENT)
         .and_then(TraceContext::parse);
     let subject = bus.subjects.event(tenant, job, kind);
+    let trace = chorus_telemetry::trace::outgoing(trace.as_ref());
     let message = Outgoing::envelope(subject, msg_id, value, trace.as_ref())
         .map_err(BusError::nats)?
         .for_job(job, tenant);

@@ -135,9 +135,11 @@ impl Orchestrator {
         let undecodable = |e: codec::CodecError| Rejected::Undecodable(e.to_string());
         if let Some(tenant) = subjects.tenant_of_submit(delivery.subject()) {
             let now = now_millis();
+            // The job's trace: the submitter's, else the one this span began.
             let trace = delivery
                 .header(headers::TRACEPARENT)
                 .and_then(TraceContext::parse)
+                .or_else(chorus_telemetry::trace::current)
                 .or_else(|| Some(TraceContext::new_root()));
             let (job, spec, state_created, origin, stream) = match kind {
                 Some(_) => {
@@ -275,7 +277,8 @@ impl Orchestrator {
             return Ok(());
         }
         let subjects = &self.shared.bus.subjects;
-        let trace = state.trace.as_ref();
+        let trace = chorus_telemetry::trace::outgoing(state.trace.as_ref());
+        let trace = trace.as_ref();
         let mut messages = Vec::with_capacity(effects.len());
         let nats = BusError::nats;
         for effect in effects {
