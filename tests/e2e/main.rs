@@ -19,6 +19,7 @@ mod jobs;
 mod llm;
 mod metrics;
 mod nats_security;
+mod openapi;
 mod pipeline;
 mod sdk;
 mod secrets;

@@ -107,7 +107,7 @@ pub struct Entry {
 }
 
 /// An entry as listed: everything but the original headers and body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     /// The entry's sequence in the DLQ stream (what `show`, `replay` and `purge` take).
     pub seq: u64,
@@ -129,7 +129,7 @@ pub struct Summary {
 }
 
 /// An entry in full: its summary, then the original headers and body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Detail {
     #[serde(flatten)]
     pub summary: Summary,
@@ -137,14 +137,14 @@ pub struct Detail {
     pub body: Body,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Header {
     pub name: String,
     pub value: String,
 }
 
 /// The original body: as text when it is UTF-8, otherwise base64.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Body {
     /// `utf-8` or `base64`.
     pub encoding: String,
@@ -224,14 +224,14 @@ pub struct ReplayOptions {
 }
 
 /// An entry that was not replayed or purged, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Skipped {
     #[serde(flatten)]
     pub entry: Summary,
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     pub dry_run: bool,
     /// Entries the filter selected.
@@ -246,7 +246,7 @@ pub struct ReplayReport {
     pub not_attempted: usize,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeReport {
     pub dry_run: bool,
     pub matched: usize,

@@ -30,7 +30,7 @@ impl Assertion {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Check {
     /// The whole answer equals `value` (a string compares as text after trimming; any other JSON
@@ -115,7 +115,7 @@ fn default_judge_threshold() -> f64 {
     0.5
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SimilarityMethod {
     /// 1 − edit distance ÷ the longer length, over characters.
@@ -171,6 +171,56 @@ impl Check {
 }
 
 const SHARED: [&str; 3] = ["weight", "metric", "not"];
+
+/// One object: a [`Check`] (its `type` and fields) and the fields every type shares.
+impl utoipa::PartialSchema for Assertion {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
+        use utoipa::openapi::{Ref, RefOr};
+        let shared = ObjectBuilder::new()
+            .property(
+                "weight",
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .description(Some("Share of the weighted score; default 1.")),
+            )
+            .property(
+                "metric",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "The name batch reports aggregate this assertion under.",
+                    )),
+            )
+            .property(
+                "not",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some("Inverts the outcome; a graded score s becomes 1 - s.")),
+            );
+        RefOr::T(
+            AllOfBuilder::new()
+                .item(Ref::from_schema_name("Check"))
+                .item(shared)
+                .description(Some(
+                    "An assertion: a check (`type` and its fields) with a weight, a metric name and `not`.",
+                ))
+                .into(),
+        )
+    }
+}
+
+impl utoipa::ToSchema for Assertion {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push(("Check".into(), <Check as utoipa::PartialSchema>::schema()));
+        <Check as utoipa::ToSchema>::schemas(schemas);
+    }
+}
 
 impl<'de> Deserialize<'de> for Assertion {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -88,7 +88,7 @@ impl BatchLine {
 }
 
 /// What kind of problem a [`LineError`] is; the codes of OpenAI's batch errors where one fits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LineErrorCode {
     /// Not UTF-8, not JSON, not an object, or a field of the wrong type or unknown.
@@ -106,7 +106,9 @@ pub enum LineErrorCode {
 }
 
 /// One problem with an input file: `line 7: body.messages[0].role: unknown role "robot"`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
+)]
 pub struct LineError {
     /// From 1; `None` for the file as a whole.
     pub line: Option<u64>,

@@ -132,7 +132,7 @@ pub struct StepError {
 }
 
 /// One provider call made for a step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub route: String,
     pub started_at: UnixMillis,

@@ -24,7 +24,9 @@ impl EventKind {
 }
 
 /// Pipeline stages, as named in DLQ subjects and in dead-letter entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Orchestrator,

@@ -16,28 +16,36 @@ use chorus_bus::dlq::{self, DeadLetters, DlqError, Filter, ReplayOptions};
 use chorus_core::auth::Caller;
 use chorus_store::AuditAction;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::openapi::{DeadLetterList, ErrorBody, PurgeAnswer, ReplayAnswer};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// orchestrator, llm, evaluator or persister.
     stage: Option<String>,
+    /// The route of the failed call.
     route: Option<String>,
+    /// The error kind (`max_deliveries`, `server_error`, …).
     kind: Option<String>,
+    /// Failed at or after: RFC 3339, or a duration ago (`2h`).
     since: Option<String>,
+    /// Failed at or before: RFC 3339, or a duration ago.
     until: Option<String>,
+    /// 1-1000, default 100.
     limit: Option<usize>,
 }
 
 /// The body of `POST /v1/admin/dlq/replay` and `…/purge`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
     stage: Option<String>,
@@ -109,10 +117,21 @@ fn actor(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> S
 }
 
 /// `GET /v1/admin/dlq`: entries oldest first, `limit` 1–1000 (default 100).
+#[utoipa::path(
+    get, path = "/v1/admin/dlq", operation_id = "listDeadLetters", tag = "admin", params(ListParams),
+    responses(
+        (status = 200, description = "Dead letters, oldest first", body = DeadLetterList),
+        (status = 422, description = "A bad filter or limit", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(invalid(
@@ -132,14 +151,27 @@ pub async fn list(
         .list(&filter, limit)
         .await
         .map_err(dlq_error)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": listing.entries,
-        "has_more": listing.more,
-    })))
+    Ok(Json(DeadLetterList {
+        object: "list".into(),
+        data: listing.entries,
+        has_more: listing.more,
+    }))
 }
 
 /// `GET /v1/admin/dlq/{seq}`: one entry with the original headers and body.
+#[utoipa::path(
+    get, path = "/v1/admin/dlq/{seq}", operation_id = "getDeadLetter", tag = "admin",
+    params(("seq" = u64, Path, description = "The entry's sequence in the DLQ stream")),
+    responses(
+        (status = 200, description = "The dead letter with the original headers and body", body = dlq::Detail),
+        (status = 400, description = "Not a sequence number", body = ErrorBody),
+        (status = 404, description = "No dead letter there", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
@@ -213,13 +245,25 @@ async fn audit(
     }
 }
 
-/// `POST /v1/admin/dlq/replay`.
+/// `POST /v1/admin/dlq/replay`: republishes the selected entries, paced and within the replay
+/// cap, and writes the audit log.
+#[utoipa::path(
+    post, path = "/v1/admin/dlq/replay", operation_id = "replayDeadLetters", tag = "admin", request_body = Selection,
+    responses(
+        (status = 200, description = "What was replayed, refused, failed or not attempted", body = ReplayAnswer),
+        (status = 422, description = "A bad selection or rate", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(selection): JsonBody<Selection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayAnswer>, ApiError> {
     let filter = selection.filter()?;
     let options = ReplayOptions {
         max_replays: state.dlq.max_replays,
@@ -239,26 +283,37 @@ pub async fn replay(
             .replay(&filter, options, std::future::pending())
             .await
             .map_err(dlq_error)?;
-        let mut body = serde_json::to_value(&report).unwrap_or_default();
-        if !options.dry_run {
-            let detail = report.audit_detail(&filter, options);
-            body["audit_id"] = audit(&state, &actor, AuditAction::DlqReplay, detail)
-                .await?
-                .into();
-        }
-        Ok(Json(body))
+        let audit_id = match options.dry_run {
+            true => None,
+            false => {
+                let detail = report.audit_detail(&filter, options);
+                Some(audit(&state, &actor, AuditAction::DlqReplay, detail).await?)
+            }
+        };
+        Ok(Json(ReplayAnswer { report, audit_id }))
     });
     task.await
         .map_err(|e| ApiError::unavailable("the replay", e))?
 }
 
-/// `POST /v1/admin/dlq/purge`.
+/// `POST /v1/admin/dlq/purge`: deletes the selected entries and writes the audit log.
+#[utoipa::path(
+    post, path = "/v1/admin/dlq/purge", operation_id = "purgeDeadLetters", tag = "admin", request_body = Selection,
+    responses(
+        (status = 200, description = "What was deleted or failed", body = PurgeAnswer),
+        (status = 422, description = "A bad selection", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(selection): JsonBody<Selection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PurgeAnswer>, ApiError> {
     if selection.rate.is_some() {
         return Err(invalid("rate", "only replays are paced"));
     }
@@ -271,14 +326,14 @@ pub async fn purge(
             .purge(&filter, dry_run)
             .await
             .map_err(dlq_error)?;
-        let mut body = serde_json::to_value(&report).unwrap_or_default();
-        if !dry_run {
-            let detail = report.audit_detail(&filter);
-            body["audit_id"] = audit(&state, &actor, AuditAction::DlqPurge, detail)
-                .await?
-                .into();
-        }
-        Ok(Json(body))
+        let audit_id = match dry_run {
+            true => None,
+            false => {
+                let detail = report.audit_detail(&filter);
+                Some(audit(&state, &actor, AuditAction::DlqPurge, detail).await?)
+            }
+        };
+        Ok(Json(PurgeAnswer { report, audit_id }))
     });
     task.await
         .map_err(|e| ApiError::unavailable("the purge", e))?

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
 /// The only completion window, as in OpenAI's API.
@@ -33,16 +34,32 @@ const COMPLETION_WINDOW_LENGTH: chrono::TimeDelta = chrono::TimeDelta::hours(24)
 /// Submissions published per round of acks.
 const PUBLISH_CHUNK: usize = 2048;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBatch {
+    /// A file uploaded with purpose `batch`.
     input_file_id: String,
+    /// `/v1/chat/completions` or `/v1/jobs`: every line's `url`.
     endpoint: String,
+    /// `24h`.
     completion_window: String,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
 }
 
+/// Create a batch over an uploaded file: one job per line, answered once JetStream holds them.
+#[utoipa::path(
+    post, path = "/v1/batches", operation_id = "createBatch", tag = "batches", request_body = CreateBatch,
+    responses(
+        (status = 200, description = "The batch", body = BatchObject),
+        (status = 400, description = "A bad endpoint or window, or the file no longer passes its checks", body = ErrorBody),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -184,6 +201,18 @@ fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiErr
     })
 }
 
+#[utoipa::path(
+    get, path = "/v1/batches/{id}", operation_id = "retrieveBatch", tag = "batches",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The batch", body = BatchObject),
+        (status = 404, description = "No such batch for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -198,13 +227,29 @@ pub async fn get(
         .ok_or_else(|| not_found(&id))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1-100, default 20.
     limit: Option<u64>,
+    /// The last batch id of the page before.
     after: Option<String>,
 }
 
+/// The tenant's batches, newest first.
+#[utoipa::path(
+    get, path = "/v1/batches", operation_id = "listBatches", tag = "batches", params(ListParams),
+    responses(
+        (status = 200, description = "The batches, newest first", body = BatchList),
+        (status = 400, description = "`after` names no batch of this tenant", body = ErrorBody),
+        (status = 422, description = "A bad limit", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -226,6 +271,19 @@ pub async fn list(
 }
 
 /// `POST /v1/batches/{id}/cancel`: the batch is `cancelling` until every line's job is final.
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/cancel", operation_id = "cancelBatch", tag = "batches",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses(
+        (status = 200, description = "Cancelling, or cancelled", body = BatchObject),
+        (status = 404, description = "No such batch for this tenant", body = ErrorBody),
+        (status = 409, description = "The batch already finished", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -268,6 +326,18 @@ pub async fn cancel(
 }
 
 /// `GET /v1/batches/{id}/report`: pass rate and mean score per metric, model and persona.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/report", operation_id = "getBatchReport", tag = "batches",
+    params(("id" = String, Path, description = "The batch's id")),
+    responses(
+        (status = 200, description = "Pass rate and mean score per metric, model and persona", body = BatchReport),
+        (status = 404, description = "No such batch for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn report(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

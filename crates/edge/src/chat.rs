@@ -43,6 +43,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::jobs::{submit, trace_of};
+use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
 use crate::state::AppState;
 
 /// How often a wait checks the database besides listening for the commit notification (which
@@ -53,7 +54,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The sim kinds `GET /v1/models` lists beside the configured routes (any `sim:` model works).
 const SIM_MODELS: [&str; 3] = ["sim:echo", "sim:json", "sim:lorem"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Model {
     pub id: String,
     pub object: &'static str,
@@ -61,13 +62,20 @@ pub struct Model {
     pub owned_by: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<Model>,
 }
 
 /// `GET /v1/models`: the configured routes, then the simulator's kinds.
+#[utoipa::path(
+    get, path = "/v1/models", operation_id = "listModels", tag = "chat",
+    responses((status = 200, description = "The routes", body = ModelList), (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody))
+)]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let data = state
         .routes
@@ -82,6 +90,18 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
 }
 
 /// `GET /v1/models/{model}`: one route.
+#[utoipa::path(
+    get, path = "/v1/models/{model}", operation_id = "retrieveModel", tag = "chat",
+    params(("model" = String, Path, description = "A route name; `sim:` names may contain `/`")),
+    responses(
+        (status = 200, description = "The route", body = Model),
+        (status = 404, description = "No such route", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn model_by_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -101,7 +121,25 @@ fn model(state: &AppState, name: &str) -> Option<Model> {
     })
 }
 
-/// `POST /v1/chat/completions`.
+/// `POST /v1/chat/completions`: a one-call job, answered once it is stored.
+#[utoipa::path(
+    post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "chat", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The answer; with `stream: true`, `text/event-stream` of ChatCompletionChunk events, then `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (ChatCompletionChunk = "text/event-stream"),
+        )),
+        (status = 400, description = "The provider refused the request, or malformed JSON", body = ErrorBody),
+        (status = 404, description = "The provider has no such model", body = ErrorBody),
+        (status = 422, description = "Does not fit: the field and the problem", body = ErrorBody),
+        (status = 502, description = "The provider failed", body = ErrorBody),
+        (status = 504, description = "No answer within edge.max_wait, or past a deadline", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

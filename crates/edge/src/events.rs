@@ -36,6 +36,7 @@ use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -43,6 +44,20 @@ const POLL: Duration = Duration::from_secs(1);
 
 type Watch = Pin<Box<dyn Stream<Item = Result<(JobState, u64), BusError>> + Send>>;
 
+/// The job's lifecycle as Server-Sent Events: `status` events (a `StatusEvent` each), then one
+/// `done` event with the stored job (a `JobRecord`), and the stream ends.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", operation_id = "streamJobEvents", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "`event: status` with a StatusEvent, then `event: done` with the JobRecord", body = StatusEvent, content_type = "text/event-stream"),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -242,8 +257,8 @@ fn json_event(name: &str, data: &impl Serialize) -> Option<Event> {
 }
 
 /// The data of a `status` event.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-struct StatusEvent {
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StatusEvent {
     id: JobId,
     status: JobStatus,
     version: u64,
@@ -251,8 +266,8 @@ struct StatusEvent {
     updated_at: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-struct StepSummary {
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StepSummary {
     index: u32,
     kind: StepKind,
     persona: Option<String>,

@@ -19,12 +19,28 @@ use chorus_core::batch;
 use chorus_store::{FileObject, NewFile};
 
 use crate::error::ApiError;
+use crate::openapi::{ErrorBody, FileUpload};
 use crate::state::AppState;
 
 /// Suffixes of the virtual files of a batch's results.
 const OUTPUT: &str = "-output";
 const ERRORS: &str = "-errors";
 
+/// Upload a batch input file. Every line is checked before it is stored; a file with bad lines
+/// is refused whole, each bad line listed by number.
+#[utoipa::path(
+    post, path = "/v1/files", operation_id = "createFile", tag = "files",
+    request_body(content = FileUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The file object", body = FileObject),
+        (status = 400, description = "A bad purpose, a missing part, or bad lines (in `error.lines`)", body = ErrorBody),
+        (status = 413, description = "Larger than edge.file_limit", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -88,6 +104,20 @@ pub async fn upload(
     Ok(Json(file))
 }
 
+/// A file object: an upload, or a batch's output (`<batch>-output`) or error file
+/// (`<batch>-errors`).
+#[utoipa::path(
+    get, path = "/v1/files/{id}", operation_id = "retrieveFile", tag = "files",
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file object", body = FileObject),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -118,6 +148,19 @@ pub async fn get(
         .ok_or_else(|| not_found(&id))
 }
 
+/// A file's content: JSONL.
+#[utoipa::path(
+    get, path = "/v1/files/{id}/content", operation_id = "downloadFile", tag = "files",
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "One JSON object per line", body = String, content_type = "application/jsonl"),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn content(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

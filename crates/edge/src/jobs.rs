@@ -27,21 +27,40 @@ use chorus_core::trace::TraceContext;
 use chorus_store::{JobRecord, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::openapi::{Accepted, ErrorBody};
 use crate::state::AppState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CreateParams {
     /// Seconds to wait for the job to finish before answering.
     wait: Option<f64>,
 }
 
+/// Create a job. Accepted (`202`) once JetStream has stored it; with `wait`, answered with the
+/// stored job (`200`) if it finishes in time.
+#[utoipa::path(
+    post, path = "/v1/jobs", operation_id = "createJob", tag = "jobs",
+    params(CreateParams, ("Idempotency-Key" = Option<String>, Header, description = "A retried create with the same key returns the same job (1-255 characters)")),
+    request_body = JobSpec,
+    responses(
+        (status = 202, description = "Queued", body = Accepted, headers(("Location" = String, description = "/v1/jobs/{id}"))),
+        (status = 200, description = "Finished within `wait`", body = JobRecord),
+        (status = 413, description = "Larger than edge.body_limit", body = ErrorBody),
+        (status = 422, description = "Does not fit the spec: the field and the problem", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or a wrong content type", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -130,7 +149,11 @@ pub async fn create(
     } else {
         current_status(&state, &tenant, job).await?
     };
-    let body = json!({"id": job, "status": status, "created_at": chrono_rfc3339(now)});
+    let body = Accepted {
+        id: job,
+        status,
+        created_at: chrono_rfc3339(now),
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/jobs/{job}"))],
@@ -139,6 +162,19 @@ pub async fn create(
         .into_response())
 }
 
+/// A job: its state, every step, its evaluation. Live progress until its final state is stored.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", operation_id = "getJob", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobRecord),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -183,14 +219,31 @@ async fn read(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only jobs of this status.
     status: Option<String>,
+    /// 1-100, default 20.
     limit: Option<u64>,
+    /// `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
+/// The tenant's jobs from the database, newest first.
+#[utoipa::path(
+    get, path = "/v1/jobs", operation_id = "listJobs", tag = "jobs", params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = chorus_store::JobPage),
+        (status = 400, description = "A cursor Chorus did not issue", body = ErrorBody),
+        (status = 422, description = "A bad status or limit", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -292,6 +345,19 @@ pub fn deadline_passed(spec: &JobSpec, now: i64) -> Option<FieldError> {
 /// cancel is in the cancels bucket every dispatcher checks, and the job's state is `cancelled`
 /// (calls already sent finish, and their results are not applied). Answers the job; `409` when
 /// it had already finished otherwise.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", operation_id = "cancelJob", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled (or already)", body = JobRecord),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 409, description = "The job already finished otherwise", body = ErrorBody),
+        (status = 401, description = "No live API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
+        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

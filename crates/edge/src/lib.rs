@@ -12,6 +12,7 @@
 //! - [`auth`]: API keys, scopes and per-key request rates on every `/v1` route.
 //! - [`extract`]: the JSON body extractor (size limit, field-level errors).
 //! - [`error`]: errors in OpenAI's error shape.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
 //! - [`server`]: an HTTP server (the edge, or a worker's probes) as a supervised role.
 //!
 //! Nothing invalid reaches a queue: a request is validated completely (types, fields, routes,
@@ -26,6 +27,7 @@ pub mod events;
 pub mod extract;
 pub mod files;
 pub mod jobs;
+pub mod openapi;
 pub mod probes;
 pub mod server;
 pub mod state;
@@ -36,39 +38,54 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use chorus_core::codec::headers;
 use chorus_core::trace::TraceContext;
 use chorus_telemetry::names;
 use tracing::Instrument;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 pub use server::HttpRole;
 pub use state::AppState;
 
+/// Every route, each registered with its OpenAPI description (the `routes!` macro reads the path
+/// and method from the handler's `#[utoipa::path]`). Only `routes!` may add routes here, so
+/// nothing is served undescribed (a test checks this function's source).
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(chat::completions))
+        .routes(routes!(chat::models))
+        .routes(routes!(chat::model_by_id))
+        .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(events::events))
+        .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::get))
+        .routes(routes!(files::content))
+        .routes(routes!(batches::create, batches::list))
+        .routes(routes!(batches::get))
+        .routes(routes!(batches::cancel))
+        .routes(routes!(batches::report))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::purge))
+        .routes(routes!(admin::show))
+        .routes(routes!(probes::health))
+        .routes(routes!(probes::ready))
+        .routes(routes!(probes::metrics))
+        .routes(routes!(openapi::document))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
-        .route("/v1/models", get(chat::models))
-        .route("/v1/models/{*model}", get(chat::model_by_id))
-        .route("/v1/jobs", post(jobs::create).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/events", get(events::events))
-        .route(
-            "/v1/files",
-            post(files::upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/files/{id}", get(files::get))
-        .route("/v1/files/{id}/content", get(files::content))
-        .route("/v1/batches", post(batches::create).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::get))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/batches/{id}/report", get(batches::report))
-        .route("/v1/admin/dlq", get(admin::list))
-        .route("/v1/admin/dlq/replay", post(admin::replay))
-        .route("/v1/admin/dlq/purge", post(admin::purge))
-        .route("/v1/admin/dlq/{seq}", get(admin::show))
-        .merge(probes::probe_routes())
+    let (routes, _) = api_router().split_for_parts();
+    routes
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use crate::openapi::{Health, Readiness};
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -17,7 +18,6 @@ use chorus_bus::Bus;
 use chorus_store::Store;
 use chorus_telemetry::names;
 use futures::StreamExt;
-use serde_json::{Value, json};
 
 /// What the probes look at.
 #[derive(Clone, Debug)]
@@ -46,11 +46,23 @@ pub fn probe_router(state: ProbeState) -> Router {
         .with_state(state)
 }
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// The process is alive.
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "probes", security(()), responses((status = 200, description = "Alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
-pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Value>) {
+/// The process can do its work: NATS connected, streams present, its database answering.
+#[utoipa::path(
+    get, path = "/ready", operation_id = "ready", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A check failed: it says which and why", body = Readiness),
+    )
+)]
+pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Readiness>) {
     let nats = match state.bus.client.connection_state() {
         async_nats::connection::State::Connected => Ok(()),
         other => Err(format!("{other:?}")),
@@ -67,28 +79,30 @@ pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Value>)
         checks.push(("database", store.ping().await.map_err(|e| e.to_string())));
     }
     let ready = checks.iter().all(|(_, r)| r.is_ok());
-    let body: serde_json::Map<String, Value> = checks
+    let checks = checks
         .into_iter()
-        .map(|(name, result)| {
-            let value = match result {
-                Ok(()) => json!("ok"),
-                Err(e) => json!(e),
-            };
-            (name.to_owned(), value)
-        })
+        .map(|(name, result)| (name.to_owned(), result.err().unwrap_or_else(|| "ok".into())))
         .collect();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let status_text = if ready { "ready" } else { "unavailable" };
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "unavailable" }, "checks": body})),
+        Json(Readiness {
+            status: status_text.into(),
+            checks,
+        }),
     )
 }
 
 /// The process's metrics, with the NATS gauges read now.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "probes", security(()),
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn metrics(State(state): State<ProbeState>) -> (StatusCode, String) {
     let Some(handle) = chorus_telemetry::metrics_handle() else {
         return (

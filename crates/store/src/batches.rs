@@ -34,7 +34,7 @@ use crate::{Store, StoreError};
 pub const MAX_BATCH_PAGE: u64 = 100;
 
 /// OpenAI's batch statuses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchStatus {
     Validating,
@@ -130,7 +130,7 @@ pub struct NewBatch {
 }
 
 /// A batch as OpenAI's API shows it (timestamps in Unix seconds, null where unset).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BatchObject {
     pub id: String,
     pub object: &'static str,
@@ -158,7 +158,7 @@ pub struct BatchObject {
 
 /// How far a batch got: `completed` lines are in its output file, `failed` ones in its error
 /// file; `pending` (not part of the JSON) are not finished yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RequestCounts {
     pub total: u64,
     pub completed: u64,
@@ -169,7 +169,7 @@ pub struct RequestCounts {
 
 /// A page of batches, newest first, in OpenAI's list shape; pass `last_id` as `after` for the
 /// next page.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BatchList {
     pub object: &'static str,
     pub data: Vec<BatchObject>,

@@ -28,7 +28,7 @@ pub struct NewFile {
 
 /// A file as OpenAI's API shows it: `{"id", "object": "file", "bytes", "created_at",
 /// "filename", "purpose"}` (`created_at` in Unix seconds).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FileObject {
     pub id: String,
     pub object: &'static str,

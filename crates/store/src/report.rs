@@ -19,7 +19,7 @@ use crate::entity::{batches, evaluations, jobs, steps};
 use crate::{Store, StoreError};
 
 /// A batch's evaluation report; every list is sorted by name.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BatchReport {
     pub batch: String,
     pub overall: OverallStats,
@@ -32,7 +32,7 @@ pub struct BatchReport {
 }
 
 /// Over the batch's jobs: how many were evaluated, and how they did.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct OverallStats {
     pub jobs: u64,
     pub evaluated: u64,
@@ -43,7 +43,7 @@ pub struct OverallStats {
     pub mean_score: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MetricStats {
     pub name: String,
     pub assertions: u64,
@@ -54,7 +54,7 @@ pub struct MetricStats {
     pub mean_score: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TargetStats {
     pub name: String,
     /// Evaluated answers.

@@ -163,7 +163,7 @@ struct ErrorBody<'a> {
 }
 
 /// OpenAI's `chat.completion` object.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-<job id without hyphens>`.
     pub id: String,
@@ -176,14 +176,14 @@ pub struct ChatCompletion {
     pub usage: UsageRecord,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Choice {
     pub index: u32,
     pub message: Message,
     pub finish_reason: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub role: &'static str,
     /// `null` for an answer made only of tool calls.

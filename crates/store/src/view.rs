@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A job as listed: everything but its spec, steps and per-assertion results.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: JobId,
     pub tenant: Tenant,
@@ -35,10 +35,11 @@ pub struct JobSummary {
 }
 
 /// A job in full: its summary's fields, then the spec, the steps and the evaluation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     #[serde(flatten)]
     pub summary: JobSummary,
+    #[schema(value_type = chorus_core::spec::JobSpec)]
     pub spec: Value,
     /// Ordered by index.
     pub steps: Vec<StepRecord>,
@@ -46,13 +47,13 @@ pub struct JobRecord {
 }
 
 /// One page of [`JobSummary`]s, newest first; pass `next_cursor` back for the next page.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub data: Vec<JobSummary>,
     pub next_cursor: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -70,20 +71,20 @@ impl UsageRecord {
 }
 
 /// Why a job failed: the first failed step's error.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorRecord {
     pub kind: String,
     pub message: String,
     pub step: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepErrorRecord {
     pub kind: String,
     pub message: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepRecord {
     pub index: u32,
     pub kind: StepKind,
@@ -109,7 +110,7 @@ pub struct StepRecord {
     pub replays: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EvaluationRecord {
     /// Mean of the target scores.
     pub score: f64,
@@ -119,7 +120,7 @@ pub struct EvaluationRecord {
 }
 
 /// The evaluation of one step's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetRecord {
     pub step: u32,
     pub score: f64,
@@ -130,7 +131,7 @@ pub struct TargetRecord {
     pub assertions: Vec<AssertionRecord>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssertionRecord {
     pub index: u32,
     #[serde(rename = "type")]
