@@ -76,6 +76,25 @@ pub mod names {
     pub const STAGE_IN_FLIGHT: &str = "chorus_stage_in_flight";
     pub const CONSUMER_PENDING: &str = "chorus_consumer_pending";
     pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
+
+    /// Every series Chorus exports.
+    pub const ALL: [&str; 15] = [
+        LLM_CALLS,
+        LLM_CALL_SECONDS,
+        LLM_TOKENS,
+        LLM_COST,
+        LLM_RETRIES,
+        LLM_FALLBACKS,
+        LLM_LIMITER_WAIT,
+        DLQ_MESSAGES,
+        HTTP_REQUESTS,
+        HTTP_REQUEST_SECONDS,
+        STAGE_MESSAGES,
+        STAGE_MESSAGE_SECONDS,
+        STAGE_IN_FLIGHT,
+        CONSUMER_PENDING,
+        CONSUMER_ACK_PENDING,
+    ];
 }
 
 fn describe() {
@@ -151,4 +170,23 @@ fn describe() {
         Unit::Count,
         "Messages a durable consumer delivered and awaits acks for, by stream and consumer; read at each scrape."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn the_readme_documents_every_series_and_no_other() {
+        let readme = include_str!("../../../README.md");
+        let mut documented: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `chorus_"))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        documented.sort_unstable();
+        let mut exported = names::ALL.to_vec();
+        exported.sort_unstable();
+        assert_eq!(documented, exported);
+    }
 }
