@@ -81,6 +81,8 @@ pub async fn apply_definitions(config: &Config, bus: &Bus) -> anyhow::Result<Vec
     Ok(Definitions::configured(&config.nats)?.apply(bus).await?)
 }
 
+/// Opens the database and migrates it; with `migrate` false, checks instead that every migration
+/// of this version is applied, so a role never runs against a schema it does not know.
 pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> anyhow::Result<Store> {
     let url = config.connect_url().map_err(anyhow::Error::msg)?;
     let store = Store::connect(url.expose_secret(), config.max_connections)
@@ -91,6 +93,20 @@ pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> anyhow::Resul
             .migrate()
             .await
             .context("cannot migrate the database")?;
+    } else {
+        let pending = store
+            .pending_migrations()
+            .await
+            .context("cannot read the database's migrations")?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "the database {} lacks {} migration(s) of this version ({}): run `chorus migrate` \
+                 first, or set database.auto_migrate = true",
+                config.redacted_url(),
+                pending.len(),
+                pending.join(", ")
+            );
+        }
     }
     Ok(store)
 }

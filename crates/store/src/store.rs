@@ -3,17 +3,19 @@
 //! SQLite is opened in WAL mode with `synchronous=NORMAL` (durable across process crashes, may
 //! lose the last commits on power loss, as WAL intends) and a busy timeout, so the persister and
 //! the edge can share one file. Migrations take a lock first — a Postgres advisory lock, SQLite's
-//! write lock — so pods starting together apply them exactly once.
+//! write lock — so pods starting together apply them exactly once. A process that does not
+//! migrate checks that none is pending ([`Store::pending_migrations`]).
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    EntityTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
-use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::{MigratorTrait, SchemaManager, seaql_migrations};
 
 use crate::StoreError;
 use crate::migration::Migrator;
@@ -70,6 +72,28 @@ impl Store {
         Migrator::up(&txn, None).await?;
         txn.commit().await?;
         Ok(())
+    }
+
+    /// The migrations of this version the database has not had, by name. Migrations the
+    /// database has and this version lacks are a newer release's; they are not an error, since
+    /// every migration only adds (an older version runs against a newer schema, which is what
+    /// makes a rollback safe).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        let table = Migrator::migration_table_name().to_string();
+        let applied: HashSet<String> = match SchemaManager::new(&self.db).has_table(&table).await? {
+            true => seaql_migrations::Entity::find()
+                .all(&self.db)
+                .await?
+                .into_iter()
+                .map(|m| m.version)
+                .collect(),
+            false => HashSet::new(),
+        };
+        Ok(Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .filter(|name| !applied.contains(name))
+            .collect())
     }
 
     /// Checks that the database answers (readiness).

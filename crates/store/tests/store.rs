@@ -45,6 +45,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     migrations_are_idempotent,
     concurrent_migrations_apply_once,
+    pending_migrations_are_this_versions_unapplied_ones,
     roundtable_rows_converge_in_any_order_and_replay,
     get_job_returns_the_complete_record,
     list_jobs_pages_newest_first_with_a_status_filter,
@@ -258,6 +259,34 @@ async fn migrations_are_idempotent(backend: Backend) {
             .await
             .unwrap(),
         0
+    );
+}
+
+/// A fresh database lacks every migration; a migrated one none, even when a newer release has
+/// applied migrations this version does not know (a rollback runs against a newer schema).
+async fn pending_migrations_are_this_versions_unapplied_ones(backend: Backend) {
+    let Some(db) = TestDatabase::new(backend) else {
+        return;
+    };
+    let store = Store::connect(db.url(), 2).await.unwrap();
+    let pending = store.pending_migrations().await.unwrap();
+    assert!(pending.len() >= 5, "{pending:?}");
+    assert_eq!(pending[0], "m0001_initial");
+    store.migrate().await.unwrap();
+    assert_eq!(
+        store.pending_migrations().await.unwrap(),
+        Vec::<String>::new()
+    );
+    store
+        .connection()
+        .execute_unprepared(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m9999_from_a_newer_release', 0)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pending_migrations().await.unwrap(),
+        Vec::<String>::new()
     );
 }
 
