@@ -158,6 +158,7 @@ pub struct Runtime {
     root: ActorRef<RootMsg>,
     join: JoinHandle<()>,
     failure: Arc<Mutex<Option<String>>>,
+    finally: Option<BoxFuture<'static, ()>>,
 }
 
 impl Runtime {
@@ -175,7 +176,16 @@ impl Runtime {
             root,
             join,
             failure,
+            finally: None,
         })
+    }
+
+    /// Runs `last` once every role has stopped, before [`Runtime::run_until`] returns: where a
+    /// process flushes its NATS connection, so the acks and NAKs of the drain reach the server
+    /// before it exits.
+    pub fn finally(mut self, last: BoxFuture<'static, ()>) -> Self {
+        self.finally = Some(last);
+        self
     }
 
     /// Runs until `signal` resolves (then shuts down gracefully) or a role fails for good.
@@ -188,6 +198,7 @@ impl Runtime {
             root,
             mut join,
             failure,
+            finally,
         } = self;
         tokio::select! {
             _ = signal => {
@@ -196,6 +207,9 @@ impl Runtime {
                 let _ = (&mut join).await;
             }
             _ = &mut join => {}
+        }
+        if let Some(last) = finally {
+            last.await;
         }
         match failure.lock().ok().and_then(|mut f| f.take()) {
             Some(reason) => Err(reason),

@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chorus_bus::delivery::release;
 use chorus_bus::source::Pull;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::headers;
@@ -201,11 +202,10 @@ impl<H: Handler> Actor for StageSupervisor<H> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            StageMsg::Incoming(delivery) => {
-                if !state.draining {
-                    Self::route(state, delivery);
-                }
-            }
+            StageMsg::Incoming(delivery) => match state.draining {
+                false => Self::route(state, delivery),
+                true => release([delivery]).await,
+            },
             StageMsg::Idle(index) => match state.backlog.pop_front() {
                 Some(delivery) if !state.draining => {
                     let _ = state.workers[index].cast(WorkerMsg::Work(delivery));
@@ -219,7 +219,7 @@ impl<H: Handler> Actor for StageSupervisor<H> {
                         .stop_and_wait(None, Some(Duration::from_secs(5)))
                         .await;
                 }
-                state.backlog.clear();
+                release(state.backlog.drain(..)).await;
                 let workers = state.workers.clone();
                 let timeout = state.spec.supervision.drain_timeout;
                 let name = state.spec.name;

@@ -191,6 +191,17 @@ impl Delivery {
     }
 }
 
+/// NAKs `deliveries` for redelivery at once, waiting for each NAK to be sent: what a draining
+/// role holds but will not work on goes back to the consumer for another pod.
+pub async fn release(deliveries: impl IntoIterator<Item = Delivery>) {
+    let naks = deliveries.into_iter().map(|delivery| delivery.nak(None));
+    for result in futures::future::join_all(naks).await {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "NAK of a held message failed; it returns after AckWait");
+        }
+    }
+}
+
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(tally) = self.tally.take() {

@@ -5,7 +5,8 @@
 //! from the role's in-flight semaphore (the [`Delivery`] gives it back when settled) and, for a
 //! source with a [`Gate`] (a route's shared limits), the gate's admission. So waiting for budget
 //! never occupies a worker that another route could use, and a backlog serves high priority
-//! first. Stopping ends the pull and NAKs whatever was fetched but not handed on, so another pod
+//! first. Messages come by short one-shot pull requests; stopping asks for nothing more, reads
+//! the last request to its end, then NAKs whatever was fetched but not handed on, so another pod
 //! can take it at once.
 
 use std::collections::BinaryHeap;
@@ -13,10 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{PullConsumer, pull};
-use async_nats::jetstream::message::AckKind;
 use chorus_core::codec::headers;
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +81,12 @@ impl Bus {
     /// its highest-priority message (the `Chorus-Priority` header; oldest first among equals).
     /// So under a backlog, a high-priority message fetched after low-priority ones still goes
     /// first.
+    ///
+    /// Messages come by pull requests of [`REQUEST_EXPIRES`], one at a time, each asking for the
+    /// room the window has. A stop asks for nothing more, holds what the open request still
+    /// brings (the server may be sending on it already, and a message sent to a process that has
+    /// stopped listening would come back only after the consumer's AckWait) and, once that
+    /// request has ended, NAKs the whole window, so another pod takes it at once.
     pub async fn pull(
         &self,
         pull: &Pull,
@@ -91,75 +97,105 @@ impl Bus {
         let consumer = self.consumer(&pull.stream, &pull.consumer).await?;
         let capacity = pull.batch.max(1);
         let mut window = Window::default();
+        let mut request: Option<pull::Batch> = None;
+        let mut stopping = false;
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut ticket: Option<Ticket> = None;
         let mut admission: Option<BoxFuture<'_, Result<Ticket, BusError>>> = None;
         let mut keepalive = tokio::time::interval(pull.keepalive);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        'subscribe: while !stop.is_cancelled() {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(pull.batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(BusError::nats)?;
-            loop {
-                let ready = permit.is_some() && (pull.gate.is_none() || ticket.is_some());
-                if ready && let Some(mut delivery) = window.pop() {
-                    delivery = delivery.with_permit(permit.take());
-                    if let Some(ticket) = ticket.take() {
-                        delivery = delivery.with_ticket(ticket);
-                    }
-                    if !deliver(delivery) {
-                        drain(&mut messages).await;
-                        break 'subscribe;
-                    }
-                    continue;
+        loop {
+            let ready = permit.is_some() && (pull.gate.is_none() || ticket.is_some());
+            if !stopping
+                && ready
+                && let Some(mut delivery) = window.pop()
+            {
+                delivery = delivery.with_permit(permit.take());
+                if let Some(ticket) = ticket.take() {
+                    delivery = delivery.with_ticket(ticket);
                 }
-                if let Some(gate) = &pull.gate
-                    && permit.is_some()
-                    && ticket.is_none()
-                    && admission.is_none()
-                    && !window.is_empty()
-                {
-                    admission = Some(gate.admit());
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => { drain(&mut messages).await; break 'subscribe }
-                    acquired = permits.clone().acquire_owned(), if permit.is_none() && !window.is_empty() => {
-                        permit = Some(acquired.map_err(BusError::nats)?);
+                stopping = !deliver(delivery);
+                continue;
+            }
+            // Ask again once the window has room for half a batch, so a busy role asks for many
+            // messages at a time rather than one each time a worker frees up.
+            let room = capacity - window.len();
+            if !stopping && request.is_none() && room * 2 >= capacity {
+                let asked = consumer
+                    .batch()
+                    .max_messages(room)
+                    .expires(REQUEST_EXPIRES)
+                    .messages()
+                    .await;
+                match asked {
+                    Ok(batch) => request = Some(batch),
+                    Err(e) => {
+                        tracing::warn!(consumer = %pull.consumer, error = %e, "pull request failed; retrying");
+                        stopping = pause(&stop).await;
+                        continue;
                     }
-                    admitted = async { admission.as_mut()?.await.into() }, if admission.is_some() => {
-                        admission = None;
-                        match admitted {
-                            Some(Ok(granted)) => ticket = Some(granted),
-                            Some(Err(e)) => {
-                                tracing::warn!(consumer = %pull.consumer, error = %e, "admission failed; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                            None => {}
-                        }
-                    }
-                    next = messages.next(), if window.len() < capacity => match next {
-                        Some(Ok(message)) => window.push(Delivery::new(message, None)),
-                        Some(Err(e)) => {
-                            tracing::warn!(consumer = %pull.consumer, error = %e, "pull failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                        None => {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue 'subscribe;
-                        }
-                    },
-                    _ = keepalive.tick(), if !window.is_empty() => window.keep_alive().await,
                 }
             }
+            // Stopped, and no request is open any more: what is given back now can only go to
+            // another pod. (NAKed while this process still had a request open, a message could
+            // be sent straight back to it, again and again, up to its max_deliver.)
+            if stopping && request.is_none() {
+                window.release().await;
+                break;
+            }
+            if let Some(gate) = &pull.gate
+                && !stopping
+                && permit.is_some()
+                && ticket.is_none()
+                && admission.is_none()
+                && !window.is_empty()
+            {
+                admission = Some(gate.admit());
+            }
+            tokio::select! {
+                _ = stop.cancelled(), if !stopping => stopping = true,
+                acquired = permits.clone().acquire_owned(), if !stopping && permit.is_none() && !window.is_empty() => {
+                    permit = Some(acquired.map_err(BusError::nats)?);
+                }
+                admitted = async { admission.as_mut()?.await.into() }, if !stopping && admission.is_some() => {
+                    admission = None;
+                    match admitted {
+                        Some(Ok(granted)) => ticket = Some(granted),
+                        Some(Err(e)) => {
+                            tracing::warn!(consumer = %pull.consumer, error = %e, "admission failed; retrying");
+                            stopping = pause(&stop).await;
+                        }
+                        None => {}
+                    }
+                }
+                next = async { request.as_mut()?.next().await }, if request.is_some() => match next {
+                    Some(Ok(message)) => window.push(Delivery::new(message, None)),
+                    Some(Err(e)) => {
+                        tracing::warn!(consumer = %pull.consumer, error = %e, "pull failed; retrying");
+                        request = None;
+                        if !stopping {
+                            stopping = pause(&stop).await;
+                        }
+                    }
+                    // The request is over: filled, or expired.
+                    None => request = None,
+                },
+                _ = keepalive.tick(), if !window.is_empty() => window.keep_alive().await,
+            }
         }
-        // Dropping the window NAKs what it still holds, so another pod can take it at once.
-        drop(window);
         Ok(())
+    }
+}
+
+/// How long the server keeps one pull request open: how often an idle role asks again, and the
+/// longest a stop waits for its last request to end.
+pub const REQUEST_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Waits before retrying after a failure; true if `stop` came meanwhile.
+async fn pause(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(Duration::from_millis(500)) => false,
     }
 }
 
@@ -223,20 +259,13 @@ impl Window {
         self.heap.is_empty()
     }
 
+    /// NAKs every message waiting here, so another pod can take it at once.
+    async fn release(self) {
+        crate::delivery::release(self.heap.into_iter().map(|held| held.delivery)).await;
+    }
+
     /// Refreshes the AckWait of every message waiting here.
     async fn keep_alive(&self) {
         futures::future::join_all(self.heap.iter().map(|held| held.delivery.in_progress())).await;
-    }
-}
-
-/// NAKs every message already fetched into the client, without waiting for more.
-async fn drain(messages: &mut pull::Stream) {
-    let mut nacked = 0usize;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-        nacked += 1;
-    }
-    if nacked > 0 {
-        tracing::debug!(nacked, "returned prefetched messages on stop");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chorus_actors::roles::{self, Context};
@@ -217,9 +218,17 @@ pub async fn start(
             config.supervision.drain_timeout,
         )));
     }
+    let client = bus.client.clone();
     let runtime = Runtime::start(started)
         .await
-        .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))?
+        .finally(Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),
+                Err(_) => tracing::warn!("flushing NATS on exit timed out"),
+            }
+        }));
     tracing::info!(roles = %names.join(","), "chorus is running");
     Ok(runtime)
 }
