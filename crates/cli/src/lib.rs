@@ -8,6 +8,7 @@
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
 //! - [`keys`]: `chorus keys`, API keys in the database.
 //! - [`check`]: `chorus config check`.
+//! - [`healthcheck`]: `chorus healthcheck`, for container health checks.
 //! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
 //!   through [`client`].
 
@@ -18,6 +19,7 @@ pub mod check;
 pub mod client;
 pub mod dev;
 pub mod dlq;
+pub mod healthcheck;
 pub mod job;
 pub mod keys;
 pub mod mock;
@@ -80,6 +82,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// API keys per tenant: create (shown once), list, revoke.
     Keys(keys::KeysArgs),
+    /// Ask this host's Chorus process whether it is alive (or ready): exit 0 or 1. For container
+    /// health checks.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// The configuration: check it and print what is in effect, passwords redacted.
     Config {
         #[command(subcommand)]
@@ -165,5 +170,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(config_file).await,
+        Command::Healthcheck(args) => healthcheck::run(config_file, args).await,
     }
 }
