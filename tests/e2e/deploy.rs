@@ -1,0 +1,394 @@
+//! The deployment kit agrees with the code: the dashboard and alerts query only series Chorus
+//! exports (and the dashboard shows them all), the Kubernetes PrometheusRule carries the alert file
+//! unchanged, every KEDA trigger scales on a stream and consumer `nats/` defines, every probe asks
+//! the port its role serves, the shipped configurations load, and the pods' grace period outlasts
+//! the drain. `deploy/check.py` checks the manifests' shape; this checks their meaning.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chorus_actors::roles::limited_routes;
+use chorus_core::config::Config;
+use chorus_core::subjects::name_token;
+use chorus_telemetry::names;
+use serde_json::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every document of a YAML file, as JSON values.
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .filter(|doc: &Value| !doc.is_null())
+        .collect()
+}
+
+/// Every object of the Kubernetes base, by file.
+fn base_objects() -> Vec<(String, Value)> {
+    let kustomization = &yaml_documents("deploy/k8s/base/kustomization.yaml")[0];
+    kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| format!("deploy/k8s/base/{}", r.as_str().expect("a file")))
+        .flat_map(|file| {
+            yaml_documents(&file)
+                .into_iter()
+                .map(move |o| (file.clone(), o))
+        })
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .map(|(_, o)| o)
+        .filter(|o| o["kind"] == kind)
+        .collect()
+}
+
+/// The series a PromQL expression reads, histogram suffixes removed; other exporters' series
+/// (kube-state-metrics) are left out.
+fn series_in(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("chorus_"))
+        .map(|word| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .filter(|base| names::ALL.contains(base))
+                .unwrap_or(word)
+                .to_owned()
+        })
+        .collect()
+}
+
+fn alert_groups() -> Value {
+    yaml_documents("deploy/prometheus/alerts.yml")[0]["groups"].clone()
+}
+
+fn alert_rules() -> Vec<Value> {
+    alert_groups()
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules").clone())
+        .collect()
+}
+
+#[test]
+fn the_dashboard_shows_every_exported_series_and_no_other() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/chorus.json")).expect("json");
+    let mut shown = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            let series = series_in(expr);
+            assert!(!series.is_empty(), "{expr} reads no Chorus series");
+            shown.extend(series);
+        }
+    }
+    let exported: BTreeSet<String> = names::ALL.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(shown, exported, "the dashboard's series");
+}
+
+#[test]
+fn the_alerts_read_exported_series_and_link_to_runbook_sections() {
+    let runbook = read("deploy/RUNBOOK.md");
+    let mut fenced = false;
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter(|l| {
+            fenced ^= l.starts_with("```");
+            !fenced
+        })
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|heading| github_anchor(heading.trim_start_matches('#')))
+        .collect();
+    let rules = alert_rules();
+    assert!(rules.len() >= 5, "{} alert rules", rules.len());
+    for rule in rules {
+        let name = rule["alert"].as_str().expect("alert");
+        let expr = rule["expr"].as_str().expect("expr");
+        for series in series_in(expr) {
+            assert!(
+                names::ALL.contains(&series.as_str()),
+                "{name} reads {series}, which Chorus does not export"
+            );
+        }
+        let link = rule["annotations"]["runbook"].as_str().expect("runbook");
+        let anchor = link
+            .strip_prefix("deploy/RUNBOOK.md#")
+            .unwrap_or_else(|| panic!("{name}: runbook link {link}"));
+        assert!(
+            anchors.contains(anchor),
+            "{name}: RUNBOOK.md has no #{anchor}"
+        );
+    }
+}
+
+/// The anchor GitHub gives a Markdown heading.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn the_prometheus_rule_carries_the_alert_file_unchanged() {
+    let objects = base_objects();
+    let rules = of_kind(&objects, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["spec"]["groups"], alert_groups());
+}
+
+/// The definition of a consumer a KEDA trigger names: one of `nats/`, or `llm-<route>`, which the
+/// llm role makes from `nats/consumers/work/llm.json` for each route with shared limits.
+fn consumer_definition(config: &Config, stream: &str, consumer: &str) -> Option<Value> {
+    let prefix = &config.nats.prefix;
+    let dir = std::fs::read_dir(repo("nats/streams"))
+        .expect("nats/streams")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| {
+            let stream_file: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+            stream_file["name"]
+                .as_str()
+                .expect("name")
+                .replace("${PREFIX}", &prefix.to_uppercase())
+                .replace("${prefix}", prefix)
+                == stream
+        })?
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    let file = if dir == "work" && llm_consumers(config).contains(consumer) {
+        "llm"
+    } else {
+        consumer
+    };
+    let text = std::fs::read_to_string(repo(&format!("nats/consumers/{dir}/{file}.json"))).ok()?;
+    Some(serde_json::from_str(&text).expect("json"))
+}
+
+/// Checks the triggers of a ScaledObject against `config`; gives the consumers it scales on.
+fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
+    let target = object["spec"]["scaleTargetRef"]["name"]
+        .as_str()
+        .or(object["metadata"]["name"].as_str())
+        .expect("target");
+    let mut consumers = BTreeSet::new();
+    for trigger in object["spec"]["triggers"].as_array().expect("triggers") {
+        assert_eq!(trigger["type"], "nats-jetstream", "{target}");
+        let stream = trigger["metadata"]["stream"].as_str().expect("stream");
+        let consumer = trigger["metadata"]["consumer"].as_str().expect("consumer");
+        let definition = consumer_definition(config, stream, consumer).unwrap_or_else(|| {
+            panic!("{target} scales on {stream}/{consumer}, which nats/ and the routes lack")
+        });
+        let lag: u64 = trigger["metadata"]["lagThreshold"]
+            .as_str()
+            .expect("lagThreshold")
+            .parse()
+            .expect("a number");
+        let max_ack_pending = definition["max_ack_pending"]
+            .as_u64()
+            .expect("max_ack_pending");
+        assert!(
+            lag < max_ack_pending,
+            "{target}: lagThreshold {lag} must be below {consumer}'s max_ack_pending {max_ack_pending}"
+        );
+        consumers.insert(consumer.to_owned());
+    }
+    consumers
+}
+
+/// The consumers of the llm role under `config`: `llm`, and one per route with shared limits.
+fn llm_consumers(config: &Config) -> BTreeSet<String> {
+    limited_routes(config)
+        .into_keys()
+        .map(|route| format!("llm-{}", name_token(&route)))
+        .chain(["llm".to_owned()])
+        .collect()
+}
+
+#[test]
+fn every_keda_trigger_scales_on_a_defined_consumer() {
+    let base = kubernetes_config();
+    let objects = base_objects();
+    let scaled = of_kind(&objects, "ScaledObject");
+    assert_eq!(scaled.len(), 4, "one ScaledObject per worker role");
+    for object in scaled {
+        let consumers = check_triggers(object, &base);
+        if object["metadata"]["name"] == "chorus-llm" {
+            assert_eq!(consumers, llm_consumers(&base), "the llm role's backlog");
+        }
+    }
+    // Production's routes have shared limits, so their calls queue on consumers of their own: the llm
+    // role must scale on each of those too, or a backlog there would never add a pod.
+    let prod = Config::load(Some(&repo("deploy/k8s/overlays/prod/chorus.toml"))).expect("loads");
+    let patch = &yaml_documents("deploy/k8s/overlays/prod/llm-scaling.yaml")[0];
+    assert_eq!(patch["kind"], "ScaledObject");
+    assert_eq!(check_triggers(patch, &prod), llm_consumers(&prod));
+}
+
+/// `ENV` values of the image, which set the listen addresses the probes must ask.
+fn image_env(key: &str) -> String {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    dockerfile
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the Dockerfile sets no {key}"))
+        .to_owned()
+}
+
+fn port_of(listen: &str) -> u64 {
+    listen
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("a port")
+}
+
+#[test]
+fn every_probe_asks_the_port_and_paths_its_role_serves() {
+    let edge_port = port_of(&image_env("CHORUS_EDGE_LISTEN"));
+    let probes_port = port_of(&image_env("CHORUS_PROBES_LISTEN"));
+    let objects = base_objects();
+    let deployments = of_kind(&objects, "Deployment");
+    assert_eq!(deployments.len(), 5, "the edge and four worker roles");
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"].as_str().expect("name");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| a.as_str().expect("arg"))
+            .collect();
+        let role = match args.as_slice() {
+            ["serve", "--roles", role] => *role,
+            other => panic!("{name} runs {other:?}, not one role"),
+        };
+        assert_eq!(name, format!("chorus-{role}"));
+        // The edge serves its probes and /metrics on the API port; workers on the probes port.
+        let (port_name, port) = if role == "edge" {
+            ("http", edge_port)
+        } else {
+            ("metrics", probes_port)
+        };
+        let ports = container["ports"].as_array().expect("ports");
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == port_name && p["containerPort"] == port),
+            "{name} must expose {port_name} on {port}: {ports:?}"
+        );
+        for (probe, path) in [
+            ("readinessProbe", "/ready"),
+            ("livenessProbe", "/health"),
+            ("startupProbe", "/health"),
+        ] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["path"], path, "{name} {probe}");
+            assert_eq!(get["port"], port_name, "{name} {probe}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_configurations_load() {
+    for path in [
+        "deploy/k8s/base/chorus.toml",
+        "deploy/k8s/overlays/prod/chorus.toml",
+        "deploy/compose/chorus.toml",
+    ] {
+        if let Err(e) = Config::load(Some(&repo(path))) {
+            panic!("{path}: {e}");
+        }
+    }
+}
+
+/// `terminationGracePeriodSeconds` of every Chorus pod on Kubernetes.
+pub fn grace_period() -> Duration {
+    let defaults = &yaml_documents("deploy/k8s/base/pod-defaults.yaml")[0];
+    let seconds = defaults["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    Duration::from_secs(seconds)
+}
+
+/// The configuration of the Kubernetes base.
+pub fn kubernetes_config() -> Config {
+    Config::load(Some(&repo("deploy/k8s/base/chorus.toml"))).expect("the base configuration")
+}
+
+#[test]
+fn the_grace_period_outlasts_the_drain() {
+    let grace = grace_period().as_secs();
+    let objects = base_objects();
+    let edge = of_kind(&objects, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "chorus-edge")
+        .expect("chorus-edge");
+    let pre_stop = edge["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]
+        ["seconds"]
+        .as_u64()
+        .unwrap_or(0);
+    for path in [
+        "deploy/k8s/base/chorus.toml",
+        "deploy/k8s/overlays/prod/chorus.toml",
+    ] {
+        let config = Config::load(Some(&repo(path))).expect("loads");
+        let needed = config.supervision.drain_timeout + Duration::from_secs(pre_stop);
+        assert!(
+            needed < Duration::from_secs(grace),
+            "{path}: a drain of {:?} after a preStop of {pre_stop}s does not fit in {grace}s",
+            config.supervision.drain_timeout
+        );
+    }
+}
+
+#[test]
+fn compose_gives_every_role_time_to_drain() {
+    let text = read("docker-compose.yml");
+    let mut compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+    compose.apply_merge().expect("merge keys");
+    let compose: Value = serde_json::to_value(compose).expect("json");
+    let drain = Config::load(Some(&repo("deploy/compose/chorus.toml")))
+        .expect("loads")
+        .supervision
+        .drain_timeout;
+    let mut roles = 0;
+    for (name, service) in compose["services"].as_object().expect("services") {
+        if service["command"][0] != "serve" {
+            continue;
+        }
+        roles += 1;
+        let grace = service["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no stop_grace_period (docker's default is 10s)"));
+        let grace = grace
+            .strip_suffix('s')
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name}: stop_grace_period {grace} is not in seconds"));
+        assert!(
+            drain < Duration::from_secs(grace),
+            "{name}: a drain of {drain:?} does not fit in {grace}s"
+        );
+    }
+    assert_eq!(roles, 5, "the edge and four worker roles");
+}
