@@ -8,23 +8,9 @@ use std::time::Duration;
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
-use sea_orm::{ConnectionTrait, Statement};
-use serde_json::Value;
 
 use crate::deploy;
 use crate::helpers::*;
-
-async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .expect("query")
-        .expect("a row");
-    row.try_get_by_index::<i64>(0).expect("a count")
-}
 
 #[tokio::test]
 async fn a_terminated_llm_worker_settles_what_it_holds_and_exits_within_its_grace_period() {
@@ -52,24 +38,7 @@ async fn a_terminated_llm_worker_settles_what_it_holds_and_exits_within_its_grac
     let (client, _) = admin_client(db.url()).await;
     wait_ready(&client, &base).await;
 
-    let mut job = roundtable("sim:echo?latency=200ms..800ms");
-    job["personas"]
-        .as_array_mut()
-        .expect("personas")
-        .truncate(2);
-    let mut ids = Vec::new();
-    for _ in 0..300 {
-        let body: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .json(&job)
-            .send()
-            .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("json");
-        ids.push(body["id"].as_str().expect("id").to_owned());
-    }
+    let ids = submit_roundtables(&client, &base, "sim:echo?latency=200ms..800ms", 300).await;
     let store = chorus_store::Store::connect(db.url(), 2).await.expect("db");
     wait::until(Duration::from_secs(30), "the first answers", || async {
         (count(store.connection(), "SELECT COUNT(*) FROM steps").await > 0).then_some(())

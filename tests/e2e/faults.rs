@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
-use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -17,18 +16,6 @@ fn short_ack_wait_definitions(dir: &Path) {
     llm_consumer_with(dir, |text| {
         text.replace("\"ack_wait\": 60000000000", "\"ack_wait\": 3000000000")
     });
-}
-
-async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .expect("query")
-        .expect("a row");
-    row.try_get_by_index::<i64>(0).expect("a count")
 }
 
 #[tokio::test]
@@ -53,24 +40,7 @@ async fn killing_the_llm_worker_mid_load_loses_nothing_and_stores_nothing_twice(
     let (client, _) = admin_client(db.url()).await;
     wait_ready(&client, &base).await;
 
-    let mut job = roundtable("sim:echo?latency=100ms..600ms");
-    job["personas"]
-        .as_array_mut()
-        .expect("personas")
-        .truncate(2);
-    let mut ids = Vec::new();
-    for _ in 0..200 {
-        let body: Value = client
-            .post(format!("{base}/v1/jobs"))
-            .json(&job)
-            .send()
-            .await
-            .expect("submit")
-            .json()
-            .await
-            .expect("json");
-        ids.push(body["id"].as_str().expect("id").to_owned());
-    }
+    let ids = submit_roundtables(&client, &base, "sim:echo?latency=100ms..600ms", 200).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     llm.kill();
     let store = chorus_store::Store::connect(db.url(), 2).await.expect("db");

@@ -407,3 +407,45 @@ impl Drop for Chorus {
         }
     }
 }
+
+/// `SELECT COUNT(*) …` on the database.
+pub async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .expect("query")
+        .expect("a row");
+    row.try_get_by_index::<i64>(0).expect("a count")
+}
+
+/// Submits `n` roundtable jobs of two personas on `model` to the edge at `base`; their ids.
+pub async fn submit_roundtables(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut job = roundtable(model);
+    job["personas"]
+        .as_array_mut()
+        .expect("personas")
+        .truncate(2);
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let body: Value = client
+            .post(format!("{base}/v1/jobs"))
+            .json(&job)
+            .send()
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
