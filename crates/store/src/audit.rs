@@ -54,9 +54,9 @@ impl From<audit_log::Model> for AuditRecord {
         Self {
             id: row.id,
             at: row.at,
-            actor: row.actor,
+            actor: row.actor.into(),
             action: row.action,
-            detail: row.detail,
+            detail: row.detail.into(),
         }
     }
 }
@@ -74,9 +74,9 @@ impl Store {
             id: ActiveValue::NotSet,
             // Milliseconds: what both backends store exactly.
             at: ActiveValue::Set(Utc::now().trunc_subsecs(3)),
-            actor: ActiveValue::Set(actor.to_owned()),
+            actor: ActiveValue::Set(actor.into()),
             action: ActiveValue::Set(action.as_str().to_owned()),
-            detail: ActiveValue::Set(detail),
+            detail: ActiveValue::Set(detail.into()),
         };
         Ok(row.insert(&self.db).await?.into())
     }

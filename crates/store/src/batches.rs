@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::entity::{batches, jobs};
+use crate::lossless::{StoredJson, StoredText};
 use crate::{Store, StoreError};
 
 /// The largest page [`Store::list_batches`] returns (OpenAI's limit).
@@ -203,15 +204,15 @@ impl Store {
         let created_at = batch.created_at.trunc_subsecs(3);
         let at = |status: BatchStatus| (batch.status == status).then_some(created_at);
         let row = batches::Model {
-            id: format!("batch_{}", Uuid::now_v7().simple()),
+            id: format!("batch_{}", Uuid::now_v7().simple()).into(),
             tenant: tenant.to_string(),
-            input_file_id: batch.input_file_id,
+            input_file_id: batch.input_file_id.into(),
             endpoint: batch.endpoint.as_str().to_owned(),
             completion_window: batch.completion_window,
-            metadata: batch.metadata,
+            metadata: batch.metadata.map(StoredJson::from),
             status: batch.status.as_str().to_owned(),
             total: i64::try_from(batch.total).unwrap_or(i64::MAX),
-            errors: batch.errors.as_ref().map(errors_list),
+            errors: batch.errors.as_ref().map(|e| errors_list(e).into()),
             created_at,
             in_progress_at: at(BatchStatus::InProgress),
             expires_at: batch.expires_at.map(|t| t.trunc_subsecs(3)),
@@ -264,7 +265,10 @@ impl Store {
                     Expr::col(batches::Column::CreatedAt),
                     Expr::col(batches::Column::Id),
                 ])
-                .lt(Expr::tuple([Expr::val(created_at), Expr::val(after)])),
+                .lt(Expr::tuple([
+                    Expr::val(created_at),
+                    Expr::val(StoredText::from(after)),
+                ])),
             );
         }
         let mut rows = query
@@ -280,7 +284,7 @@ impl Store {
         let data = rows
             .into_iter()
             .map(|row| {
-                let tally = tallies.get(&row.id).copied().unwrap_or_default();
+                let tally = tallies.get(row.id.as_str()).copied().unwrap_or_default();
                 batch_object(row, tally)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -373,16 +377,16 @@ impl Store {
             .select_only()
             .column(jobs::Column::ResultLine)
             .filter(jobs::Column::Tenant.eq(tenant.as_str()))
-            .filter(jobs::Column::BatchId.eq(batch))
+            .filter(jobs::Column::BatchId.eq(StoredText::from(batch)))
             .filter(jobs::Column::ResultOk.eq(ok))
             .order_by_asc(jobs::Column::Line)
-            .into_tuple::<Option<String>>()
+            .into_tuple::<Option<StoredText>>()
             .all(&self.db)
             .await?;
-        let size = lines.iter().flatten().map(|l| l.len() + 1).sum();
+        let size = lines.iter().flatten().map(|l| l.as_str().len() + 1).sum();
         let mut file = Vec::with_capacity(size);
         for line in lines.iter().flatten() {
-            file.extend_from_slice(line.as_bytes());
+            file.extend_from_slice(line.as_str().as_bytes());
             file.push(b'\n');
         }
         Ok(Some(file))
@@ -416,7 +420,7 @@ async fn update_status(
     let at = at.trunc_subsecs(3);
     let mut update = batches::Entity::update_many()
         .col_expr(batches::Column::Status, Expr::val(to.as_str()))
-        .filter(batches::Column::Id.eq(id))
+        .filter(batches::Column::Id.eq(StoredText::from(id)))
         .filter(batches::Column::Tenant.eq(tenant.as_str()))
         .filter(batches::Column::Status.is_in(from.iter().map(|s| s.as_str())));
     if let Some(column) = to.reached_at() {
@@ -443,7 +447,7 @@ struct Tally {
 /// Terminal jobs of one batch with one `result_ok`.
 #[derive(FromQueryResult)]
 struct TallyRow {
-    batch_id: Option<String>,
+    batch_id: Option<StoredText>,
     result_ok: Option<bool>,
     jobs: i64,
     last_finished: Option<DateTimeUtc>,
@@ -465,7 +469,7 @@ async fn tallies(
         .column_as(Expr::col(jobs::Column::Id).count(), "jobs")
         .column_as(Expr::col(jobs::Column::FinishedAt).max(), "last_finished")
         .filter(jobs::Column::Tenant.eq(tenant.as_str()))
-        .filter(jobs::Column::BatchId.is_in(batches.iter().copied()))
+        .filter(jobs::Column::BatchId.is_in(batches.iter().map(|b| StoredText::from(*b))))
         .filter(jobs::Column::ResultOk.is_not_null())
         .group_by(jobs::Column::BatchId)
         .group_by(jobs::Column::ResultOk)
@@ -478,7 +482,7 @@ async fn tallies(
             continue;
         };
         let jobs = u64::try_from(row.jobs).unwrap_or_default();
-        let tally = tallies.entry(batch).or_default();
+        let tally = tallies.entry(batch.into_string()).or_default();
         if ok {
             tally.completed += jobs;
         } else {
@@ -508,14 +512,14 @@ fn batch_object(row: batches::Model, tally: Tally) -> Result<BatchObject, StoreE
     let status = status(&row.status)?;
     let request_counts = counts(&row, tally)?;
     let file = |lines: u64, suffix: &str| {
-        (status.is_terminal() && lines > 0).then(|| format!("{}{suffix}", row.id))
+        (status.is_terminal() && lines > 0).then(|| format!("{}{suffix}", row.id.as_str()))
     };
     let secs = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
     Ok(BatchObject {
         object: "batch",
         endpoint: row.endpoint,
-        errors: row.errors,
-        input_file_id: row.input_file_id,
+        errors: row.errors.map(Value::from),
+        input_file_id: row.input_file_id.into(),
         completion_window: row.completion_window,
         status,
         output_file_id: file(request_counts.completed, OUTPUT_SUFFIX),
@@ -530,8 +534,8 @@ fn batch_object(row: batches::Model, tally: Tally) -> Result<BatchObject, StoreE
         cancelling_at: secs(row.cancelling_at),
         cancelled_at: secs(row.cancelled_at),
         request_counts,
-        metadata: row.metadata,
-        id: row.id,
+        metadata: row.metadata.map(Value::from),
+        id: row.id.into(),
     })
 }
 

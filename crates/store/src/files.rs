@@ -13,6 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::entity::files;
+use crate::lossless::StoredText;
 use crate::{Store, StoreError};
 
 /// A file to store.
@@ -71,10 +72,10 @@ impl Store {
         file: NewFile,
     ) -> Result<FileObject, StoreError> {
         let row = files::Model {
-            id: format!("file-{}", Uuid::now_v7().simple()),
+            id: format!("file-{}", Uuid::now_v7().simple()).into(),
             tenant: tenant.to_string(),
             purpose: file.purpose,
-            filename: file.filename,
+            filename: file.filename.into(),
             bytes: i64::try_from(file.content.len()).unwrap_or(i64::MAX),
             line_count: i64::try_from(file.line_count).unwrap_or(i64::MAX),
             content: file.content,
@@ -126,9 +127,9 @@ impl Store {
 #[derive(DerivePartialModel)]
 #[sea_orm(entity = "files::Entity")]
 struct FileRow {
-    id: String,
+    id: StoredText,
     purpose: String,
-    filename: String,
+    filename: StoredText,
     bytes: i64,
     line_count: i64,
     created_at: DateTime<Utc>,

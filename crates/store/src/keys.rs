@@ -103,9 +103,9 @@ impl Store {
         .exec_without_returning(&txn)
         .await?;
         let row = api_keys::Model {
-            id: id.clone(),
+            id: id.as_str().into(),
             tenant: tenant.to_string(),
-            name: name.to_owned(),
+            name: name.into(),
             scopes: scopes.to_string(),
             rpm: rpm.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
             secret_sha256: digest(&secret),
@@ -179,15 +179,16 @@ impl Store {
 }
 
 fn key_info(row: api_keys::Model) -> Result<KeyInfo, StoreError> {
-    let invalid = |what: String| StoreError::Invalid(format!("api key {}: {what}", row.id));
+    let invalid =
+        |what: String| StoreError::Invalid(format!("api key {}: {what}", row.id.as_str()));
     Ok(KeyInfo {
         tenant: Tenant::new(row.tenant.clone()).map_err(|e| invalid(e.to_string()))?,
         scopes: Scopes::parse(&row.scopes).map_err(invalid)?,
         rpm: row.rpm.map(|r| u32::try_from(r).unwrap_or(0)),
-        name: row.name,
+        name: row.name.into(),
         created_at: row.created_at,
         revoked_at: row.revoked_at,
-        id: row.id,
+        id: row.id.into(),
     })
 }
 

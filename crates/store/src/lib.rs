@@ -14,6 +14,7 @@
 //! - [`keys`]: API keys per tenant: generated, stored hashed, checked in constant time.
 //! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
 //! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
+//! - [`lossless`]: the value types that store any text and any JSON as it was (NUL included).
 //! - [`error`]: [`StoreError`], which says whether retrying can help.
 //!
 //! Every job write is an upsert that only replaces a row with one from a higher job version, so
@@ -25,6 +26,7 @@ pub mod entity;
 pub mod error;
 pub mod files;
 pub mod keys;
+pub mod lossless;
 pub mod migration;
 pub mod read;
 pub mod report;
@@ -38,6 +40,7 @@ pub use batches::{BatchList, BatchObject, BatchStatus, NewBatch, RequestCounts};
 pub use error::StoreError;
 pub use files::{FileObject, NewFile};
 pub use keys::{KeyInfo, NewKey};
+pub use lossless::{StoredJson, StoredText};
 pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
 pub use results::{ChatCompletion, ResultLine, chat_completion, error_line, result_line};
 pub use store::Store;

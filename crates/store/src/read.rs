@@ -9,7 +9,7 @@ use chorus_core::JobId;
 use chorus_core::ids::Tenant;
 use chorus_core::job::{JobStatus, StepKind, StepStatus};
 use chrono::{DateTime, Utc};
-use sea_orm::prelude::{DateTimeUtc, Json};
+use sea_orm::prelude::DateTimeUtc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     AccessMode, ColumnTrait, DbBackend, DerivePartialModel, EntityTrait, ExprTrait, IsolationLevel,
@@ -19,6 +19,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::entity::{evaluations, jobs, steps};
+use crate::lossless::{StoredJson, StoredText};
 use crate::view::{
     AssertionRecord, ErrorRecord, EvaluationRecord, JobPage, JobRecord, JobSummary,
     StepErrorRecord, StepRecord, TargetRecord, UsageRecord,
@@ -134,9 +135,9 @@ struct SummaryRow {
     id: Uuid,
     tenant: String,
     status: String,
-    metadata: Json,
+    metadata: StoredJson,
     error_kind: Option<String>,
-    error_message: Option<String>,
+    error_message: Option<StoredText>,
     error_step: Option<i64>,
     score: Option<f64>,
     passed: Option<bool>,
@@ -146,8 +147,8 @@ struct SummaryRow {
     updated_at: DateTimeUtc,
     finished_at: Option<DateTimeUtc>,
     cost_usd: Option<f64>,
-    batch_id: Option<String>,
-    custom_id: Option<String>,
+    batch_id: Option<StoredText>,
+    custom_id: Option<StoredText>,
 }
 
 fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
@@ -155,7 +156,7 @@ fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
         (None, None) => None,
         (kind, message) => Some(ErrorRecord {
             kind: kind.unwrap_or_default(),
-            message: message.unwrap_or_default(),
+            message: message.map(String::from).unwrap_or_default(),
             step: row
                 .error_step
                 .map(|s| number(s, "error step"))
@@ -175,9 +176,9 @@ fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
         score: row.score,
         passed: row.passed,
         error,
-        metadata: row.metadata,
-        batch_id: row.batch_id,
-        custom_id: row.custom_id,
+        metadata: row.metadata.into(),
+        batch_id: row.batch_id.map(String::from),
+        custom_id: row.custom_id.map(String::from),
     })
 }
 
@@ -187,9 +188,13 @@ fn job_record(
     assertions: Vec<evaluations::Model>,
 ) -> Result<JobRecord, StoreError> {
     let evaluation = match (row.score, row.passed) {
-        (Some(score), Some(passed)) => {
-            Some(evaluation(&row.spec, &steps, &assertions, score, passed)?)
-        }
+        (Some(score), Some(passed)) => Some(evaluation(
+            row.spec.as_value(),
+            &steps,
+            &assertions,
+            score,
+            passed,
+        )?),
         _ => None,
     };
     let summary = job_summary(SummaryRow {
@@ -213,7 +218,7 @@ fn job_record(
     })?;
     Ok(JobRecord {
         summary,
-        spec: row.spec,
+        spec: row.spec.into(),
         steps: steps
             .into_iter()
             .map(step_record)
@@ -242,11 +247,11 @@ fn evaluation(
                     Ok(AssertionRecord {
                         index: number(a.assertion_idx, "assertion index")?,
                         kind: a.kind.clone(),
-                        metric: a.metric.clone(),
+                        metric: a.metric.clone().map(String::from),
                         weight: a.weight,
                         passed: a.passed,
                         score: a.score,
-                        reason: a.reason.clone(),
+                        reason: a.reason.clone().into(),
                         errored: a.errored,
                     })
                 })
@@ -272,32 +277,32 @@ fn step_record(row: steps::Model) -> Result<StepRecord, StoreError> {
         (None, None) => None,
         (kind, message) => Some(StepErrorRecord {
             kind: kind.unwrap_or_default(),
-            message: message.unwrap_or_default(),
+            message: message.map(String::from).unwrap_or_default(),
         }),
     };
     Ok(StepRecord {
         index: number(row.idx, "step index")?,
         kind: step_kind(&row.kind)?,
-        persona: row.persona,
-        route: row.route,
+        persona: row.persona.map(String::from),
+        route: row.route.into(),
         status: step_status(&row.status)?,
-        output: row.output,
+        output: row.output.map(String::from),
         usage: usage(row.prompt_tokens, row.completion_tokens)?,
         latency_ms: number(row.latency_ms, "latency")?,
         attempts: number(row.attempts, "attempts")?,
-        finish_reason: row.finish_reason,
+        finish_reason: row.finish_reason.map(String::from),
         error,
         started_at: row.started_at,
         finished_at: row.finished_at,
-        answered_by: row.answered_by,
+        answered_by: row.answered_by.map(String::from),
         cost_usd: row.cost_usd,
         calls: row
             .calls
-            .map(serde_json::from_value)
+            .map(|calls| serde_json::from_value(calls.into()))
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("step calls: {e}")))?
             .unwrap_or_default(),
-        tool_calls: row.tool_calls,
+        tool_calls: row.tool_calls.map(Value::from),
         replays: number(row.replays, "replays")?,
     })
 }

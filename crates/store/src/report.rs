@@ -16,6 +16,7 @@ use sea_orm::{
 use serde::Serialize;
 
 use crate::entity::{batches, evaluations, jobs, steps};
+use crate::lossless::StoredText;
 use crate::{Store, StoreError};
 
 /// A batch's evaluation report; every list is sorted by name.
@@ -75,7 +76,7 @@ struct JobGroup {
 /// Assertion results of one metric, type and outcome.
 #[derive(FromQueryResult)]
 struct AssertionGroup {
-    metric: Option<String>,
+    metric: Option<StoredText>,
     kind: String,
     passed: bool,
     errored: bool,
@@ -86,8 +87,8 @@ struct AssertionGroup {
 /// Evaluated answers of one route, persona and verdict.
 #[derive(FromQueryResult)]
 struct TargetGroup {
-    route: String,
-    persona: Option<String>,
+    route: StoredText,
+    persona: Option<StoredText>,
     passed: Option<bool>,
     count: i64,
     score: Option<f64>,
@@ -159,7 +160,7 @@ impl Store {
             .column(jobs::Column::Id)
             .from(jobs::Entity)
             .and_where(Expr::col(jobs::Column::Tenant).eq(tenant.as_str()))
-            .and_where(Expr::col(jobs::Column::BatchId).eq(batch))
+            .and_where(Expr::col(jobs::Column::BatchId).eq(StoredText::from(batch)))
             .to_owned();
 
         let verdicts = jobs::Entity::find()
@@ -168,7 +169,7 @@ impl Store {
             .column_as(Expr::col(jobs::Column::Id).count(), "count")
             .column_as(Expr::col(jobs::Column::Score).sum(), "score")
             .filter(jobs::Column::Tenant.eq(tenant.as_str()))
-            .filter(jobs::Column::BatchId.eq(batch))
+            .filter(jobs::Column::BatchId.eq(StoredText::from(batch)))
             .group_by(jobs::Column::Passed)
             .into_model::<JobGroup>()
             .all(&self.db)
@@ -210,7 +211,7 @@ impl Store {
         let mut by_metric: BTreeMap<String, Sum> = BTreeMap::new();
         for group in assertions {
             by_metric
-                .entry(group.metric.unwrap_or(group.kind))
+                .entry(group.metric.map_or(group.kind, String::from))
                 .or_default()
                 .add(group.count, group.passed, group.errored, group.score);
         }
@@ -234,15 +235,19 @@ impl Store {
         let mut by_persona: BTreeMap<String, Sum> = BTreeMap::new();
         for group in targets {
             let passed = group.passed.unwrap_or(false);
-            by_model
-                .entry(group.route)
-                .or_default()
-                .add(group.count, passed, false, group.score);
+            by_model.entry(group.route.into_string()).or_default().add(
+                group.count,
+                passed,
+                false,
+                group.score,
+            );
             if let Some(persona) = group.persona {
-                by_persona
-                    .entry(persona)
-                    .or_default()
-                    .add(group.count, passed, false, group.score);
+                by_persona.entry(persona.into_string()).or_default().add(
+                    group.count,
+                    passed,
+                    false,
+                    group.score,
+                );
             }
         }
 

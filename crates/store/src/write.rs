@@ -26,6 +26,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::entity::{evaluations, jobs, steps};
+use crate::lossless::{StoredJson, StoredText};
 use crate::results::result_line;
 use crate::{Store, StoreError};
 
@@ -129,10 +130,11 @@ impl Rows {
             status: state.status.as_str().to_owned(),
             version,
             spec: serde_json::to_value(&state.spec)
-                .map_err(|e| StoreError::Invalid(format!("job {}: spec: {e}", state.id)))?,
-            metadata: serde_json::Value::Object(state.spec.metadata),
+                .map_err(|e| StoreError::Invalid(format!("job {}: spec: {e}", state.id)))?
+                .into(),
+            metadata: serde_json::Value::Object(state.spec.metadata).into(),
             error_kind: state.error.as_ref().map(|e| e.kind.clone()),
-            error_message: state.error.as_ref().map(|e| e.message.clone()),
+            error_message: state.error.as_ref().map(|e| e.message.as_str().into()),
             error_step: state.error.as_ref().and_then(|e| e.step).map(i64::from),
             score: state.evaluation.as_ref().map(|e| e.score),
             passed: state.evaluation.as_ref().map(|e| e.passed),
@@ -142,11 +144,11 @@ impl Rows {
             updated_at: timestamp(state.updated_at)?,
             finished_at: state.finished_at.map(timestamp).transpose()?,
             cost_usd,
-            batch_id: origin.map(|o| o.batch.clone()),
-            custom_id: origin.map(|o| o.custom_id.clone()),
+            batch_id: origin.map(|o| o.batch.as_str().into()),
+            custom_id: origin.map(|o| o.custom_id.as_str().into()),
             line: origin.map(|o| int(o.line)),
             result_ok: result.as_ref().map(|r| r.ok),
-            result_line: result.map(|r| r.json),
+            result_line: result.map(|r| r.json.into()),
         });
         Ok(())
     }
@@ -163,32 +165,38 @@ fn step_row(
         job_id: job.as_uuid(),
         idx: step.index.into(),
         kind: step.kind.as_str().to_owned(),
-        persona: step.persona.clone(),
-        route: step.route.clone(),
+        persona: step.persona.as_deref().map(StoredText::from),
+        route: step.route.as_str().into(),
         status: step.status.as_str().to_owned(),
         version,
-        output: output.map(|o| o.text.clone()),
+        output: output.map(|o| o.text.as_str().into()),
         prompt_tokens: output.map_or(0, |o| o.usage.prompt_tokens.into()),
         completion_tokens: output.map_or(0, |o| o.usage.completion_tokens.into()),
         latency_ms: output.map_or(0, |o| int(o.latency_ms)),
-        finish_reason: output.and_then(|o| o.finish_reason.clone()),
+        finish_reason: output.and_then(|o| o.finish_reason.as_deref().map(StoredText::from)),
         attempts: step.attempts.into(),
         error_kind: step.error.as_ref().map(|e| e.kind.clone()),
-        error_message: step.error.as_ref().map(|e| e.message.clone()),
+        error_message: step.error.as_ref().map(|e| e.message.as_str().into()),
         score: target.map(|t| t.score),
         passed: target.map(|t| t.passed),
         started_at: step.started_at.map(timestamp).transpose()?,
         finished_at: step.finished_at.map(timestamp).transpose()?,
-        answered_by: output.map(|o| o.route.clone()).filter(|r| !r.is_empty()),
+        answered_by: output
+            .map(|o| o.route.as_str())
+            .filter(|r| !r.is_empty())
+            .map(StoredText::from),
         cost_usd: output.and_then(|o| o.cost_usd),
         calls: match step.calls.as_slice() {
             [] => None,
             calls => Some(
                 serde_json::to_value(calls)
-                    .map_err(|e| StoreError::Invalid(format!("job {job}: calls: {e}")))?,
+                    .map_err(|e| StoreError::Invalid(format!("job {job}: calls: {e}")))?
+                    .into(),
             ),
         },
-        tool_calls: output.and_then(|o| o.tool_calls.clone()),
+        tool_calls: output
+            .and_then(|o| o.tool_calls.clone())
+            .map(StoredJson::from),
         replays: step.replays.into(),
     })
 }
@@ -204,11 +212,11 @@ fn assertion_rows(
             step_idx: t.step.into(),
             assertion_idx: a.index.into(),
             kind: a.kind.clone(),
-            metric: a.metric.clone(),
+            metric: a.metric.as_deref().map(StoredText::from),
             weight: a.weight,
             passed: a.passed,
             score: a.score,
-            reason: a.reason.clone(),
+            reason: a.reason.as_str().into(),
             errored: a.errored,
             version,
         })

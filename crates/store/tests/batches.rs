@@ -23,25 +23,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
-/// Declares each test once per backend: `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Sqlite).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Postgres).await
-            })*
-        }
-    };
-}
-
-on_both_backends!(
+chorus_testkit::on_both_backends!(
     files_keep_their_content_apart_from_their_metadata,
     a_batch_counts_its_jobs_and_completes_once_all_are_terminal,
     a_cancelled_batch_finishes_as_cancelled_with_an_error_file_only,

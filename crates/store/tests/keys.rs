@@ -12,24 +12,7 @@ use chorus_testkit::database::{Backend, TestDatabase};
 use sea_orm::EntityTrait;
 use secrecy::{ExposeSecret, SecretString};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Sqlite).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Postgres).await
-            })*
-        }
-    };
-}
-
-on_both_backends!(
+chorus_testkit::on_both_backends!(
     keys_authenticate_until_revoked,
     keys_are_stored_hashed_and_listed_without_secrets
 );

@@ -24,25 +24,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-/// Declares each test once per backend: `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Sqlite).await
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Postgres).await
-            })*
-        }
-    };
-}
-
-on_both_backends!(
+chorus_testkit::on_both_backends!(
     migrations_are_idempotent,
     concurrent_migrations_apply_once,
     pending_migrations_are_this_versions_unapplied_ones,

@@ -10,6 +10,26 @@
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 use tempfile::TempDir;
 
+/// Declares each test once per backend: `sqlite::<name>` and `postgres::<name>`, each calling
+/// the async `fn <name>(backend: Backend)` of the module it is used in.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::database::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::database::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
 /// Which database a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -2,14 +2,16 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::StoredText;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "api_keys")]
 pub struct Model {
     /// The key's public id: the middle part of `chorus_<id>_<secret>`.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: String,
+    pub id: StoredText,
     pub tenant: String,
-    pub name: String,
+    pub name: StoredText,
     /// `submit,read,admin`, as [`chorus_core::auth::Scopes`] writes them.
     pub scopes: String,
     /// Requests per minute this key may make at one edge process; none means the edge default.

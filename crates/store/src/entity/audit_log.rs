@@ -2,16 +2,18 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::{StoredJson, StoredText};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "audit_log")]
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     pub at: DateTimeUtc,
-    pub actor: String,
+    pub actor: StoredText,
     pub action: String,
     #[sea_orm(column_type = "JsonBinary")]
-    pub detail: Json,
+    pub detail: StoredJson,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

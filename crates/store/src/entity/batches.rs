@@ -3,26 +3,28 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::{StoredJson, StoredText};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "batches")]
 pub struct Model {
     /// `batch_<uuid>`.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: String,
+    pub id: StoredText,
     pub tenant: String,
-    pub input_file_id: String,
+    pub input_file_id: StoredText,
     /// The endpoint the batch was created for (its lines may name either).
     pub endpoint: String,
     pub completion_window: String,
     #[sea_orm(column_type = "JsonBinary", nullable)]
-    pub metadata: Option<Json>,
+    pub metadata: Option<StoredJson>,
     /// OpenAI's batch status (`in_progress`, `completed`, …).
     pub status: String,
     /// Requests in the input file.
     pub total: i64,
     /// Why the input file was refused: OpenAI's `{"object": "list", "data": [...]}`.
     #[sea_orm(column_type = "JsonBinary", nullable)]
-    pub errors: Option<Json>,
+    pub errors: Option<StoredJson>,
     pub created_at: DateTimeUtc,
     pub in_progress_at: Option<DateTimeUtc>,
     pub expires_at: Option<DateTimeUtc>,

@@ -3,6 +3,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::StoredText;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "evaluations")]
 pub struct Model {
@@ -14,11 +16,11 @@ pub struct Model {
     pub assertion_idx: i64,
     #[sea_orm(column_name = "type")]
     pub kind: String,
-    pub metric: Option<String>,
+    pub metric: Option<StoredText>,
     pub weight: f64,
     pub passed: bool,
     pub score: f64,
-    pub reason: String,
+    pub reason: StoredText,
     /// The assertion could not be evaluated (it counts as failed).
     pub errored: bool,
     /// `JobState::version` of the snapshot the row was taken from; an upsert only ever raises it.

@@ -2,15 +2,17 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::StoredText;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "files")]
 pub struct Model {
     /// `file-<uuid>`.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: String,
+    pub id: StoredText,
     pub tenant: String,
     pub purpose: String,
-    pub filename: String,
+    pub filename: StoredText,
     /// The content's size.
     pub bytes: i64,
     /// Requests in the file, as the uploader counted them.

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::lossless::{StoredJson, StoredText};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "jobs")]
 pub struct Model {
@@ -12,11 +14,11 @@ pub struct Model {
     /// `JobState::version`; an upsert only ever raises it.
     pub version: i64,
     #[sea_orm(column_type = "JsonBinary")]
-    pub spec: Json,
+    pub spec: StoredJson,
     #[sea_orm(column_type = "JsonBinary")]
-    pub metadata: Json,
+    pub metadata: StoredJson,
     pub error_kind: Option<String>,
-    pub error_message: Option<String>,
+    pub error_message: Option<StoredText>,
     pub error_step: Option<i64>,
     pub score: Option<f64>,
     pub passed: Option<bool>,
@@ -29,13 +31,13 @@ pub struct Model {
     pub cost_usd: Option<f64>,
     /// The batch line the job came from: the batch, the line's `custom_id`, and its 0-based
     /// position in the input file.
-    pub batch_id: Option<String>,
-    pub custom_id: Option<String>,
+    pub batch_id: Option<StoredText>,
+    pub custom_id: Option<StoredText>,
     pub line: Option<i64>,
     /// For a terminal batch job: whether its result line belongs in the output file (true) or
     /// the error file (false), and the line itself (one JSON object, no newline).
     pub result_ok: Option<bool>,
-    pub result_line: Option<String>,
+    pub result_line: Option<StoredText>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
