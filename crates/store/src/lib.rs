@@ -15,7 +15,8 @@
 //! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
 //! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
 //! - [`lossless`]: the value types that store any text and any JSON as it was (NUL included).
-//! - [`error`]: [`StoreError`], which says whether retrying can help.
+//! - [`error`]: [`StoreError`] and its [`StoreErrorKind`]: unavailable (retry later), rejected
+//!   (this data never fits), or broken (an operator must act).
 //!
 //! Every job write is an upsert that only replaces a row with one from a higher job version, so
 //! at-least-once delivery, replays and out-of-order batches all converge on the newest snapshot.
@@ -37,7 +38,7 @@ pub mod write;
 
 pub use audit::{AuditAction, AuditRecord};
 pub use batches::{BatchList, BatchObject, BatchStatus, NewBatch, RequestCounts};
-pub use error::StoreError;
+pub use error::{StoreError, StoreErrorKind};
 pub use files::{FileObject, NewFile};
 pub use keys::{KeyInfo, NewKey};
 pub use lossless::{StoredJson, StoredText};

@@ -12,7 +12,7 @@ use chorus_core::messages::{
 use chorus_core::spec::JobSpec;
 use chorus_core::{JobId, Tenant};
 use chorus_store::entity::{evaluations, jobs, steps};
-use chorus_store::{Committed, Store, StoreError};
+use chorus_store::{Committed, Store, StoreError, StoreErrorKind};
 use chorus_testkit::database::{Backend, TestDatabase};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -512,7 +512,7 @@ async fn list_jobs_pages_newest_first_with_a_status_filter(backend: Backend) {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::BadCursor), "{err}");
-        assert!(!err.is_retryable());
+        assert_eq!(err.kind(), StoreErrorKind::Rejected);
     }
 }
 
@@ -792,9 +792,9 @@ async fn sqlite_runs_in_wal_mode_and_creates_its_directory() {
 }
 
 #[tokio::test]
-async fn an_unreachable_database_is_retryable() {
+async fn an_unreachable_database_is_unavailable() {
     let err = Store::connect("postgres://nobody@127.0.0.1:1/none", 1)
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err:?}");
 }
