@@ -165,7 +165,9 @@ pub async fn start(
         }
         let store = || store.clone().context("the database is not open");
         started.push(match role {
-            RoleName::Persister => Box::new(roles::persister(&ctx, store()?)),
+            RoleName::Persister => {
+                Box::new(roles::persister(&ctx, store()?.with_faults(&config.faults)))
+            }
             RoleName::Evaluator => Box::new(roles::evaluator(&ctx)),
             RoleName::Llm => Box::new(roles::llm(&ctx).await?),
             RoleName::Orchestrator => Box::new(roles::orchestrator(&ctx).await?),

@@ -380,8 +380,11 @@ impl Default for DlqConfig {
 }
 
 /// Fault injection for tests: an llm worker panics on calls to `llm_panic_route`, or aborts its
-/// whole process on calls to `llm_abort_route` (as a native crash or an OOM kill would). Off unless
-/// set; start-up logs a warning whenever it is on. No request can trigger either otherwise.
+/// whole process on calls to `llm_abort_route` (as a native crash or an OOM kill would); the
+/// persister's store refuses, as `StoreErrorKind::Rejected`, any job snapshot whose
+/// `spec.metadata` has the key `store_reject_metadata`, as if the database had rejected it. Off
+/// unless set; start-up logs a warning whenever it is on. No request can trigger any of them
+/// otherwise.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
@@ -389,11 +392,14 @@ pub struct FaultConfig {
     /// Panics at most this many times per process (0: on every matching call).
     pub llm_panic_times: u32,
     pub llm_abort_route: Option<String>,
+    pub store_reject_metadata: Option<String>,
 }
 
 impl FaultConfig {
     pub fn is_enabled(&self) -> bool {
-        self.llm_panic_route.is_some() || self.llm_abort_route.is_some()
+        self.llm_panic_route.is_some()
+            || self.llm_abort_route.is_some()
+            || self.store_reject_metadata.is_some()
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use chorus_core::config::FaultConfig;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -31,6 +34,9 @@ const MIGRATION_LOCK: i64 = 0x6368_6f72_7573_5f6d;
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) db: DatabaseConnection,
+    /// `faults.store_reject_metadata`: [`Store::write_batch`] refuses snapshots whose metadata
+    /// has this key.
+    pub(crate) reject_metadata: Option<Arc<str>>,
 }
 
 impl Store {
@@ -58,7 +64,17 @@ impl Store {
             });
         }
         let db = Database::connect(options).await?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            reject_metadata: None,
+        })
+    }
+
+    /// This store with the test-only faults of `faults` that concern it
+    /// (`store_reject_metadata`).
+    pub fn with_faults(mut self, faults: &FaultConfig) -> Store {
+        self.reject_metadata = faults.store_reject_metadata.as_deref().map(Arc::from);
+        self
     }
 
     /// Applies pending migrations; a no-op when there are none.

@@ -7,6 +7,12 @@
 //! and is replaced only by a row with a higher one, so replays, duplicates and any interleaving
 //! of batches end in the rows of the newest snapshot seen.
 //!
+//! A snapshot the database refuses ([`crate::StoreErrorKind::Rejected`]) can still be recorded with
+//! [`Store::write_rejected`]: a stand-in job row, failed with `storage_rejected`. The one
+//! exception to "higher versions only": a stand-in is also replaced by a row of its own version,
+//! so replaying the refused snapshot once its cause is fixed stores it in full, while ordinary
+//! duplicates (whose stored row is no stand-in) still change nothing.
+//!
 //! A job from a batch also carries its batch line (`batch_id`, `custom_id`, `line`) and, once
 //! terminal, its line of the batch's output or error file ([`crate::results`]), built here from
 //! the same snapshot so the file always agrees with the job.
@@ -14,14 +20,15 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use chorus_core::job::{JobState, JobStatus, StepState};
+use chorus_core::job::{JobError, JobState, JobStatus, STORAGE_REJECTED, StepState};
 use chorus_core::messages::TargetEvaluation;
+use chorus_core::spec::JobSpec;
 use chorus_core::{JobId, Tenant};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, IntoIden, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, IntoActiveModel, Iterable,
-    PrimaryKeyToColumn,
+    ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, IdenStatic, IntoActiveModel, Iterable,
+    ModelTrait, PrimaryKeyToColumn, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -44,10 +51,19 @@ pub struct Committed {
 impl Store {
     /// Writes a batch of snapshots in one transaction and reports the jobs whose terminal
     /// snapshot it holds (also when the database already had it: a replayed batch reports the
-    /// same jobs again).
+    /// same jobs again). A refused batch stores nothing; [`StoreError::kind`] says whether it
+    /// was for its data's sake.
     #[tracing::instrument(name = "store.write_batch", skip_all, fields(snapshots = states.len()))]
     pub async fn write_batch(&self, states: Vec<JobState>) -> Result<Vec<Committed>, StoreError> {
         let latest = latest_per_job(states);
+        if let Some(key) = self.reject_metadata.as_deref()
+            && let Some(state) = latest.values().find(|s| s.spec.metadata.contains_key(key))
+        {
+            return Err(StoreError::InjectedFault(format!(
+                "job {}: its metadata has `{key}` (faults.store_reject_metadata)",
+                state.id
+            )));
+        }
         let committed = latest
             .values()
             .filter(|s| s.status.is_terminal())
@@ -65,16 +81,79 @@ impl Store {
             rows.add(state)?;
         }
         let txn = self.begin_write().await?;
-        upsert(&txn, rows.jobs, jobs::Column::Version).await?;
-        upsert(&txn, rows.steps.into_values(), steps::Column::Version).await?;
+        upsert(&txn, rows.jobs, job_replaced()).await?;
+        upsert(
+            &txn,
+            rows.steps.into_values(),
+            newer(steps::Column::Version),
+        )
+        .await?;
         upsert(
             &txn,
             rows.evaluations.into_values(),
-            evaluations::Column::Version,
+            newer(evaluations::Column::Version),
         )
         .await?;
         txn.commit().await?;
         Ok(committed)
+    }
+
+    /// Stores `state`'s job as failed because its snapshot was refused (kind `storage_rejected`,
+    /// `reason` as the message), with only what can always be stored: ids, tenant, status,
+    /// timestamps, its batch line (batch_id, custom_id, line) and, for a batch line, an error
+    /// result line (so batch counts and error files add up). Returns the job as committed: a
+    /// row of a newer snapshot is kept, and so is a full row of this same snapshot. A later full
+    /// write of the same snapshot (an operator fixed the cause and replayed it) replaces this
+    /// row. Rows of the job's steps and evaluation from earlier snapshots are left as they were.
+    #[tracing::instrument(name = "store.write_rejected", skip_all, fields(job = %state.id))]
+    pub async fn write_rejected(
+        &self,
+        state: &JobState,
+        reason: &str,
+    ) -> Result<Committed, StoreError> {
+        let mut rows = Rows::default();
+        rows.add(stand_in(state, reason))?;
+        let txn = self.begin_write().await?;
+        upsert(&txn, rows.jobs, job_replaced()).await?;
+        let status = jobs::Entity::find_by_id(state.id.as_uuid())
+            .select_only()
+            .column(jobs::Column::Status)
+            .into_tuple::<String>()
+            .one(&txn)
+            .await?
+            .unwrap_or_default();
+        txn.commit().await?;
+        Ok(Committed {
+            tenant: state.tenant.clone(),
+            job_id: state.id,
+            status: JobStatus::parse(&status)
+                .ok_or_else(|| StoreError::Invalid(format!("job status `{status}`")))?,
+        })
+    }
+}
+
+/// What a refused snapshot is stored as: its job, failed with `storage_rejected`, without the
+/// spec, steps and evaluation the database refused.
+fn stand_in(state: &JobState, reason: &str) -> JobState {
+    JobState {
+        id: state.id,
+        tenant: state.tenant.clone(),
+        spec: JobSpec::default(),
+        status: JobStatus::Failed,
+        version: state.version,
+        steps: Vec::new(),
+        evaluation: None,
+        error: Some(JobError {
+            step: None,
+            kind: STORAGE_REJECTED.into(),
+            message: reason.into(),
+        }),
+        created_at: state.created_at,
+        updated_at: state.updated_at,
+        finished_at: Some(state.finished_at.unwrap_or(state.updated_at)),
+        trace: None,
+        origin: state.origin.clone(),
+        stream: false,
     }
 }
 
@@ -232,33 +311,49 @@ fn timestamp(millis: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Invalid(format!("timestamp {millis} ms is out of range")))
 }
 
-/// Multi-row upserts of `rows`, chunked to stay under the bind-parameter limit. A stored row is
-/// replaced (every column but the key) only when `version` is higher in the new row:
-/// `ON CONFLICT (<key>) DO UPDATE SET … WHERE <table>.version < excluded.version`.
-async fn upsert<C>(
-    db: &impl ConnectionTrait,
-    rows: impl IntoIterator<Item = <C::EntityName as EntityTrait>::Model>,
-    version: C,
-) -> Result<(), StoreError>
+/// `<table>.version < excluded.version`: the proposed row is from a newer snapshot.
+fn newer<C>(version: C) -> Expr
 where
     C: ColumnTrait,
     C::EntityName: EntityTrait<Column = C>,
-    <C::EntityName as EntityTrait>::Model:
-        IntoActiveModel<<C::EntityName as EntityTrait>::ActiveModel>,
 {
-    let key: Vec<C> = <C::EntityName as EntityTrait>::PrimaryKey::iter()
+    Expr::col((C::EntityName::default(), version)).lt(excluded(version))
+}
+
+/// When a job row is replaced: by a newer snapshot's row, or by its own snapshot's when the
+/// stored row is a `storage_rejected` stand-in ([`Store::write_rejected`]).
+fn job_replaced() -> Expr {
+    let stored = |column: jobs::Column| Expr::col((jobs::Entity, column));
+    newer(jobs::Column::Version).or(stored(jobs::Column::Version)
+        .eq(excluded(jobs::Column::Version))
+        .and(stored(jobs::Column::ErrorKind).eq(STORAGE_REJECTED)))
+}
+
+/// Multi-row upserts of `rows`, chunked to stay under the bind-parameter limit. A stored row is
+/// replaced (every column but the key) only when `replace_when` holds:
+/// `ON CONFLICT (<key>) DO UPDATE SET … WHERE <replace_when>`.
+async fn upsert<M>(
+    db: &impl ConnectionTrait,
+    rows: impl IntoIterator<Item = M>,
+    replace_when: Expr,
+) -> Result<(), StoreError>
+where
+    M: ModelTrait + IntoActiveModel<<M::Entity as EntityTrait>::ActiveModel>,
+{
+    type Column<M> = <<M as ModelTrait>::Entity as EntityTrait>::Column;
+    let key: Vec<Column<M>> = <M::Entity as EntityTrait>::PrimaryKey::iter()
         .map(|k| k.into_column())
         .collect();
-    let is_key = |c: &C| key.iter().any(|k| k.as_str() == c.as_str());
+    let is_key = |c: &Column<M>| key.iter().any(|k| k.as_str() == c.as_str());
     let mut on_conflict = OnConflict::columns(key.clone());
     on_conflict
-        .update_columns(C::iter().filter(|c| !is_key(c)))
-        .action_and_where(Expr::col((C::EntityName::default(), version)).lt(excluded(version)));
+        .update_columns(Column::<M>::iter().filter(|c| !is_key(c)))
+        .action_and_where(replace_when);
 
-    let per_statement = MAX_PARAMS / C::iter().count();
+    let per_statement = MAX_PARAMS / Column::<M>::iter().count();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
-        C::EntityName::insert_many(
+        M::Entity::insert_many(
             rows.by_ref()
                 .take(per_statement)
                 .map(|r| r.into_active_model()),
