@@ -21,7 +21,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::spec::{ChatMessage, JobSpec, Params, Role, Validator};
+use crate::spec::{ChatMessage, FieldError, JobSpec, Params, Role, Validator};
 
 /// What a batch line asks for: its `url`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +62,75 @@ pub struct Origin {
 
 /// The longest `custom_id`, in characters.
 pub const MAX_CUSTOM_ID: usize = 256;
+/// The longest batch id a JetStream submitter may give (`Chorus-Batch`), in characters.
+pub const MAX_BATCH_ID: usize = 256;
+
+/// Checks a batch line's `custom_id`, wherever it comes from (a line of an input file, a
+/// JetStream submission's `Chorus-Custom-Id`): 1 to [`MAX_CUSTOM_ID`] characters, without line
+/// breaks (the id travels in NATS headers, which cannot hold them). Any other character is
+/// stored as it is.
+pub fn check_custom_id(id: &str) -> Result<(), FieldError> {
+    check_id("custom_id", id, MAX_CUSTOM_ID)
+}
+
+/// Checks the batch id a JetStream submission names (`Chorus-Batch`): 1 to [`MAX_BATCH_ID`]
+/// characters (it is indexed, and part of the results subject), without line breaks.
+pub fn check_batch_id(id: &str) -> Result<(), FieldError> {
+    check_id("batch", id, MAX_BATCH_ID)
+}
+
+/// OpenAI's limits on `metadata` (of a batch, of a chat completion): at most this many pairs…
+pub const MAX_METADATA_PAIRS: usize = 16;
+/// …keys of at most this many characters…
+pub const MAX_METADATA_KEY: usize = 64;
+/// …and string values of at most this many characters.
+pub const MAX_METADATA_VALUE: usize = 512;
+
+/// Checks the `metadata` of a batch or of a chat completion request against OpenAI's limits:
+/// at most [`MAX_METADATA_PAIRS`] pairs, keys of at most [`MAX_METADATA_KEY`] characters,
+/// values strings of at most [`MAX_METADATA_VALUE`]. (A Chorus job's own `metadata` is any JSON
+/// object; see [`crate::spec::MAX_JSON_DEPTH`].)
+pub fn check_openai_metadata(metadata: &Map<String, Value>) -> Result<(), FieldError> {
+    if metadata.len() > MAX_METADATA_PAIRS {
+        return Err(FieldError::new(
+            "metadata",
+            format!(
+                "{} pairs; at most {MAX_METADATA_PAIRS} are allowed",
+                metadata.len()
+            ),
+        ));
+    }
+    for (key, value) in metadata {
+        if key.chars().count() > MAX_METADATA_KEY {
+            return Err(FieldError::new(
+                "metadata",
+                format!("a key is longer than {MAX_METADATA_KEY} characters"),
+            ));
+        }
+        let problem = match value {
+            Value::String(s) if s.chars().count() > MAX_METADATA_VALUE => {
+                format!("longer than {MAX_METADATA_VALUE} characters")
+            }
+            Value::String(_) => continue,
+            other => format!("must be a string, got {}", kind(other)),
+        };
+        return Err(FieldError::new(format!("metadata.{key}"), problem));
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, id: &str, max: usize) -> Result<(), FieldError> {
+    let problem = if id.is_empty() {
+        "must not be empty".to_owned()
+    } else if id.chars().count() > max {
+        format!("longer than {max} characters")
+    } else if id.contains(['\r', '\n']) {
+        "must not contain line breaks".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(FieldError::new(field, problem))
+}
 /// How many errors a [`FileErrors`] lists; the rest are only counted.
 pub const MAX_REPORTED: usize = 100;
 
@@ -376,21 +445,10 @@ fn parse_envelope(line: u64, text: &str) -> Result<(Envelope, Map<String, Value>
     let invalid =
         |code, field: &str, message: String| LineError::new(at, code, Some(field.into()), message);
     let custom_id = match custom_id {
-        Value::String(s) if s.is_empty() => {
-            return Err(invalid(
-                LineErrorCode::InvalidCustomId,
-                "custom_id",
-                "must not be empty".into(),
-            ));
-        }
-        Value::String(s) if s.chars().count() > MAX_CUSTOM_ID => {
-            return Err(invalid(
-                LineErrorCode::InvalidCustomId,
-                "custom_id",
-                format!("longer than {MAX_CUSTOM_ID} characters"),
-            ));
-        }
-        Value::String(s) => s,
+        Value::String(s) => match check_custom_id(&s) {
+            Ok(()) => s,
+            Err(e) => return Err(invalid(LineErrorCode::InvalidCustomId, &e.field, e.problem)),
+        },
         other => {
             return Err(invalid(
                 LineErrorCode::InvalidCustomId,
@@ -636,6 +694,10 @@ fn chat_spec(body: Map<String, Value>) -> Result<(JobSpec, Option<Streaming>), B
         }
         _ => None,
     };
+    if let Some(metadata) = &request.metadata {
+        check_openai_metadata(metadata)
+            .map_err(|e| BodyError::invalid(format!("body.{}", e.field), e.problem))?;
+    }
     if let Some(n) = request.n.filter(|n| *n != 1) {
         return Err(BodyError::invalid(
             "body.n",
@@ -1025,6 +1087,10 @@ mod tests {
                 "line 7: body.stop[1]: must be a string, got a number",
             ),
             (
+                json!({"model": "m", "messages": user, "metadata": {"run": 7}}),
+                "line 7: body.metadata.run: must be a string, got a number",
+            ),
+            (
                 json!({"model": "m", "messages": user, "max_tokens": 5, "max_completion_tokens": 6}),
                 "line 7: body.max_completion_tokens: differs from max_tokens (5)",
             ),
@@ -1032,6 +1098,59 @@ mod tests {
             let err = error_of(&chat(body.clone()));
             assert!(err.starts_with(want), "{body}\n  got: {err}\n want: {want}");
         }
+    }
+
+    #[test]
+    fn ids_take_any_character_but_line_breaks() {
+        for id in ["a", "nul \0 here", "🎉 שלום", "\u{FDD0}", &"é".repeat(256)] {
+            assert_eq!(check_custom_id(id), Ok(()), "{id:?}");
+            assert_eq!(check_batch_id(id), Ok(()), "{id:?}");
+        }
+        for (id, problem) in [
+            ("", "must not be empty"),
+            ("a\nb", "must not contain line breaks"),
+            ("a\r", "must not contain line breaks"),
+            (&"x".repeat(257), "longer than 256 characters"),
+        ] {
+            assert_eq!(
+                check_custom_id(id),
+                Err(FieldError::new("custom_id", problem))
+            );
+            assert_eq!(check_batch_id(id), Err(FieldError::new("batch", problem)));
+        }
+    }
+
+    #[test]
+    fn openai_metadata_keeps_to_openais_limits() {
+        let fits = |pairs: usize| -> Map<String, Value> {
+            (0..pairs)
+                .map(|i| (format!("{i:0>64}"), json!("v\0🎉".repeat(170))))
+                .collect()
+        };
+        assert_eq!(check_openai_metadata(&fits(16)), Ok(()));
+        assert_eq!(check_openai_metadata(&Map::new()), Ok(()));
+        let refused = |metadata: Value| {
+            let Value::Object(map) = metadata else {
+                unreachable!()
+            };
+            check_openai_metadata(&map).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(Value::Object(fits(17))),
+            "metadata: 17 pairs; at most 16 are allowed"
+        );
+        assert_eq!(
+            refused(json!({"k".repeat(65): "v"})),
+            "metadata: a key is longer than 64 characters"
+        );
+        assert_eq!(
+            refused(json!({"run": "x".repeat(513)})),
+            "metadata.run: longer than 512 characters"
+        );
+        assert_eq!(
+            refused(json!({"run": {"nested": true}})),
+            "metadata.run: must be a string, got an object"
+        );
     }
 
     #[test]
@@ -1072,6 +1191,11 @@ mod tests {
                 ok(json!("é".repeat(257))).to_string(),
                 LineErrorCode::InvalidCustomId,
                 "line 7: custom_id: longer than 256 characters",
+            ),
+            (
+                ok(json!("a\r\nb")).to_string(),
+                LineErrorCode::InvalidCustomId,
+                "line 7: custom_id: must not contain line breaks",
             ),
             (
                 ok(json!(12)).to_string(),

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::assertion::Assertion;
+use crate::assertion::{Assertion, Check};
 use crate::template;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -51,6 +51,12 @@ pub struct JobSpec {
 
 /// The range of `priority`.
 pub const PRIORITIES: std::ops::RangeInclusive<i32> = -10..=10;
+
+/// How deeply arrays and objects may nest in a spec's free-form JSON (`metadata`, `input`,
+/// `params.response_format`, `params.tools`, `params.tool_choice`, assertion values). A stored
+/// spec must read back, and JSON readers (serde_json's among them) stop at 128 levels: 64 leaves
+/// room for the spec and the records around these values.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
@@ -279,6 +285,11 @@ impl JobSpec {
         }
 
         check_params("params", &self.params, &mut errors);
+        for (field, map) in [("input", &self.input), ("metadata", &self.metadata)] {
+            if map.values().any(|v| deeper_than(v, MAX_JSON_DEPTH - 1)) {
+                errors.push(too_deep(field));
+            }
+        }
         if !PRIORITIES.contains(&self.priority) {
             errors.push(FieldError::new(
                 "priority",
@@ -332,6 +343,20 @@ impl JobSpec {
                         "must be a finite number >= 0",
                     ));
                 }
+                let value = match &a.check {
+                    Check::Equals { value } => Some(("value", value)),
+                    Check::JsonSchema { schema } => Some(("schema", schema)),
+                    Check::JsonPath {
+                        equals: Some(equals),
+                        ..
+                    } => Some(("equals", equals)),
+                    _ => None,
+                };
+                if let Some((name, value)) = value
+                    && deeper_than(value, MAX_JSON_DEPTH)
+                {
+                    errors.push(too_deep(&format!("evaluate.assertions[{i}].{name}")));
+                }
                 if let Err(problem) = validator.check_assertion(a) {
                     errors.push(FieldError::new(
                         format!("evaluate.assertions[{i}]"),
@@ -371,7 +396,36 @@ impl JobSpec {
     }
 }
 
+/// True when arrays and objects nest more than `limit` levels deep in `value`.
+fn deeper_than(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| deeper_than(v, limit - 1)),
+        Value::Object(map) => limit == 0 || map.values().any(|v| deeper_than(v, limit - 1)),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => false,
+    }
+}
+
+fn too_deep(field: &str) -> FieldError {
+    FieldError::new(
+        field,
+        format!("arrays and objects nest more than {MAX_JSON_DEPTH} levels deep"),
+    )
+}
+
 fn check_params(field: &str, params: &Params, errors: &mut Vec<FieldError>) {
+    let free_form = [
+        ("response_format", &params.response_format),
+        ("tools", &params.tools),
+        ("tool_choice", &params.tool_choice),
+    ];
+    for (name, value) in free_form {
+        if value
+            .as_ref()
+            .is_some_and(|v| deeper_than(v, MAX_JSON_DEPTH))
+        {
+            errors.push(too_deep(&format!("{field}.{name}")));
+        }
+    }
     if let Some(t) = params.temperature
         && !(0.0..=2.0).contains(&t)
     {
@@ -421,4 +475,79 @@ fn check_params(field: &str, params: &Params, errors: &mut Vec<FieldError>) {
 fn first_duplicate<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut seen = std::collections::HashSet::new();
     items.into_iter().find(|item| !seen.insert(*item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct AnyRoute;
+
+    impl Validator for AnyRoute {
+        fn check_route(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn check_assertion(&self, _: &Assertion) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// `depth` arrays, one inside the other, around a string.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!("leaf"), |inner, _| json!([inner]))
+    }
+
+    fn problems(spec: Value) -> Vec<FieldError> {
+        serde_json::from_value::<JobSpec>(spec)
+            .unwrap()
+            .validate(&AnyRoute)
+    }
+
+    #[test]
+    fn free_form_json_may_nest_to_the_limit_and_no_deeper() {
+        // Each field with a value `depth` levels deep, counting the field's own map for
+        // `metadata` and `input`.
+        let with = |field: &str, depth: usize| {
+            let mut spec = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
+            match field {
+                "metadata" => spec["metadata"] = json!({"k": nested(depth - 1)}),
+                "input" => {
+                    spec = json!({"model": "m", "prompt": "{{ k }}", "input": {"k": nested(depth - 1)}})
+                }
+                "params.tools" => spec["params"] = json!({"tools": nested(depth)}),
+                "params.tool_choice" => spec["params"] = json!({"tool_choice": nested(depth)}),
+                "params.response_format" => {
+                    let schema = json!({"type": "object", "properties": nested(depth - 3)});
+                    spec["params"] = json!({"response_format": {"type": "json_schema",
+                        "json_schema": {"name": "s", "schema": schema}}});
+                }
+                "evaluate.assertions[0].value" => {
+                    spec["evaluate"] =
+                        json!({"assertions": [{"type": "equals", "value": nested(depth)}]})
+                }
+                other => unreachable!("{other}"),
+            }
+            spec
+        };
+        for field in [
+            "metadata",
+            "input",
+            "params.tools",
+            "params.tool_choice",
+            "params.response_format",
+            "evaluate.assertions[0].value",
+        ] {
+            assert_eq!(problems(with(field, MAX_JSON_DEPTH)), [], "{field}");
+            assert_eq!(
+                problems(with(field, MAX_JSON_DEPTH + 1)),
+                [FieldError::new(
+                    field,
+                    "arrays and objects nest more than 64 levels deep"
+                )],
+                "{field}"
+            );
+        }
+    }
 }

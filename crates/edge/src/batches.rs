@@ -52,7 +52,7 @@ pub struct CreateBatch {
     post, path = "/v1/batches", operation_id = "createBatch", tag = "batches", request_body = CreateBatch,
     responses(
         (status = 200, description = "The batch", body = BatchObject),
-        (status = 400, description = "A bad endpoint or window, or the file no longer passes its checks", body = ErrorBody),
+        (status = 400, description = "A bad endpoint, window or metadata (OpenAI's limits), or the file no longer passes its checks", body = ErrorBody),
         (status = 404, description = "No such file for this tenant", body = ErrorBody),
         (status = 401, description = "No live API key", body = ErrorBody),
         (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
@@ -82,6 +82,13 @@ pub async fn create(
             param: Some("completion_window".into()),
             code: "invalid_value",
         });
+    }
+    if let Some(metadata) = &request.metadata {
+        batch::check_openai_metadata(metadata).map_err(|e| ApiError::BadRequest {
+            message: e.to_string(),
+            param: Some(e.field),
+            code: "invalid_value",
+        })?;
     }
     let tenant = caller.tenant.clone();
     let content = state
