@@ -124,34 +124,54 @@ pub fn redact_url(text: &str) -> String {
     }
 }
 
+/// Why a secret named by configuration cannot be read. It names the variable or the file, never
+/// the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("give a variable or a file, not both")]
+    Both,
+    #[error("the variable `{var}` is not set")]
+    NotSet { var: String },
+    #[error("the variable `{var}` is not valid UTF-8")]
+    NotUnicode { var: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} is empty")]
+    Empty { what: String },
+}
+
 /// A secret named by configuration: the value of the variable `env`, or the content of `file`
 /// (trimmed; a mounted Kubernetes secret ends in a newline). `Ok(None)` when neither is given.
-/// Errors name the variable or the file, never the value.
 pub fn load_secret(
     env: Option<&str>,
     file: Option<&std::path::Path>,
-) -> Result<Option<SecretString>, String> {
+) -> Result<Option<SecretString>, SecretError> {
     let (value, source) = match (env, file) {
         (None, None) => return Ok(None),
-        (Some(_), Some(_)) => return Err("give a variable or a file, not both".into()),
+        (Some(_), Some(_)) => return Err(SecretError::Both),
         (Some(var), None) => {
             let value = std::env::var(var).map_err(|e| match e {
-                std::env::VarError::NotPresent => format!("the variable `{var}` is not set"),
-                std::env::VarError::NotUnicode(_) => {
-                    format!("the variable `{var}` is not valid UTF-8")
-                }
+                std::env::VarError::NotPresent => SecretError::NotSet { var: var.into() },
+                std::env::VarError::NotUnicode(_) => SecretError::NotUnicode { var: var.into() },
             })?;
             (value, format!("the variable `{var}`"))
         }
         (None, Some(path)) => {
-            let value = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let value =
+                std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+                    path: path.to_owned(),
+                    source,
+                })?;
             (value, path.display().to_string())
         }
     };
     let value = value.trim();
     if value.is_empty() {
-        return Err(format!("{source} is empty"));
+        return Err(SecretError::Empty { what: source });
     }
     Ok(Some(SecretString::from(value.to_owned())))
 }
@@ -380,7 +400,8 @@ impl Default for DlqConfig {
 }
 
 /// Fault injection for tests: an llm worker panics on calls to `llm_panic_route`, or aborts its
-/// whole process on calls to `llm_abort_route` (as a native crash or an OOM kill would); the
+/// whole process on calls to `llm_abort_route` (as a native crash or an OOM kill would), or fails
+/// its first `llm_publish_failures` step-result publishes as if NATS had not answered; the
 /// persister's store refuses, as `StoreErrorKind::Rejected`, any job snapshot whose
 /// `spec.metadata` has the key `store_reject_metadata`, as if the database had rejected it. Off
 /// unless set; start-up logs a warning whenever it is on. No request can trigger any of them
@@ -392,6 +413,7 @@ pub struct FaultConfig {
     /// Panics at most this many times per process (0: on every matching call).
     pub llm_panic_times: u32,
     pub llm_abort_route: Option<String>,
+    pub llm_publish_failures: u32,
     pub store_reject_metadata: Option<String>,
 }
 
@@ -399,6 +421,7 @@ impl FaultConfig {
     pub fn is_enabled(&self) -> bool {
         self.llm_panic_route.is_some()
             || self.llm_abort_route.is_some()
+            || self.llm_publish_failures > 0
             || self.store_reject_metadata.is_some()
     }
 }

@@ -153,6 +153,11 @@ pub mod msg_id {
         format!("{job}:evaluated")
     }
 
+    /// A job's abort by `stage`: one per stage, so a retried abort is a duplicate.
+    pub fn abort(job: JobId, stage: &str) -> String {
+        format!("{job}:abort:{stage}")
+    }
+
     /// A dead letter of the message at `sequence` on `subject`.
     pub fn dead_letter(subject: &str, sequence: u64) -> String {
         format!("dlq:{subject}:{sequence}")

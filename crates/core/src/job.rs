@@ -15,8 +15,8 @@ use crate::batch::Origin;
 use crate::ids::{JobId, Tenant, UnixMillis};
 use crate::judge;
 use crate::messages::{
-    Attempt, EvalRequest, EvalTarget, EvaluationResult, JudgeOutcome, JudgeVerdict, LlmCall,
-    StepError, StepOutcome, StepOutput, StepResult, TargetEvaluation, Usage,
+    Attempt, EvalRequest, EvalTarget, EvaluationResult, JobAbort, JudgeOutcome, JudgeVerdict,
+    LlmCall, StepError, StepOutcome, StepOutput, StepResult, TargetEvaluation, Usage,
 };
 use crate::spec::{ChatMessage, JobSpec, Role};
 use crate::template::{self, Answer};
@@ -225,6 +225,9 @@ pub enum Input {
         at: UnixMillis,
         reason: String,
     },
+    /// A stage cannot carry the job on (see [`JobAbort`]): it fails with this error, and the step
+    /// named, if still open, fails with it.
+    Abort(JobAbort),
 }
 
 /// What a transition asks the orchestrator to publish.
@@ -547,6 +550,7 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
         Input::Step(r) => r.finished_at,
         Input::Evaluated(r) => r.evaluated_at,
         Input::Cancel { at, .. } => *at,
+        Input::Abort(abort) => abort.at,
     };
     match input {
         Input::Submitted { .. } => {
@@ -643,6 +647,27 @@ pub fn apply(state: &JobState, input: Input) -> Transition {
                     message: reason,
                 };
                 next.finish(JobStatus::Cancelled, Some(error), now);
+            }
+        }
+        Input::Abort(abort) => {
+            if !next.status.is_terminal() {
+                let step = abort.step.and_then(|i| next.steps.get_mut(i as usize));
+                if let Some(step) = step.filter(|s| !s.status.is_settled()) {
+                    step.status = StepStatus::Failed;
+                    step.error = Some(StepError {
+                        kind: abort.kind.clone(),
+                        message: abort.message.clone(),
+                        retryable: false,
+                        status: None,
+                    });
+                    step.finished_at = Some(now);
+                }
+                let error = JobError {
+                    step: abort.step,
+                    kind: abort.kind,
+                    message: abort.message,
+                };
+                next.finish(JobStatus::Failed, Some(error), now);
             }
         }
     }

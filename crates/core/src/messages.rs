@@ -254,6 +254,22 @@ pub struct EvaluationResult {
 }
 envelope!(EvaluationResult, "eval.result", 1);
 
+/// A stage could not carry a job on — its data is too large for the bus, or its message kept
+/// crashing its workers — so the job fails with this reason instead of waiting forever.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAbort {
+    pub job_id: JobId,
+    pub tenant: Tenant,
+    /// The step it happened at, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// A stable, machine-readable kind (`too_large`, `max_deliveries`, …).
+    pub kind: String,
+    pub message: String,
+    pub at: UnixMillis,
+}
+envelope!(JobAbort, "job.abort", 1);
+
 // A job's state is itself a message: the value of its key in the jobs bucket, which the
 // persister consumes as the stream of the job's snapshots.
 envelope!(JobState, "job.state", 1);

@@ -12,6 +12,7 @@ use crate::ids::{JobId, Tenant};
 pub enum EventKind {
     Step,
     Evaluated,
+    Aborted,
 }
 
 impl EventKind {
@@ -19,6 +20,7 @@ impl EventKind {
         match self {
             Self::Step => "step",
             Self::Evaluated => "evaluated",
+            Self::Aborted => "aborted",
         }
     }
 }
@@ -94,6 +96,12 @@ impl Subjects {
 
     pub fn evaluator_work(&self) -> String {
         format!("{}.work.evaluator", self.prefix)
+    }
+
+    /// Job snapshots for the persister that are not new versions of a job's state: those replayed
+    /// from the DLQ (a replay must not rewrite the jobs bucket).
+    pub fn persister_work(&self) -> String {
+        format!("{}.work.persister", self.prefix)
     }
 
     pub fn event(&self, tenant: &Tenant, job: JobId, kind: EventKind) -> String {

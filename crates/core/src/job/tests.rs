@@ -440,3 +440,35 @@ fn calls_carry_priority_deadline_and_batch() {
         (7, Some(10_000), Some("batch_1"))
     );
 }
+
+#[test]
+fn an_abort_fails_the_job_and_its_open_step_once() {
+    let state = job(roundtable());
+    let s = apply(&state, Input::Submitted { at: 1 }).state;
+    let s = apply(&s, ok(&s, 0, "first")).state;
+    let abort = |step| {
+        Input::Abort(JobAbort {
+            job_id: s.id,
+            tenant: s.tenant.clone(),
+            step: Some(step),
+            kind: "too_large".into(),
+            message: "step 1's answer is larger than the bus carries".into(),
+            at: 7,
+        })
+    };
+    let t = apply(&s, abort(1));
+    assert!(t.changed && t.effects.is_empty());
+    assert_eq!(t.state.status, JobStatus::Failed);
+    let error = t.state.error.as_ref().map(|e| (e.step, e.kind.as_str()));
+    assert_eq!(error, Some((Some(1), "too_large")));
+    assert_eq!(t.state.steps[1].status, StepStatus::Failed);
+    assert_eq!(
+        t.state.steps[0].status,
+        StepStatus::Succeeded,
+        "a settled step keeps its answer"
+    );
+    let again = apply(&t.state, abort(1));
+    assert!(!again.changed, "an abort applies once");
+    let late = apply(&t.state, ok(&t.state, 1, "too late"));
+    assert!(!late.changed && late.effects.is_empty());
+}
