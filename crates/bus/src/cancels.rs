@@ -16,7 +16,7 @@ use chorus_core::{JobId, Tenant};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::{Bus, BusError};
+use crate::{Bus, BusError, BusErrorKind};
 
 /// The cancels bucket, for writing cancels.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ impl Cancels {
             .js
             .get_key_value(bus.subjects.cancels_bucket())
             .await
-            .map_err(BusError::nats)?;
+            .map_err(|e| BusError::request("open the cancels bucket", e))?;
         Ok(Self {
             bus: bus.clone(),
             kv,
@@ -68,7 +68,7 @@ impl Cancels {
             .put(key, at.into())
             .await
             .map(drop)
-            .map_err(BusError::nats)
+            .map_err(|e| BusError::request("write a cancel", e))
     }
 
     /// Starts mirroring the bucket; returns once the cancels already written are loaded.
@@ -78,14 +78,14 @@ impl Cancels {
             .kv
             .watch_with_history(">")
             .await
-            .map_err(BusError::nats)?;
+            .map_err(|e| BusError::request("watch the cancels bucket", e))?;
         // Fresh stream info (the KV handle's status is cached from when it was opened).
         let pending = self
             .bus
             .js
             .get_stream(format!("KV_{}", self.kv.name))
             .await
-            .map_err(BusError::nats)?
+            .map_err(|e| BusError::request("read the cancels stream", e))?
             .cached_info()
             .state
             .messages;
@@ -102,7 +102,8 @@ impl Cancels {
         if pending > 0 {
             let loaded = tokio::time::timeout(Duration::from_secs(30), async {
                 while let Some(entry) = watch.next().await {
-                    let entry = entry.map_err(BusError::nats)?;
+                    let entry =
+                        entry.map_err(|e| BusError::request("load the cancels bucket", e))?;
                     let last = entry.delta == 0;
                     apply(&keys, entry);
                     if last {
@@ -112,7 +113,13 @@ impl Cancels {
                 Ok::<_, BusError>(())
             })
             .await;
-            loaded.map_err(|_| BusError::Nats("loading the cancels bucket timed out".into()))??;
+            loaded.map_err(|elapsed| {
+                BusError::new(
+                    "load the cancels bucket",
+                    BusErrorKind::Unavailable,
+                    elapsed,
+                )
+            })??;
         }
         let live = Arc::clone(&keys);
         let task = tokio::spawn(async move {

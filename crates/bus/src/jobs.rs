@@ -45,7 +45,7 @@ impl JobStore {
             .js
             .get_key_value(bus.subjects.jobs_bucket())
             .await
-            .map_err(BusError::nats)?;
+            .map_err(|e| BusError::request("open the jobs bucket", e))?;
         Ok(Self {
             bus: bus.clone(),
             kv,
@@ -62,7 +62,7 @@ impl JobStore {
             .kv
             .entry(key(tenant, job))
             .await
-            .map_err(BusError::nats)?
+            .map_err(|e| BusError::request(format!("read the state of job {job}"), e))?
         else {
             return Ok(None);
         };
@@ -81,14 +81,14 @@ impl JobStore {
             .kv
             .watch_with_history(key(tenant, job))
             .await
-            .map_err(BusError::nats)?;
-        Ok(watch.filter_map(|entry| async move {
+            .map_err(|e| BusError::request(format!("watch job {job}"), e))?;
+        Ok(watch.filter_map(move |entry| async move {
             match entry {
                 Ok(entry) if entry.operation == Operation::Put => {
                     Some(decode(&entry.value).map(|state| (state, entry.revision)))
                 }
                 Ok(_) => None,
-                Err(e) => Some(Err(BusError::nats(e))),
+                Err(e) => Some(Err(BusError::request(format!("watch job {job}"), e))),
             }
         }))
     }
@@ -116,18 +116,19 @@ impl JobStore {
         if let Some(trace) = chorus_telemetry::trace::outgoing(state.trace.as_ref()) {
             message_headers.insert(headers::TRACEPARENT, trace.to_string().as_str());
         }
-        let body = codec::encode(state).map_err(BusError::nats)?;
+        let what = || format!("write the state of job {}", state.id);
+        let body = codec::encode(state).map_err(|e| BusError::codec(what(), e))?;
         let subject = self.bus.subjects.job_key(&state.tenant, state.id);
         let ack = self
             .bus
             .js
             .publish_with_headers(subject, message_headers, body)
             .await
-            .map_err(BusError::nats)?;
+            .map_err(|e| BusError::request(what(), e))?;
         match ack.await {
             Ok(ack) => Ok(Write::Stored(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Write::Conflict),
-            Err(e) => Err(BusError::nats(e)),
+            Err(e) => Err(BusError::request(what(), e)),
         }
     }
 }
@@ -137,5 +138,6 @@ fn key(tenant: &Tenant, job: JobId) -> String {
 }
 
 fn decode(value: &[u8]) -> Result<JobState, BusError> {
-    codec::decode(Some(&codec::type_header::<JobState>()), value).map_err(BusError::nats)
+    codec::decode(Some(&codec::type_header::<JobState>()), value)
+        .map_err(|e| BusError::codec("decode a job state", e))
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`connect`]: connecting, and the start-up checks (reachable, JetStream on, version).
+//! - [`error`]: [`BusError`] and its [`BusErrorKind`], classified once from async-nats's errors.
 //! - [`definitions`]: streams and consumers as data (`nats/`), applied idempotently.
 //! - [`publish`]: building messages with their headers and publishing them pipelined.
 //! - [`delivery`]: a pulled message that must be settled; NAKed if dropped unsettled.
@@ -17,11 +18,13 @@ pub mod connect;
 pub mod definitions;
 pub mod delivery;
 pub mod dlq;
+pub mod error;
 pub mod jobs;
 pub mod limits;
 pub mod publish;
 pub mod server_binary;
 pub mod source;
 
-pub use connect::{Bus, BusError};
+pub use connect::Bus;
 pub use delivery::Delivery;
+pub use error::{BusError, BusErrorKind};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::{Bus, BusError};
+use crate::{Bus, BusError, BusErrorKind};
 
 /// How long a concurrency lease outlives the process that stops renewing it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
@@ -65,7 +65,11 @@ struct RateState {
 impl Limits {
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
         let bucket = format!("{}_limits", bus.subjects.prefix().replace('-', "_"));
-        let kv = bus.js.get_key_value(bucket).await.map_err(BusError::nats)?;
+        let kv = bus
+            .js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| BusError::request("open the limits bucket", e))?;
         Ok(Self {
             bus: bus.clone(),
             kv,
@@ -134,7 +138,10 @@ impl RouteLimiter {
         let key = self.key();
         let started = tokio::time::Instant::now();
         loop {
-            let entry = kv.entry(&key).await.map_err(BusError::nats)?;
+            let entry = kv
+                .entry(&key)
+                .await
+                .map_err(|e| BusError::request("read a route's rate state", e))?;
             let (mut state, revision) = match entry {
                 Some(e) if e.operation == Operation::Put => (
                     serde_json::from_slice(&e.value).unwrap_or_default(),
@@ -146,17 +153,19 @@ impl RouteLimiter {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let value = serde_json::to_vec(&state).map_err(BusError::nats)?.into();
+            let value = serde_json::to_vec(&state)
+                .map_err(|e| BusError::new("encode a rate state", BusErrorKind::Codec, e))?
+                .into();
             let stored = match revision {
                 Some(revision) => match kv.update(&key, value, revision).await {
                     Ok(_) => true,
                     Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
-                    Err(e) => return Err(BusError::nats(e)),
+                    Err(e) => return Err(BusError::request("write a route's rate state", e)),
                 },
                 None => match kv.create(&key, value).await {
                     Ok(_) => true,
                     Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
-                    Err(e) => return Err(BusError::nats(e)),
+                    Err(e) => return Err(BusError::request("write a route's rate state", e)),
                 },
             };
             if stored {
@@ -237,7 +246,7 @@ impl RouteLimiter {
                 .kv
                 .entry(self.key())
                 .await
-                .map_err(BusError::nats)?;
+                .map_err(|e| BusError::request("read a route's pause", e))?;
             let paused_until = entry
                 .filter(|e| e.operation == Operation::Put)
                 .and_then(|e| serde_json::from_slice::<RateState>(&e.value).ok())
@@ -261,7 +270,12 @@ impl RouteLimiter {
         loop {
             for i in (0..max).map(|i| (start + i) % max) {
                 let key = format!("slot.{}.{i}", self.inner.token);
-                let last = match bucket.kv.entry(&key).await.map_err(BusError::nats)? {
+                let entry = bucket
+                    .kv
+                    .entry(&key)
+                    .await
+                    .map_err(|e| BusError::request("read a concurrency slot", e))?;
+                let last = match entry {
                     Some(e) if e.operation == Operation::Put => continue,
                     Some(marker) => marker.revision,
                     None => 0,
@@ -304,11 +318,11 @@ impl Limits {
             .js
             .publish_with_headers(subject, headers, bytes::Bytes::from_static(b"held"))
             .await
-            .map_err(BusError::nats)?;
+            .map_err(|e| BusError::request("write a concurrency slot", e))?;
         match ack.await {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(BusError::nats(e)),
+            Err(e) => Err(BusError::request("write a concurrency slot", e)),
         }
     }
 }

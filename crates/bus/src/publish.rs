@@ -73,23 +73,24 @@ impl Outgoing {
 impl Bus {
     /// Publishes one message and returns the pending ack.
     pub async fn publish(&self, message: Outgoing) -> Result<PublishAckFuture, BusError> {
+        let subject = message.subject;
         self.js
-            .publish_with_headers(message.subject, message.headers, message.payload)
+            .publish_with_headers(subject.clone(), message.headers, message.payload)
             .await
-            .map_err(BusError::nats)
+            .map_err(|e| BusError::request(format!("publish to {subject}"), e))
     }
 
     /// Publishes every message, then waits for all their acks.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), BusError> {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            pending.push(self.publish(message).await?);
+            let subject = message.subject.clone();
+            pending.push((subject, self.publish(message).await?));
         }
-        try_join_all(
-            pending
-                .into_iter()
-                .map(|ack| async move { ack.await.map_err(BusError::nats) }),
-        )
+        try_join_all(pending.into_iter().map(|(subject, ack)| async move {
+            ack.await
+                .map_err(|e| BusError::request(format!("publish to {subject}"), e))
+        }))
         .await
         .map(|_| ())
     }

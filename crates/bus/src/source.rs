@@ -1,7 +1,7 @@
 //! The pull loop of a role: fetches from its durable consumer, never more than the role can hold.
 //!
-//! Fetched messages wait in a small window, kept alive with in-progress acks, and are handed on
-//! best first (the `Chorus-Priority` header, then age) each time the role has room: a permit
+//! Fetched messages wait in a small window, kept alive by the consumer's
+//! [`Holding`](crate::delivery::Holding), and are handed on best first (the `Chorus-Priority` header, then age) each time the role has room: a permit
 //! from the role's in-flight semaphore (the [`Delivery`] gives it back when settled) and, for a
 //! source with a [`Gate`] (a route's shared limits), the gate's admission. So waiting for budget
 //! never occupies a worker that another route could use, and a backlog serves high priority
@@ -20,8 +20,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Ticket;
-use crate::{Bus, BusError, Delivery};
+use crate::delivery::{Holding, Ticket};
+use crate::{Bus, BusError, BusErrorKind, Delivery};
 
 /// Admission of a fetched message before it is handed on.
 pub trait Gate: Send + Sync {
@@ -36,8 +36,6 @@ pub struct Pull {
     /// Messages requested per pull request.
     pub batch: usize,
     pub gate: Option<Arc<dyn Gate>>,
-    /// How often a message waiting at the gate refreshes its AckWait.
-    pub keepalive: Duration,
 }
 
 impl std::fmt::Debug for Pull {
@@ -57,26 +55,26 @@ impl Pull {
             consumer: consumer.into(),
             batch,
             gate: None,
-            keepalive: Duration::from_secs(10),
         }
     }
 }
 
 impl Bus {
     pub async fn consumer(&self, stream: &str, name: &str) -> Result<PullConsumer, BusError> {
+        let what = || format!("open consumer {stream}/{name}");
         self.js
             .get_stream_no_info(stream)
             .await
-            .map_err(BusError::nats)?
+            .map_err(|e| BusError::request(what(), e))?
             .get_consumer::<pull::Config>(name)
             .await
-            .map_err(|e| BusError::Nats(format!("consumer {stream}/{name}: {e}")))
+            .map_err(|e| BusError::boxed(what(), e))
     }
 
     /// Pulls until `stop` is cancelled or `deliver` returns false (its receiver is gone; the
     /// delivery it was given is dropped, and so NAKed).
     ///
-    /// Fetched messages wait in a window of up to `pull.batch`, kept alive with in-progress acks;
+    /// Fetched messages wait in a window of up to `pull.batch`, kept alive while they wait;
     /// each time the role can take one (a permit, and the gate's admission), the window hands out
     /// its highest-priority message (the `Chorus-Priority` header; oldest first among equals).
     /// So under a backlog, a high-priority message fetched after low-priority ones still goes
@@ -94,7 +92,14 @@ impl Bus {
         stop: CancellationToken,
         mut deliver: impl FnMut(Delivery) -> bool,
     ) -> Result<(), BusError> {
-        let consumer = self.consumer(&pull.stream, &pull.consumer).await?;
+        let mut consumer = self.consumer(&pull.stream, &pull.consumer).await?;
+        let ack_wait = consumer
+            .info()
+            .await
+            .map_err(|e| BusError::request(format!("read consumer {}", pull.consumer), e))?
+            .config
+            .ack_wait;
+        let holding = Holding::new(self.client.clone(), ack_wait);
         let capacity = pull.batch.max(1);
         let mut window = Window::default();
         let mut request: Option<pull::Batch> = None;
@@ -102,8 +107,6 @@ impl Bus {
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut ticket: Option<Ticket> = None;
         let mut admission: Option<BoxFuture<'_, Result<Ticket, BusError>>> = None;
-        let mut keepalive = tokio::time::interval(pull.keepalive);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ready = permit.is_some() && (pull.gate.is_none() || ticket.is_some());
             if !stopping
@@ -114,6 +117,7 @@ impl Bus {
                 if let Some(ticket) = ticket.take() {
                     delivery = delivery.with_ticket(ticket);
                 }
+                delivery.queued();
                 stopping = !deliver(delivery);
                 continue;
             }
@@ -155,7 +159,9 @@ impl Bus {
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
                 acquired = permits.clone().acquire_owned(), if !stopping && permit.is_none() && !window.is_empty() => {
-                    permit = Some(acquired.map_err(BusError::nats)?);
+                    permit = Some(acquired.map_err(|e| {
+                        BusError::new("take an in-flight permit", BusErrorKind::Refused, e)
+                    })?);
                 }
                 admitted = async { admission.as_mut()?.await.into() }, if !stopping && admission.is_some() => {
                     admission = None;
@@ -169,7 +175,7 @@ impl Bus {
                     }
                 }
                 next = async { request.as_mut()?.next().await }, if request.is_some() => match next {
-                    Some(Ok(message)) => window.push(Delivery::new(message, None)),
+                    Some(Ok(message)) => window.push(Delivery::new(message, &holding)),
                     Some(Err(e)) => {
                         tracing::warn!(consumer = %pull.consumer, error = %e, "pull failed; retrying");
                         request = None;
@@ -180,7 +186,6 @@ impl Bus {
                     // The request is over: filled, or expired.
                     None => request = None,
                 },
-                _ = keepalive.tick(), if !window.is_empty() => window.keep_alive().await,
             }
         }
         Ok(())
@@ -262,10 +267,5 @@ impl Window {
     /// NAKs every message waiting here, so another pod can take it at once.
     async fn release(self) {
         crate::delivery::release(self.heap.into_iter().map(|held| held.delivery)).await;
-    }
-
-    /// Refreshes the AckWait of every message waiting here.
-    async fn keep_alive(&self) {
-        futures::future::join_all(self.heap.iter().map(|held| held.delivery.in_progress())).await;
     }
 }
