@@ -1,18 +1,22 @@
 //! Dead-lettering: moving a message that cannot be processed to `<prefix>.dlq.<stage>`.
 //!
 //! The entry keeps the original subject, headers and body with the error, so ops can inspect and
-//! replay it; then the original is acknowledged, which takes it off its work queue. If the DLQ
-//! publish fails the original is NAKed instead: a message is never dropped on the floor.
-
-use std::time::Duration;
+//! replay it; then the original is acknowledged, which takes it off its work queue. Filing is
+//! retried in place while NATS is unavailable (the failure policy); a draining process gives the
+//! original back instead. A message is never dropped on the floor: an entry too large for the DLQ
+//! stream is filed without its body (its size and the reason say why), and the original is
+//! acknowledged only once an entry is stored.
 
 use chorus_bus::dlq::dead_letter_message;
-use chorus_bus::{Bus, Delivery};
+use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::ids::now_millis;
 use chorus_core::messages::DeadLetter;
 use chorus_core::subjects::Stage;
 use chorus_core::{JobId, Tenant};
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::{self, Classified, GaveUp, Verdict};
 
 /// What went wrong, for the entry.
 pub struct Failure {
@@ -33,6 +37,11 @@ impl Failure {
         }
     }
 
+    /// A failure the policy gave up on: its kind, and the error.
+    pub fn of(error: &impl Classified) -> Self {
+        Self::new(error.failure_kind(), error)
+    }
+
     /// A message whose body does not decode as what its subject and headers say it is.
     pub fn undecodable(error: impl ToString) -> Self {
         Self::new("undecodable", error)
@@ -49,9 +58,16 @@ impl Failure {
     }
 }
 
-pub async fn dead_letter(bus: &Bus, stage: Stage, delivery: Delivery, failure: Failure) {
+/// Files `delivery` in `stage`'s DLQ with `failure`, then acknowledges it.
+pub async fn dead_letter(
+    bus: &Bus,
+    stage: Stage,
+    delivery: Delivery,
+    failure: Failure,
+    stop: &CancellationToken,
+) {
     let info = delivery.info();
-    let entry = DeadLetter {
+    let mut entry = DeadLetter {
         stage,
         subject: delivery.subject().to_owned(),
         headers: delivery.header_pairs(),
@@ -75,14 +91,8 @@ pub async fn dead_letter(bus: &Bus, stage: Stage, delivery: Delivery, failure: F
         published_at: info.published,
         failed_at: now_millis(),
     };
-    let published = match dead_letter_message(&bus.subjects, &entry) {
-        Ok(message) => bus
-            .publish_all(vec![message])
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match published {
+    let filed = file(bus, stage, &mut entry, &[&delivery], stop).await;
+    match filed {
         Ok(()) => {
             tracing::warn!(
                 stage = stage.as_str(),
@@ -93,9 +103,61 @@ pub async fn dead_letter(bus: &Bus, stage: Stage, delivery: Delivery, failure: F
             );
             let _ = delivery.ack().await;
         }
-        Err(e) => {
-            tracing::error!(stage = stage.as_str(), error = %e, "cannot dead-letter; will retry");
-            let _ = delivery.nak(Some(Duration::from_secs(5))).await;
+        Err(GaveUp {
+            verdict: Verdict::Redeliver(delay),
+            ..
+        }) => {
+            let _ = delivery.nak(Some(delay)).await;
+        }
+        Err(GaveUp { error, .. }) => {
+            tracing::error!(stage = stage.as_str(), %error, subject = delivery.subject(),
+                "cannot file a dead letter even without its body; redelivering it until its consumer's max_deliver");
+            let delay = policy::redelivery(info.delivered);
+            let _ = delivery.nak(Some(delay)).await;
         }
     }
+}
+
+/// Files `entry` in `stage`'s DLQ under the failure policy, touching `held` while NATS is
+/// unavailable. An entry too large for the DLQ is filed without the original body; its error says
+/// so and how large the body was.
+pub async fn file(
+    bus: &Bus,
+    stage: Stage,
+    entry: &mut DeadLetter,
+    held: &[&Delivery],
+    stop: &CancellationToken,
+) -> Result<(), GaveUp<BusError>> {
+    let filed = publish(bus, stage, entry, held, stop).await;
+    let Err(GaveUp {
+        verdict: Verdict::Fail,
+        error,
+    }) = &filed
+    else {
+        return filed;
+    };
+    entry.error = format!(
+        "{} (the original body of {} bytes is not kept: {error})",
+        entry.error,
+        entry.payload.len()
+    );
+    entry.payload.clear();
+    publish(bus, stage, entry, held, stop).await
+}
+
+async fn publish(
+    bus: &Bus,
+    stage: Stage,
+    entry: &DeadLetter,
+    held: &[&Delivery],
+    stop: &CancellationToken,
+) -> Result<(), GaveUp<BusError>> {
+    let message = dead_letter_message(&bus.subjects, entry).map_err(|e| GaveUp {
+        error: BusError::codec("encode a dead letter", e),
+        verdict: Verdict::Fail,
+    })?;
+    policy::persist(stage.as_str(), "file a dead letter", held, stop, || {
+        bus.publish_all(vec![message.clone()])
+    })
+    .await
 }

@@ -5,10 +5,12 @@
 //! - [`stage`]: one role's supervisor, its consumer actors and its worker pool.
 //! - [`supervision`]: the restart-intensity policy.
 //! - [`roles`]: orchestrator, llm, evaluator and persister, built from the configuration.
+//! - [`policy`]: the failure policy: retry here, redeliver later, or fail the job — every role asks it.
 //! - [`dlq`]: moving a message that cannot be processed to the dead-letter stream.
 //! - [`validation`]: job-spec checks against this installation's routes and assertion compiler.
 
 pub mod dlq;
+pub mod policy;
 pub mod roles;
 pub mod runtime;
 pub mod stage;

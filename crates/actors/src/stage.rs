@@ -8,7 +8,9 @@
 //! ([`Routing::Idle`], for slow independent work such as LLM calls) or always to the same worker for
 //! the same job ([`Routing::ByJob`], so one job's events never race each other inside a process).
 //! The supervisor restarts a failed child within its [`Intensity`] and fails past it. A delivery held
-//! by a worker that panics is NAKed as it is dropped, so it is redelivered at once.
+//! by a worker that panics is NAKed as it is dropped, so it is redelivered at once. Draining
+//! cancels the stage's `stop` token, which ends the failure policy's retries in place
+//! ([`crate::policy::persist`]) so what a worker holds goes back at once.
 
 use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
@@ -69,6 +71,9 @@ pub struct StageSpec<H> {
     pub max_in_flight: usize,
     pub supervision: SupervisionConfig,
     pub make_handler: MakeHandler<H>,
+    /// Cancelled when the stage drains; the handlers watch it (through what `make_handler` gives
+    /// them) to stop retrying in place.
+    pub stop: CancellationToken,
 }
 
 // ractor boxes every message, so a large variant costs no mailbox space; boxing it again would
@@ -168,6 +173,7 @@ impl<H: Handler> Actor for StageSupervisor<H> {
         myself: ActorRef<StageMsg>,
         spec: StageSpec<H>,
     ) -> Result<Self::State, ActorProcessingErr> {
+        crate::policy::register(spec.name);
         let mut state = StageState {
             permits: Arc::new(Semaphore::new(spec.max_in_flight)),
             intensity: Intensity::new(&spec.supervision),
@@ -214,6 +220,7 @@ impl<H: Handler> Actor for StageSupervisor<H> {
             },
             StageMsg::Drain(reply) => {
                 state.draining = true;
+                state.spec.stop.cancel();
                 for consumer in state.consumers.drain(..) {
                     let _ = consumer
                         .stop_and_wait(None, Some(Duration::from_secs(5)))
@@ -452,6 +459,7 @@ impl<H: Handler> Actor for WorkerActor<H> {
         match message {
             WorkerMsg::Work(delivery) => {
                 let span = message_span(state.args.name, &delivery);
+                delivery.touch();
                 let handled = async {
                     let next = state.args.handler.handle(delivery).await;
                     tracing::debug!(?next, "message handled");

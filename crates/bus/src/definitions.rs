@@ -76,6 +76,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../nats/consumers/work/evaluator.json"),
     ),
     (
+        "consumers/work/persister.json",
+        include_str!("../../../nats/consumers/work/persister.json"),
+    ),
+    (
         "consumers/advisories/dlq-watcher.json",
         include_str!("../../../nats/consumers/advisories/dlq-watcher.json"),
     ),

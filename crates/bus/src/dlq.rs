@@ -365,8 +365,10 @@ pub fn header_pairs(map: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The message that replays `letter` for the `n`th time.
-pub fn replay_message(letter: &DeadLetter, n: u32) -> Outgoing {
+/// The message that replays `letter` for the `n`th time: its original subject, except for a job
+/// snapshot the persister could not store, which goes to the persister's own work subject (a
+/// replay must not rewrite the jobs bucket, where the job may have moved on).
+pub fn replay_message(subjects: &Subjects, letter: &DeadLetter, n: u32) -> Outgoing {
     let mut map = HeaderMap::new();
     let mut original_id = None;
     for (name, value) in &letter.headers {
@@ -384,8 +386,12 @@ pub fn replay_message(letter: &DeadLetter, n: u32) -> Outgoing {
     };
     map.insert(headers::MSG_ID, format!("{base}:replay:{n}"));
     map.insert(headers::REPLAYS, n.to_string());
+    let subject = match letter.stage {
+        Stage::Persister => subjects.persister_work(),
+        _ => letter.subject.clone(),
+    };
     Outgoing {
-        subject: letter.subject.clone(),
+        subject,
         headers: map,
         payload: letter.payload.clone().into(),
     }
@@ -634,7 +640,7 @@ impl DeadLetters {
     }
 
     async fn replay_one(&self, stream: &Stream<()>, entry: &Entry) -> Result<(), String> {
-        let message = replay_message(&entry.letter, entry.letter.replays + 1);
+        let message = replay_message(&self.bus.subjects, &entry.letter, entry.letter.replays + 1);
         self.bus
             .publish_all(vec![message])
             .await
@@ -723,7 +729,8 @@ mod tests {
 
     #[test]
     fn a_replay_gets_a_fresh_id_and_a_raised_counter() {
-        let message = replay_message(&letter(), 2);
+        let subjects = Subjects::new("chorus");
+        let message = replay_message(&subjects, &letter(), 2);
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
         assert_eq!(header("Nats-Msg-Id").as_deref(), Some("j:call:0:replay:2"));
         assert_eq!(header("Chorus-Replays").as_deref(), Some("2"));
@@ -734,17 +741,29 @@ mod tests {
 
         let mut again = letter();
         again.headers[0].1 = "j:call:0:replay:2".into();
-        let message = replay_message(&again, 3);
+        let message = replay_message(&subjects, &again, 3);
         assert_eq!(
             message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
             Some("j:call:0:replay:3")
         );
         let mut anonymous = letter();
         anonymous.headers.remove(0);
-        let message = replay_message(&anonymous, 1);
+        let message = replay_message(&subjects, &anonymous, 1);
         assert_eq!(
             message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
             Some("chorus.work.llm.fast:42:replay:1")
+        );
+
+        // A job snapshot goes to the persister, never back into the jobs bucket.
+        let mut snapshot = letter();
+        snapshot.stage = Stage::Persister;
+        snapshot.subject = "$KV.chorus_jobs.acme.j".into();
+        snapshot.headers = vec![("Nats-Expected-Last-Subject-Sequence".into(), "7".into())];
+        let message = replay_message(&subjects, &snapshot, 1);
+        assert_eq!(message.subject, "chorus.work.persister");
+        assert_eq!(
+            message.headers.get("Nats-Expected-Last-Subject-Sequence"),
+            None
         );
     }
 

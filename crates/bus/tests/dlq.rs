@@ -258,7 +258,7 @@ async fn replays_republish_the_original_within_the_cap_and_can_be_stopped() {
     assert_eq!(header(&first.headers, "Chorus-Route").as_deref(), Some("a"));
 
     // Replaying the same message again publishes the same id: the stream drops the duplicate.
-    let again = replay_message(&letter("server_error", "a", 1, 0), 1);
+    let again = replay_message(&bus.subjects, &letter("server_error", "a", 1, 0), 1);
     bus.publish_all(vec![again]).await.expect("publish");
     let mut work = work;
     assert_eq!(work.info().await.expect("info").state.messages, 2);

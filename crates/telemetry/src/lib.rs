@@ -74,11 +74,12 @@ pub mod names {
     pub const STAGE_MESSAGES: &str = "chorus_stage_messages_total";
     pub const STAGE_MESSAGE_SECONDS: &str = "chorus_stage_message_duration_seconds";
     pub const STAGE_IN_FLIGHT: &str = "chorus_stage_in_flight";
+    pub const STAGE_FAILURES: &str = "chorus_stage_failures_total";
     pub const CONSUMER_PENDING: &str = "chorus_consumer_pending";
     pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -92,6 +93,7 @@ pub mod names {
         STAGE_MESSAGES,
         STAGE_MESSAGE_SECONDS,
         STAGE_IN_FLIGHT,
+        STAGE_FAILURES,
         CONSUMER_PENDING,
         CONSUMER_ACK_PENDING,
     ];
@@ -159,6 +161,11 @@ fn describe() {
         STAGE_IN_FLIGHT,
         Unit::Count,
         "Messages a role holds and has not settled, by stage."
+    );
+    describe_counter!(
+        STAGE_FAILURES,
+        Unit::Count,
+        "Failures met handling messages, by stage and class (transient, systemic, poison, unknown)."
     );
     describe_gauge!(
         CONSUMER_PENDING,

@@ -1,4 +1,7 @@
 //! The evaluator role: scores answers against a job's assertions and publishes the evaluation.
+//!
+//! Publishing is retried in place while NATS is unavailable (the failure policy); an evaluation
+//! that can never be published (larger than the bus carries) fails its job with the reason.
 
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};
@@ -6,8 +9,10 @@ use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::EvalRequest;
 use chorus_core::subjects::{EventKind, Stage};
 use chorus_eval::Evaluator;
+use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
+use crate::policy::{GaveUp, Verdict};
 use crate::stage::{Handler, Next};
 
 /// Compiled assertions each worker keeps.
@@ -16,35 +21,41 @@ const CACHE: usize = 1024;
 pub struct EvalWorker {
     bus: Bus,
     evaluator: Evaluator,
+    stop: CancellationToken,
 }
 
 impl EvalWorker {
-    pub fn new(bus: Bus) -> Self {
+    pub fn new(bus: Bus, stop: CancellationToken) -> Self {
         Self {
             bus,
             evaluator: Evaluator::new(CACHE),
+            stop,
         }
     }
 }
 
 impl Handler for EvalWorker {
     async fn handle(&mut self, delivery: Delivery) -> Next {
+        let (bus, stop) = (&self.bus, &self.stop);
         let request: EvalRequest =
             match codec::decode(delivery.header(headers::TYPE), delivery.payload()) {
                 Ok(request) => request,
                 Err(e) => {
                     let failure = Failure::undecodable(e);
-                    dead_letter(&self.bus, Stage::Evaluator, delivery, failure).await;
+                    dead_letter(bus, Stage::Evaluator, delivery, failure, stop).await;
                     return Next::Done;
                 }
             };
         let result = self.evaluator.evaluate(&request, now_millis());
         let id = msg_id::evaluation(request.job_id);
+        let (job, tenant) = (request.job_id, &request.tenant);
         let published = super::publish_event(
-            &self.bus,
+            bus,
+            Stage::Evaluator,
+            stop,
             &delivery,
-            request.job_id,
-            &request.tenant,
+            job,
+            tenant,
             EventKind::Evaluated,
             &id,
             &result,
@@ -54,9 +65,15 @@ impl Handler for EvalWorker {
             Ok(()) => {
                 let _ = delivery.ack().await;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, job = %request.job_id, "cannot publish an evaluation; retrying");
-                let _ = delivery.nak(Some(std::time::Duration::from_secs(1))).await;
+            Err(GaveUp {
+                verdict: Verdict::Redeliver(delay),
+                ..
+            }) => {
+                let _ = delivery.nak(Some(delay)).await;
+            }
+            Err(GaveUp { error, .. }) => {
+                let at = (job, tenant, None);
+                super::abort_job(bus, Stage::Evaluator, stop, delivery, at, &error).await;
             }
         }
         Next::Done

@@ -3,15 +3,22 @@
 //! A call tries its route, then the route's fallbacks in order, each with in-process retries
 //! (backoff with jitter, honouring `retry-after`) decided by the retry policy in `chorus-llm`, and
 //! every attempt admitted by the route's limits shared across processes. When every route failed,
-//! a retryable failure is NAKed with a growing delay and, on the consumer's last delivery, dead-
-//! lettered with a failed step, so the job ends with the error; a permanent one (bad request,
-//! auth) fails the step at once. While a call runs or waits, in-progress acks keep its message
-//! alive. A redelivered call whose step is already settled does not call the provider again.
+//! a retryable failure is NAKed with a growing delay (the failure policy's) and, on the consumer's
+//! last delivery, dead-lettered with a failed step, so the job ends with the error; a permanent
+//! one (bad request, auth) fails the step at once. While a call runs or waits its message is
+//! touched, so its consumer keeps it alive. A redelivered call whose step is already settled does
+//! not call the provider again.
+//!
+//! A paid call is never made twice because what follows it failed: the result's publish is
+//! retried in place while NATS is unavailable (idempotent by its message id), and a result too
+//! large for the bus fails the step with the reason instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+
+use chorus_bus::{BusError, BusErrorKind};
 
 use bytes::Bytes;
 use chorus_bus::cancels::CancelSet;
@@ -19,7 +26,7 @@ use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::RouteLimiter;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};
-use chorus_core::config::FaultConfig;
+use chorus_core::config::{FaultConfig, LlmConfig};
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::judge;
 use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput, StepResult};
@@ -31,18 +38,26 @@ use chorus_llm::{
 };
 use chorus_telemetry::names;
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
+use crate::policy::{self, GaveUp, Verdict};
 use crate::stage::{Handler, Next};
+
+/// How often a running call touches its message, so its consumer keeps it alive.
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Shared {
     pub bus: Bus,
+    /// Cancelled when the stage drains.
+    pub stop: CancellationToken,
     pub routes: Arc<Routes>,
-    pub policy: RetryPolicy,
+    /// How one provider call is retried in process.
+    pub retry: RetryPolicy,
+    /// The redelivery delays of calls whose providers kept failing.
+    pub config: LlmConfig,
     /// The consumer's max deliveries: the delivery that dead-letters instead of NAKing.
     pub max_deliver: u64,
-    /// How often a running call refreshes its message's AckWait.
-    pub keepalive: Duration,
     pub faults: Faults,
     /// For the check that a redelivered call's step is not already settled.
     pub jobs: JobStore,
@@ -58,6 +73,7 @@ pub struct Faults {
     route: Option<String>,
     remaining: Option<AtomicU32>,
     abort_route: Option<String>,
+    publish_failures: AtomicU32,
 }
 
 impl Faults {
@@ -66,6 +82,23 @@ impl Faults {
             route: config.llm_panic_route.clone(),
             remaining: (config.llm_panic_times > 0).then(|| AtomicU32::new(config.llm_panic_times)),
             abort_route: config.llm_abort_route.clone(),
+            publish_failures: AtomicU32::new(config.llm_publish_failures),
+        }
+    }
+
+    /// A step-result publish that fails as if NATS had not answered, while the fault lasts.
+    fn publish(&self) -> Result<(), BusError> {
+        let fail = self
+            .publish_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        match fail {
+            true => Err(BusError::new(
+                "publish a step result",
+                BusErrorKind::Unavailable,
+                "fault injection: the publish is not acknowledged",
+            )),
+            false => Ok(()),
         }
     }
 
@@ -183,7 +216,7 @@ impl Handler for LlmWorker {
             Ok(call) => call,
             Err(e) => {
                 let failure = Failure::undecodable(e).on_route(delivery.header(headers::ROUTE));
-                dead_letter(&shared.bus, Stage::Llm, delivery, failure).await;
+                dead_letter(&shared.bus, Stage::Llm, delivery, failure, &shared.stop).await;
                 return Next::Done;
             }
         };
@@ -213,9 +246,7 @@ impl Handler for LlmWorker {
                 started_at,
                 finished_at: now_millis(),
             };
-            if self.publish(&delivery, &failed).await {
-                let _ = delivery.ack().await;
-            }
+            self.settle(delivery, &failed, None).await;
             return Next::Done;
         }
 
@@ -227,17 +258,16 @@ impl Handler for LlmWorker {
         let attempt = {
             let attempt = self.answer(&call, delivered, &admission);
             tokio::pin!(attempt);
-            let mut keepalive = tokio::time::interval(shared.keepalive);
-            keepalive.tick().await;
+            let mut touch = tokio::time::interval(TOUCH_EVERY);
             loop {
                 tokio::select! {
                     attempt = &mut attempt => break attempt,
-                    _ = keepalive.tick() => { let _ = delivery.in_progress().await; }
+                    _ = touch.tick() => delivery.touch(),
                 }
             }
         };
         // Attempts of earlier deliveries are counted at the full in-process budget they spent.
-        let earlier = (delivered as u32 - 1) * shared.policy.attempts();
+        let earlier = (delivered as u32 - 1) * shared.retry.attempts();
         let attempts = earlier + u32::try_from(attempt.calls.len()).unwrap_or(u32::MAX);
         let retryable = attempt.retryable;
         let result = |outcome| StepResult {
@@ -254,33 +284,25 @@ impl Handler for LlmWorker {
         };
         match attempt.result {
             Ok(output) => {
-                if self
-                    .publish(&delivery, &result(StepOutcome::Succeeded(output)))
-                    .await
-                {
-                    let _ = delivery.ack().await;
-                }
+                let answered = result(StepOutcome::Succeeded(output));
+                self.settle(delivery, &answered, None).await;
             }
             Err(error) if retryable && delivered < shared.max_deliver => {
-                let delay = shared.policy.redelivery_delay(delivered, &error);
+                let delay =
+                    policy::provider_redelivery(&shared.config, delivered, error.retry_after);
                 tracing::info!(route = %call.route, job = %call.job_id, step = call.step, delivered,
                     kind = %error.kind, ?delay, "call failed on every route; redelivering later");
                 let _ = delivery.nak(Some(delay)).await;
             }
             Err(error) => {
                 let failed = result(StepOutcome::Failed(StepError::from(&error)));
-                if !self.publish(&delivery, &failed).await {
-                    return Next::Done;
-                }
-                if retryable {
-                    // Out of deliveries: keep the message for ops; the step has failed.
-                    let failure = Failure::new(error.kind.as_str(), &error.message)
+                // Out of deliveries: keep the message for ops; the step has failed.
+                let kept = retryable.then(|| {
+                    Failure::new(error.kind.as_str(), &error.message)
                         .on_route(Some(&call.route))
-                        .after(attempts);
-                    dead_letter(&shared.bus, Stage::Llm, delivery, failure).await;
-                } else {
-                    let _ = delivery.ack().await;
-                }
+                        .after(attempts)
+                });
+                self.settle(delivery, &failed, kept).await;
             }
         }
         Next::Done
@@ -399,7 +421,7 @@ impl LlmWorker {
                 seed_key(call.job_id, call.step, delivered + u64::from(round) * 1000),
             );
             request.deltas = deltas.clone();
-            let outcome = shared.policy.call(&route, &request, admission).await;
+            let outcome = shared.retry.call(&route, &request, admission).await;
             record_calls(&route, &outcome.calls);
             calls.extend(outcome.calls);
             match outcome.result {
@@ -480,11 +502,61 @@ impl LlmWorker {
         }
     }
 
-    /// Publishes the step's result; false (the delivery is left to be retried) if that failed.
-    async fn publish(&self, delivery: &Delivery, result: &StepResult) -> bool {
+    /// Publishes the step's result, then acknowledges the call, or files it in the DLQ with
+    /// `dead_letter`. The publish is retried in place while NATS is unavailable, so the provider
+    /// is not called again; a result too large for the bus fails the step with the reason (and
+    /// the call goes to the DLQ). A draining process gives the call back.
+    async fn settle(&self, delivery: Delivery, result: &StepResult, keep: Option<Failure>) {
+        let (bus, stop) = (&self.shared.bus, &self.shared.stop);
+        let published = self.publish(&delivery, result).await;
+        let kept = match published {
+            Ok(()) => keep,
+            Err(GaveUp {
+                verdict: Verdict::Redeliver(delay),
+                ..
+            }) => {
+                let _ = delivery.nak(Some(delay)).await;
+                return;
+            }
+            Err(GaveUp { error, .. }) => {
+                let failed = StepResult {
+                    outcome: StepOutcome::Failed(StepError {
+                        kind: policy::Classified::failure_kind(&error).to_owned(),
+                        message: format!("the step's result cannot be carried on: {error}"),
+                        retryable: false,
+                        status: None,
+                    }),
+                    ..result.clone()
+                };
+                if let Err(GaveUp { verdict, .. }) = self.publish(&delivery, &failed).await {
+                    let delay = match verdict {
+                        Verdict::Redeliver(delay) => delay,
+                        _ => policy::redelivery(delivery.info().delivered),
+                    };
+                    let _ = delivery.nak(Some(delay)).await;
+                    return;
+                }
+                Some(Failure::of(&error).on_route(Some(&result.route)))
+            }
+        };
+        match kept {
+            Some(failure) => dead_letter(bus, Stage::Llm, delivery, failure, stop).await,
+            None => {
+                let _ = delivery.ack().await;
+            }
+        }
+    }
+
+    /// Publishes a step result under the failure policy.
+    async fn publish(
+        &self,
+        delivery: &Delivery,
+        result: &StepResult,
+    ) -> Result<(), GaveUp<BusError>> {
+        let shared = &self.shared;
         let id = msg_id::step_result(result.job_id, result.step, result.replays);
-        let published = super::publish_event(
-            &self.shared.bus,
+        let message = super::event_message(
+            &shared.bus,
             delivery,
             result.job_id,
             &result.tenant,
@@ -492,14 +564,22 @@ impl LlmWorker {
             &id,
             result,
         )
-        .await;
-        match published {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, job = %result.job_id, "cannot publish a step result; retrying");
-                false
+        .map_err(|error| GaveUp {
+            error,
+            verdict: Verdict::Fail,
+        })?;
+        let what = format!(
+            "publish the result of job {} step {}",
+            result.job_id, result.step
+        );
+        policy::persist("llm", &what, &[delivery], &shared.stop, || {
+            let message = message.clone();
+            async move {
+                shared.faults.publish()?;
+                shared.bus.publish_all(vec![message]).await
             }
-        }
+        })
+        .await
     }
 }
 

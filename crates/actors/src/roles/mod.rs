@@ -16,7 +16,6 @@ pub mod persister;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{DefinitionError, Definitions};
@@ -28,20 +27,24 @@ use chorus_bus::source::{Gate, Pull};
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::Config;
+use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::Envelope;
-use chorus_core::subjects::{EventKind, name_token};
+use chorus_core::messages::JobAbort;
+use chorus_core::subjects::{EventKind, Stage, name_token};
 use chorus_core::trace::TraceContext;
 use chorus_core::{JobId, Tenant};
 use chorus_llm::{RetryPolicy, Routes};
 use chorus_store::Store;
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
+use crate::dlq::{Failure, dead_letter};
+use crate::policy::{self, GaveUp, Verdict};
 use crate::stage::{Routing, StageSpec};
 
-/// Publishes a result that moves a job on (a step result, an evaluation), joining the trace of
-/// the delivery it answers. `Err` means it was not published; the caller leaves the delivery to be
-/// retried.
-async fn publish_event<T: Envelope>(
+/// The message publishing a result that moves a job on (a step result, an evaluation, an abort),
+/// joining the trace of the delivery it answers.
+fn event_message<T: Envelope>(
     bus: &Bus,
     answering: &Delivery,
     job: JobId,
@@ -49,16 +52,89 @@ async fn publish_event<T: Envelope>(
     kind: EventKind,
     msg_id: &str,
     value: &T,
-) -> Result<(), BusError> {
+) -> Result<Outgoing, BusError> {
     let trace = answering
         .header(headers::TRACEPARENT)
         .and_then(TraceContext::parse);
     let subject = bus.subjects.event(tenant, job, kind);
     let trace = chorus_telemetry::trace::outgoing(trace.as_ref());
     let message = Outgoing::envelope(subject, msg_id, value, trace.as_ref())
-        .map_err(BusError::nats)?
-        .for_job(job, tenant);
-    bus.publish_all(vec![message]).await
+        .map_err(|e| BusError::codec(format!("encode a {} event", kind.token()), e))?;
+    Ok(message.for_job(job, tenant))
+}
+
+/// Publishes an event (see [`event_message`]) under the failure policy: retried in place while
+/// NATS is unavailable (it is idempotent by its message id), given up as the policy says.
+#[allow(clippy::too_many_arguments)]
+async fn publish_event<T: Envelope>(
+    bus: &Bus,
+    stage: Stage,
+    stop: &CancellationToken,
+    answering: &Delivery,
+    job: JobId,
+    tenant: &Tenant,
+    kind: EventKind,
+    msg_id: &str,
+    value: &T,
+) -> Result<(), GaveUp<BusError>> {
+    let message =
+        event_message(bus, answering, job, tenant, kind, msg_id, value).map_err(|error| {
+            GaveUp {
+                error,
+                verdict: Verdict::Fail,
+            }
+        })?;
+    let what = format!("publish the {} event of job {job}", kind.token());
+    policy::persist(stage.as_str(), &what, &[answering], stop, || {
+        bus.publish_all(vec![message.clone()])
+    })
+    .await
+}
+
+/// Fails `answering`'s job because `stage` cannot carry it on (`error`, at `step`): publishes a
+/// [`JobAbort`] for the orchestrator, then dead-letters the message. If even the abort cannot be
+/// published the message is given back or dead-lettered as the policy says.
+async fn abort_job(
+    bus: &Bus,
+    stage: Stage,
+    stop: &CancellationToken,
+    answering: Delivery,
+    (job, tenant, step): (JobId, &Tenant, Option<u32>),
+    error: &impl policy::Classified,
+) {
+    let abort = JobAbort {
+        job_id: job,
+        tenant: tenant.clone(),
+        step,
+        kind: error.failure_kind().to_owned(),
+        message: format!(
+            "the {} stage cannot carry the job on: {error}",
+            stage.as_str()
+        ),
+        at: now_millis(),
+    };
+    let id = msg_id::abort(job, stage.as_str());
+    let aborted = publish_event(
+        bus,
+        stage,
+        stop,
+        &answering,
+        job,
+        tenant,
+        EventKind::Aborted,
+        &id,
+        &abort,
+    )
+    .await;
+    match aborted {
+        Err(GaveUp {
+            verdict: Verdict::Redeliver(delay),
+            ..
+        }) => {
+            let _ = answering.nak(Some(delay)).await;
+        }
+        _ => dead_letter(bus, stage, answering, Failure::of(error), stop).await,
+    }
 }
 
 /// Why a role could not be assembled.
@@ -88,8 +164,10 @@ pub async fn orchestrator(
     ctx: &Context,
 ) -> Result<StageSpec<orchestrator::Orchestrator>, ActorsError> {
     let config = &ctx.config.orchestrator;
+    let stop = CancellationToken::new();
     let shared = Arc::new(orchestrator::Shared {
         bus: ctx.bus.clone(),
+        stop: stop.clone(),
         jobs: JobStore::open(&ctx.bus).await?,
         routes: ctx.routes.clone(),
         limited: limited_routes(&ctx.config).into_keys().collect(),
@@ -116,6 +194,7 @@ pub async fn orchestrator(
         max_in_flight: config.max_in_flight,
         supervision: ctx.config.supervision.clone(),
         make_handler: Arc::new(move || orchestrator::Orchestrator::new(shared.clone(), cache)),
+        stop,
     })
 }
 
@@ -175,12 +254,6 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         .config
         .clone();
     let max_deliver = u64::try_from(info.max_deliver).unwrap_or(u64::MAX);
-    let ack_wait = if info.ack_wait.is_zero() {
-        Duration::from_secs(30)
-    } else {
-        info.ack_wait
-    };
-    let keepalive = ack_wait / 3;
 
     // Each limited route has its own consumer, made from the `llm` one, and a gate.
     let definitions = Definitions::configured(&ctx.config.nats)?;
@@ -203,16 +276,17 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
             route: name.clone(),
             limiter: limiter.clone(),
         }));
-        gated.keepalive = keepalive;
         sources.push(gated);
         limiters.insert(name, limiter);
     }
+    let stop = CancellationToken::new();
     let shared = Arc::new(llm::Shared {
         bus: ctx.bus.clone(),
+        stop: stop.clone(),
         routes: ctx.routes.clone(),
-        policy: RetryPolicy::new(config),
+        retry: RetryPolicy::new(config),
+        config: config.clone(),
         max_deliver,
-        keepalive,
         faults: llm::Faults::new(&ctx.config.faults),
         jobs: JobStore::open(&ctx.bus).await?,
         limiters,
@@ -227,12 +301,15 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         max_in_flight: config.workers,
         supervision: ctx.config.supervision.clone(),
         make_handler: Arc::new(move || llm::LlmWorker::new(shared.clone())),
+        stop,
     })
 }
 
 pub fn evaluator(ctx: &Context) -> StageSpec<evaluator::EvalWorker> {
     let workers = ctx.config.evaluator.workers;
     let bus = ctx.bus.clone();
+    let stop = CancellationToken::new();
+    let handler_stop = stop.clone();
     StageSpec {
         name: "evaluator",
         bus: ctx.bus.clone(),
@@ -241,7 +318,10 @@ pub fn evaluator(ctx: &Context) -> StageSpec<evaluator::EvalWorker> {
         workers,
         max_in_flight: workers,
         supervision: ctx.config.supervision.clone(),
-        make_handler: Arc::new(move || evaluator::EvalWorker::new(bus.clone())),
+        make_handler: Arc::new(move || {
+            evaluator::EvalWorker::new(bus.clone(), handler_stop.clone())
+        }),
+        stop,
     }
 }
 
@@ -250,21 +330,24 @@ pub fn persister(ctx: &Context, store: Store) -> StageSpec<persister::Persister>
     let bus = ctx.bus.clone();
     // Two batches in flight: one being written while the next fills.
     let max_in_flight = batch * 2;
+    let stop = CancellationToken::new();
+    let handler_stop = stop.clone();
     StageSpec {
         name: "persister",
         bus: ctx.bus.clone(),
-        sources: vec![pull(
-            ctx.bus.subjects.jobs_stream(),
-            "persister",
-            max_in_flight,
-        )],
+        sources: vec![
+            pull(ctx.bus.subjects.jobs_stream(), "persister", max_in_flight),
+            // Snapshots replayed from the DLQ.
+            pull(ctx.bus.subjects.stream("work"), "persister", max_in_flight),
+        ],
         routing: Routing::ByJob,
         workers: 1,
         max_in_flight,
         supervision: ctx.config.supervision.clone(),
         make_handler: Arc::new(move || {
-            persister::Persister::new(bus.clone(), store.clone(), batch)
+            persister::Persister::new(bus.clone(), store.clone(), batch, handler_stop.clone())
         }),
+        stop,
     }
 }
 
@@ -272,6 +355,8 @@ pub fn persister(ctx: &Context, store: Store) -> StageSpec<persister::Persister>
 pub fn dlq_watcher(ctx: &Context) -> StageSpec<dlq_watcher::DlqWatcher> {
     const WORKERS: usize = 2;
     let bus = ctx.bus.clone();
+    let stop = CancellationToken::new();
+    let handler_stop = stop.clone();
     StageSpec {
         name: "dlq-watcher",
         bus: ctx.bus.clone(),
@@ -284,6 +369,9 @@ pub fn dlq_watcher(ctx: &Context) -> StageSpec<dlq_watcher::DlqWatcher> {
         workers: WORKERS,
         max_in_flight: 16,
         supervision: ctx.config.supervision.clone(),
-        make_handler: Arc::new(move || dlq_watcher::DlqWatcher::new(bus.clone())),
+        make_handler: Arc::new(move || {
+            dlq_watcher::DlqWatcher::new(bus.clone(), handler_stop.clone())
+        }),
+        stop,
     }
 }

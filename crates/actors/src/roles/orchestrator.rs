@@ -2,14 +2,18 @@
 //!
 //! It consumes submissions and the events that move a job on (step results, evaluations), applies
 //! them to the job's state with [`chorus_core::job::apply`], writes the state back to the KV bucket
-//! with compare-and-set (which is also what the persister stores), and publishes the effects. Each worker caches the states it wrote with
-//! their revision, so the common case is one KV write per event and no read; a conflict (another
-//! pod wrote first) reloads and re-applies.
+//! with compare-and-set (which is also what the persister stores), and publishes the effects. Each
+//! worker caches the states it wrote with their revision, so the common case is one KV write per
+//! event and no read; a conflict (another pod wrote first) reloads and re-applies.
+//!
+//! Failures go through the failure policy: NATS unavailable is retried in place; a job whose
+//! state or calls grew larger than the bus carries is aborted (failed with the reason, the event
+//! that did it kept in the DLQ); an event without a job, or a submission that does not decode or
+//! validate, is dead-lettered (a JetStream submitter also gets an error line on its results).
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use chorus_bus::cancels::CancelSet;
 use chorus_bus::jobs::{JobStore, Write};
@@ -19,19 +23,23 @@ use chorus_core::batch::{Endpoint, Origin};
 use chorus_core::codec::{self, headers};
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
 use chorus_core::job::{Effect, Input, JobState, apply};
-use chorus_core::messages::{EvaluationResult, StepResult, Submission};
+use chorus_core::messages::{EvaluationResult, JobAbort, StepResult, Submission};
 use chorus_core::spec::JobSpec;
 use chorus_core::subjects::Stage;
 use chorus_core::trace::TraceContext;
 use chorus_llm::Routes;
 use lru::LruCache;
+use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
+use crate::policy::{self, Class, Classified, GaveUp, Verdict};
 use crate::stage::{Handler, Next};
 use crate::validation::SpecValidator;
 
 pub struct Shared {
     pub bus: Bus,
+    /// Cancelled when the stage drains.
+    pub stop: CancellationToken,
     pub jobs: JobStore,
     pub routes: Arc<Routes>,
     /// Routes with shared limits, whose calls go to a consumer of their own.
@@ -42,15 +50,24 @@ pub struct Shared {
 
 pub struct Orchestrator {
     shared: Arc<Shared>,
-    cache: LruCache<JobId, (JobState, u64)>,
+    /// Only this worker's: the lock is never contended (it lets an action retried by the policy
+    /// borrow the worker immutably).
+    cache: Mutex<LruCache<JobId, (JobState, u64)>>,
 }
 
 impl Orchestrator {
     pub fn new(shared: Arc<Shared>, cache_size: usize) -> Self {
+        let size = NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN);
         Self {
             shared,
-            cache: LruCache::new(NonZeroUsize::new(cache_size).unwrap_or(NonZeroUsize::MIN)),
+            cache: Mutex::new(LruCache::new(size)),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<JobId, (JobState, u64)>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -90,8 +107,25 @@ enum Failed {
     Orphan(JobId),
 }
 
+impl Classified for Failed {
+    fn class(&self) -> Class {
+        match self {
+            Self::Bus(e) => e.class(),
+            Self::Orphan(_) => Class::Poison,
+        }
+    }
+
+    fn failure_kind(&self) -> &'static str {
+        match self {
+            Self::Bus(e) => e.failure_kind(),
+            Self::Orphan(_) => "orphan_event",
+        }
+    }
+}
+
 impl Handler for Orchestrator {
     async fn handle(&mut self, delivery: Delivery) -> Next {
+        let (bus, stop) = (&self.shared.bus, &self.shared.stop);
         let event = match self.decode(&delivery) {
             Ok(event) => event,
             Err(rejected) => {
@@ -100,32 +134,80 @@ impl Handler for Orchestrator {
                     self.publish_rejection(&delivery, &origin, &rejected).await;
                 }
                 let failure = Failure::new(rejected.kind(), &rejected);
-                dead_letter(&self.shared.bus, Stage::Orchestrator, delivery, failure).await;
+                dead_letter(bus, Stage::Orchestrator, delivery, failure, stop).await;
                 return Next::Done;
             }
         };
-        match self.process(event).await {
+        let what = format!("apply an event of job {}", event.job);
+        let applied = policy::persist("orchestrator", &what, &[&delivery], stop, || {
+            self.process(&event)
+        })
+        .await;
+        let error = match applied {
             Ok(()) => {
                 let _ = delivery.ack().await;
+                return Next::Done;
             }
-            Err(orphan @ Failed::Orphan(_)) => {
-                let failure = Failure::new("orphan_event", orphan);
-                dead_letter(&self.shared.bus, Stage::Orchestrator, delivery, failure).await;
-            }
-            Err(Failed::Bus(e)) => {
-                let delay = backoff(delivery.info().delivered);
-                tracing::warn!(error = %e, ?delay, "orchestrator could not apply an event; retrying");
+            Err(GaveUp {
+                verdict: Verdict::Redeliver(delay),
+                ..
+            }) => {
                 let _ = delivery.nak(Some(delay)).await;
+                return Next::Done;
+            }
+            Err(GaveUp { error, .. }) => error,
+        };
+        // The event can never be applied. An orphan has no job to fail; anything else (a state
+        // or a call too large for the bus) fails its job, and the event is kept in the DLQ.
+        if let Failed::Bus(cause) = &error
+            && !matches!(event.input, Input::Abort(_))
+        {
+            let step = match &event.input {
+                Input::Step(result) => Some(result.step),
+                _ => None,
+            };
+            let abort = Event {
+                input: Input::Abort(JobAbort {
+                    job_id: event.job,
+                    tenant: event.tenant.clone(),
+                    step,
+                    kind: cause.failure_kind().to_owned(),
+                    message: format!("the job cannot be carried on: {cause}"),
+                    at: now_millis(),
+                }),
+                new_state: None,
+                state_created: false,
+                ..event
+            };
+            let what = format!("abort job {}", abort.job);
+            let aborted = policy::persist("orchestrator", &what, &[&delivery], stop, || {
+                self.process(&abort)
+            })
+            .await;
+            if let Err(GaveUp {
+                verdict: Verdict::Redeliver(delay),
+                ..
+            }) = aborted
+            {
+                let _ = delivery.nak(Some(delay)).await;
+                return Next::Done;
             }
         }
+        // An abort for a job that does not exist (yet) has nothing to fail.
+        if matches!((&error, &event.input), (Failed::Orphan(_), Input::Abort(_))) {
+            let _ = delivery.ack().await;
+            return Next::Done;
+        }
+        dead_letter(
+            bus,
+            Stage::Orchestrator,
+            delivery,
+            Failure::of(&error),
+            stop,
+        )
+        .await;
         Next::Done
     }
-}
-
-/// Redelivery delay for transient NATS trouble: 250 ms doubling to 30 s.
-fn backoff(delivered: u64) -> Duration {
-    let exp = delivered.saturating_sub(1).min(7) as u32;
-    Duration::from_millis(250 * 2u64.pow(exp)).min(Duration::from_secs(30))
 }
 
 impl Orchestrator {
@@ -159,6 +241,11 @@ impl Orchestrator {
                 // in JSON or MessagePack, its batch and line ids in headers.
                 None => {
                     let origin = self.external_origin(delivery);
+                    if let Some(origin) = &origin {
+                        chorus_core::batch::check_custom_id(&origin.custom_id)
+                            .and_then(|()| chorus_core::batch::check_batch_id(&origin.batch))
+                            .map_err(|e| Rejected::InvalidSpec(e.to_string()))?;
+                    }
                     let endpoint = origin.as_ref().map_or(Endpoint::Jobs, |o| o.endpoint);
                     let spec = parse_external(delivery, endpoint)?;
                     (
@@ -208,6 +295,11 @@ impl Orchestrator {
                     Input::Evaluated(result),
                 )
             }
+            Some("job.abort") => {
+                let abort: JobAbort =
+                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                (abort.tenant.clone(), abort.job_id, Input::Abort(abort))
+            }
             _ => {
                 return Err(Rejected::Undecodable(format!(
                     "the orchestrator does not handle {} messages",
@@ -224,9 +316,9 @@ impl Orchestrator {
         })
     }
 
-    async fn process(&mut self, event: Event) -> Result<(), Failed> {
+    async fn process(&self, event: &Event) -> Result<(), Failed> {
         let jobs = &self.shared.jobs;
-        let mut cached = self.cache.pop(&event.job);
+        let mut cached = self.cache().pop(&event.job);
         let mut reloaded = false;
         // A new job from a JetStream submitter is created without reading first; a conflict reloads.
         let mut assume_new = event.new_state.is_some() && !event.state_created;
@@ -266,7 +358,7 @@ impl Orchestrator {
             };
             self.publish(&transition.state, transition.effects).await?;
             if !transition.state.status.is_terminal() {
-                self.cache.put(event.job, (transition.state, revision));
+                self.cache().put(event.job, (transition.state, revision));
             }
             return Ok(());
         }
@@ -280,7 +372,7 @@ impl Orchestrator {
         let trace = chorus_telemetry::trace::outgoing(state.trace.as_ref());
         let trace = trace.as_ref();
         let mut messages = Vec::with_capacity(effects.len());
-        let nats = BusError::nats;
+        let nats = |e| BusError::codec(format!("encode a message of job {}", state.id), e);
         for effect in effects {
             let message = match effect {
                 Effect::Call(call) => Outgoing::envelope(
@@ -363,9 +455,14 @@ impl Orchestrator {
             line.into_bytes(),
         )
         .header(headers::CUSTOM_ID, &origin.custom_id);
-        if let Err(e) = self.shared.bus.publish_all(vec![message]).await {
-            tracing::warn!(error = %e, "cannot publish the error line of a rejected submission");
-        }
+        let (bus, stop) = (&self.shared.bus, &self.shared.stop);
+        let what = "publish the error line of a rejected submission";
+        // Given up (the process is draining, or the line cannot be published): the submission
+        // is in the DLQ either way, where ops see it.
+        let _ = policy::persist("orchestrator", what, &[delivery], stop, || {
+            bus.publish_all(vec![message.clone()])
+        })
+        .await;
     }
 }
 
