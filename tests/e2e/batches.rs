@@ -294,27 +294,25 @@ async fn jetstream_submissions_are_deduplicated_and_malformed_ones_answered() {
     let app = TestApp::start(test_config(&nats, &db)).await;
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
-    let publish = |msg_id: &'static str,
-                   custom_id: &'static str,
-                   body: Vec<u8>,
-                   content_type: &'static str| {
-        let js = js.clone();
-        async move {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", msg_id);
-            headers.insert("Content-Type", content_type);
-            headers.insert("Chorus-Batch", "dedupe");
-            headers.insert("Chorus-Custom-Id", custom_id);
-            js.publish_with_headers("chorus.submit.default", headers, body.into())
-                .await
-                .expect("publish")
-                .await
-                .expect("ack")
-        }
-    };
+    let publish =
+        |msg_id: &'static str, custom_id: String, body: Vec<u8>, content_type: &'static str| {
+            let js = js.clone();
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", msg_id);
+                headers.insert("Content-Type", content_type);
+                headers.insert("Chorus-Batch", "dedupe");
+                headers.insert("Chorus-Custom-Id", custom_id.as_str());
+                js.publish_with_headers("chorus.submit.default", headers, body.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack")
+            }
+        };
     let spec = serde_json::to_vec(&single("fast", "once")).expect("spec");
-    let first = publish("same-id", "once", spec.clone(), "application/json").await;
-    let second = publish("same-id", "once", spec, "application/json").await;
+    let first = publish("same-id", "once".into(), spec.clone(), "application/json").await;
+    let second = publish("same-id", "once".into(), spec.clone(), "application/json").await;
     assert!(
         second.duplicate,
         "JetStream saw the second publish as a duplicate"
@@ -322,21 +320,24 @@ async fn jetstream_submissions_are_deduplicated_and_malformed_ones_answered() {
     assert_eq!(first.sequence, second.sequence);
     // MessagePack works the same; a malformed body is answered, not dropped.
     let packed = rmp_serde::to_vec_named(&single("fast", "packed")).expect("msgpack");
-    publish("packed-id", "packed", packed, "application/msgpack").await;
+    publish("packed-id", "packed".into(), packed, "application/msgpack").await;
+    // A custom_id longer than a batch line's may be is refused as the line's error.
+    let long = "L".repeat(300);
+    publish("long-id", long.clone(), spec, "application/json").await;
     publish(
         "bad-id",
-        "bad",
+        "bad".into(),
         b"{\"model\": \"fast\", \"mesages\": []}".to_vec(),
         "application/json",
     )
     .await;
 
-    let lines = results(&app.bus, "chorus.results.default.dedupe", 3).await;
+    let lines = results(&app.bus, "chorus.results.default.dedupe", 4).await;
     let by_id: HashMap<&str, &Value> = lines
         .iter()
         .map(|l| (l["custom_id"].as_str().expect("custom_id"), l))
         .collect();
-    assert_eq!(by_id.len(), 3, "one result per line: {lines:#?}");
+    assert_eq!(by_id.len(), 4, "one result per line: {lines:#?}");
     assert_eq!(by_id["once"]["response"]["status_code"], 200);
     assert_eq!(by_id["packed"]["response"]["status_code"], 200);
     let bad = by_id["bad"];
@@ -347,13 +348,20 @@ async fn jetstream_submissions_are_deduplicated_and_malformed_ones_answered() {
             .is_some_and(|m| m.contains("mesages")),
         "the error names the field: {bad:#}"
     );
+    let too_long = by_id[long.as_str()];
+    assert!(
+        too_long["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("custom_id")),
+        "the error names the field: {too_long:#}"
+    );
     let letters = dead_letters(&app.bus).await;
-    assert_eq!(letters.len(), 1, "the malformed message is kept in the DLQ");
-    assert_eq!(letters[0].error_kind, "invalid_spec");
+    assert_eq!(letters.len(), 2, "the refused messages are kept in the DLQ");
+    assert!(letters.iter().all(|l| l.error_kind == "invalid_spec"));
     // Nothing more arrives: the duplicate made no second job.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, last) = stream_state(&app.bus, "results").await;
-    assert_eq!(last, 3);
+    assert_eq!(last, 4);
     app.shutdown().await.expect("clean shutdown");
 }
 

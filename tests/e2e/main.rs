@@ -17,6 +17,7 @@ mod dlq;
 mod drain;
 mod examples;
 mod faults;
+mod isolation;
 mod jobs;
 mod llm;
 mod metrics;
