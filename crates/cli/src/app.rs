@@ -247,7 +247,7 @@ fn edge_auth(config: &EdgeConfig) -> anyhow::Result<Auth> {
         );
         AuthMode::Off(tenant)
     };
-    Ok(Auth::new(mode, config.key_rpm))
+    Ok(Auth::new(mode, config.key_rpm, config.key_outage_grace))
 }
 
 /// Resolves on SIGTERM or ctrl-c.

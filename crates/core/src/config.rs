@@ -223,6 +223,11 @@ pub struct EdgeConfig {
     /// Requests per minute one API key may make at one edge process, for keys without a rate of
     /// their own; none: unlimited.
     pub key_rpm: Option<u32>,
+    /// While the database cannot be reached, a key this edge process verified within this long
+    /// is still accepted (keys cannot be revoked while the database is down either); 0 turns it
+    /// off, and every request is then refused with 503 during an outage.
+    #[serde(with = "humantime_serde")]
+    pub key_outage_grace: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -236,6 +241,7 @@ impl Default for EdgeConfig {
             auth: true,
             tenant: "default".into(),
             key_rpm: None,
+            key_outage_grace: Duration::from_secs(600),
         }
     }
 }

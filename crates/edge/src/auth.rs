@@ -10,10 +10,19 @@
 //! Rates are per key and per edge process (GCRA in memory, a burst of ten seconds' worth): the
 //! edge sheds abusive clients before they cost a database or JetStream round trip, without a
 //! shared round trip of its own. N edge pods admit up to N times a key's rate.
+//!
+//! While the database is unavailable, a key this process verified within `edge.key_outage_grace`
+//! is still accepted, so clients keep submitting work (which JetStream stores) through a database
+//! outage. That weakens nothing: no key can be revoked while the database is down either. The
+//! process remembers a digest of each verified key, never the key.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use chorus_store::StoreErrorKind;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -42,14 +51,20 @@ pub struct Auth {
     /// For keys without a rate of their own.
     default_rpm: Option<u32>,
     rates: Mutex<HashMap<String, Gcra>>,
+    /// How long a verification holds while the database is unavailable.
+    outage_grace: Duration,
+    /// The last successful verification of each key, by the key's digest.
+    verified: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
 }
 
 impl Auth {
-    pub fn new(mode: AuthMode, default_rpm: Option<u32>) -> Self {
+    pub fn new(mode: AuthMode, default_rpm: Option<u32>, outage_grace: Duration) -> Self {
         Self {
             mode,
             default_rpm,
             rates: Mutex::default(),
+            outage_grace,
+            verified: Mutex::default(),
         }
     }
 
@@ -63,12 +78,28 @@ impl Auth {
             return Ok(Caller::unauthenticated(tenant.clone()));
         }
         let presented = key?;
-        state
-            .store
-            .authenticate(&presented)
-            .await
-            .map_err(|e| ApiError::unavailable("the database (for API keys)", e))?
-            .ok_or_else(|| ApiError::Unauthorized("the API key is not valid".into()))
+        let digest: [u8; 32] = Sha256::digest(presented.expose_secret().as_bytes()).into();
+        let verified = || self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        match state.store.authenticate(&presented).await {
+            Ok(Some(caller)) => {
+                if !self.outage_grace.is_zero() {
+                    verified().insert(digest, (caller.clone(), Instant::now()));
+                }
+                Ok(caller)
+            }
+            Ok(None) => {
+                verified().remove(&digest);
+                Err(ApiError::Unauthorized("the API key is not valid".into()))
+            }
+            Err(e) if e.kind() == StoreErrorKind::Unavailable => {
+                let remembered = verified()
+                    .get(&digest)
+                    .filter(|(_, at)| at.elapsed() <= self.outage_grace)
+                    .map(|(caller, _)| caller.clone());
+                remembered.ok_or_else(|| ApiError::unavailable("the database (for API keys)", e))
+            }
+            Err(e) => Err(ApiError::unavailable("the database (for API keys)", e)),
+        }
     }
 
     /// Charges one request to the caller's key; `Err` with the seconds until one is admitted.
