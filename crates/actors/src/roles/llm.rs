@@ -568,11 +568,8 @@ impl LlmWorker {
             error,
             verdict: Verdict::Fail,
         })?;
-        let what = format!(
-            "publish the result of job {} step {}",
-            result.job_id, result.step
-        );
-        policy::persist("llm", &what, &[delivery], &shared.stop, || {
+        let what = "publish a step result";
+        policy::persist("llm", what, &[delivery], &shared.stop, || {
             let message = message.clone();
             async move {
                 shared.faults.publish()?;

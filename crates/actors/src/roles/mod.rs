@@ -84,10 +84,13 @@ async fn publish_event<T: Envelope>(
                 verdict: Verdict::Fail,
             }
         })?;
-    let what = format!("publish the {} event of job {job}", kind.token());
-    policy::persist(stage.as_str(), &what, &[answering], stop, || {
-        bus.publish_all(vec![message.clone()])
-    })
+    policy::persist(
+        stage.as_str(),
+        "publish a job event",
+        &[answering],
+        stop,
+        || bus.publish_all(vec![message.clone()]),
+    )
     .await
 }
 

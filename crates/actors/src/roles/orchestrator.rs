@@ -138,8 +138,8 @@ impl Handler for Orchestrator {
                 return Next::Done;
             }
         };
-        let what = format!("apply an event of job {}", event.job);
-        let applied = policy::persist("orchestrator", &what, &[&delivery], stop, || {
+        let what = "apply an event to its job";
+        let applied = policy::persist("orchestrator", what, &[&delivery], stop, || {
             self.process(&event)
         })
         .await;
@@ -179,11 +179,11 @@ impl Handler for Orchestrator {
                 state_created: false,
                 ..event
             };
-            let what = format!("abort job {}", abort.job);
-            let aborted = policy::persist("orchestrator", &what, &[&delivery], stop, || {
-                self.process(&abort)
-            })
-            .await;
+            let aborted =
+                policy::persist("orchestrator", "abort a job", &[&delivery], stop, || {
+                    self.process(&abort)
+                })
+                .await;
             if let Err(GaveUp {
                 verdict: Verdict::Redeliver(delay),
                 ..
