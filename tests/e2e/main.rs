@@ -19,6 +19,7 @@ mod examples;
 mod faults;
 mod jobs;
 mod llm;
+mod lossless;
 mod metrics;
 mod nats_security;
 mod openapi;
