@@ -1,8 +1,9 @@
 //! The deployment kit agrees with the code: the dashboard and alerts query only series Chorus
 //! exports (and the dashboard shows them all), the Kubernetes PrometheusRule carries the alert file
 //! unchanged, every KEDA trigger scales on a stream and consumer `nats/` defines, every probe asks
-//! the port its role serves, the shipped configurations load, and the pods' grace period outlasts
-//! the drain. `deploy/check.py` checks the manifests' shape; this checks their meaning.
+//! the port its role serves, the shipped configurations load, the pods' grace period outlasts
+//! the drain, and every NATS server shipped or started takes the largest message a stream holds.
+//! `deploy/check.py` checks the manifests' shape; this checks their meaning.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -362,12 +363,17 @@ fn the_grace_period_outlasts_the_drain() {
     }
 }
 
-#[test]
-fn compose_gives_every_role_time_to_drain() {
+/// docker-compose.yml, its merge keys applied.
+fn compose() -> Value {
     let text = read("docker-compose.yml");
     let mut compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("yaml");
     compose.apply_merge().expect("merge keys");
-    let compose: Value = serde_json::to_value(compose).expect("json");
+    serde_json::to_value(compose).expect("json")
+}
+
+#[test]
+fn compose_gives_every_role_time_to_drain() {
+    let compose = compose();
     let drain = Config::load(Some(&repo("deploy/compose/chorus.toml")))
         .expect("loads")
         .supervision
@@ -391,4 +397,87 @@ fn compose_gives_every_role_time_to_drain() {
         );
     }
     assert_eq!(roles, 5, "the edge and four worker roles");
+}
+
+/// `max_payload` of Chorus's server settings, `nats/server/chorus.conf`.
+fn max_payload() -> u64 {
+    chorus_bus::server_binary::SERVER_CONFIG
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("max_payload:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("max_payload in nats/server/chorus.conf")
+}
+
+#[test]
+fn every_shipped_nats_takes_the_largest_message_a_stream_holds() {
+    let payload = max_payload();
+    let mut largest = 0;
+    for entry in std::fs::read_dir(repo("nats/streams"))
+        .expect("nats/streams")
+        .flatten()
+    {
+        let stream: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).expect("read"))
+                .expect("json");
+        largest = largest.max(stream["max_msg_size"].as_u64().unwrap_or(0));
+    }
+    assert!(
+        largest > 1_000_000,
+        "the streams take more than the default 1 MB"
+    );
+    assert!(
+        payload >= largest,
+        "max_payload {payload} < the largest stream message {largest}"
+    );
+
+    let nats = &compose()["services"]["nats"];
+    let command: Vec<&str> = nats["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w == ["-c", "/etc/nats/chorus.conf"]),
+        "{command:?}"
+    );
+    assert!(
+        nats["volumes"]
+            .as_array()
+            .expect("volumes")
+            .contains(&Value::from(
+                "./nats/server/chorus.conf:/etc/nats/chorus.conf:ro"
+            )),
+        "{nats}"
+    );
+    let values = &yaml_documents("deploy/k8s/nats/values.yaml")[0];
+    assert_eq!(
+        values["config"]["merge"]["max_payload"].as_u64(),
+        Some(payload)
+    );
+    assert!(
+        read("nats/server/tenants.conf")
+            .lines()
+            .any(|l| l.trim() == "include chorus.conf")
+    );
+}
+
+#[tokio::test]
+async fn the_nats_servers_chorus_starts_take_the_largest_message() {
+    let payload = usize::try_from(max_payload()).expect("fits");
+    let test_server = chorus_testkit::nats::NatsServer::start_new().await;
+    let client = async_nats::connect(test_server.url())
+        .await
+        .expect("connect");
+    assert_eq!(client.server_info().max_payload, payload, "the testkit's");
+
+    let store = tempfile::tempdir().expect("dir");
+    let dev = chorus_cli::natsd::NatsChild::start(store.path())
+        .await
+        .expect("chorus dev's nats-server");
+    let client = async_nats::connect(&dev.url).await.expect("connect");
+    assert_eq!(client.server_info().max_payload, payload, "chorus dev's");
+    dev.stop().await;
 }

