@@ -147,9 +147,11 @@ impl Persister {
         .await;
         match stored {
             Ok(committed) => {
+                // A batch line's result goes out once, with the job's final snapshot.
                 let results = state
                     .origin
                     .as_ref()
+                    .filter(|_| state.status.is_terminal())
                     .map(|origin| {
                         let line = chorus_store::results::error_line(
                             &origin.custom_id,
