@@ -22,6 +22,10 @@ use crate::BusError;
 /// Oldest nats-server Chorus runs on.
 pub const MIN_SERVER: (u64, u64, u64) = (2, 11, 0);
 
+/// The `max_payload` Chorus's messages need (`nats/server/chorus.conf`): a dead letter wraps a
+/// message of up to the work streams' 8 MiB.
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
 /// A checked connection: the client, its JetStream context and the subject names.
 #[derive(Clone)]
 pub struct Bus {
@@ -90,6 +94,17 @@ impl Bus {
                 url: url.to_owned(),
                 found: version,
             });
+        }
+        let max_payload = client.server_info().max_payload;
+        if max_payload < MAX_PAYLOAD {
+            tracing::warn!(
+                %url,
+                max_payload,
+                needed = MAX_PAYLOAD,
+                "the NATS server takes messages smaller than Chorus's largest: jobs, results and dead \
+                 letters beyond its max_payload fail as too_large (set `max_payload: 16777216`, as \
+                 nats/server/chorus.conf does)"
+            );
         }
         let js = jetstream::new(client.clone());
         js.query_account()
@@ -179,6 +194,15 @@ pub fn at_least(version: &str, min: (u64, u64, u64)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_server_settings_take_the_largest_message() {
+        let configured = crate::server_binary::SERVER_CONFIG
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("max_payload:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        assert_eq!(configured, Some(MAX_PAYLOAD));
+    }
 
     #[test]
     fn compares_server_versions() {
