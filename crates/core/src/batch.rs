@@ -21,7 +21,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::spec::{ChatMessage, JobSpec, Params, Role, Validator};
+use crate::spec::{ChatMessage, FieldErrorKind, JobSpec, Params, Role, Validator};
 
 /// What a batch line asks for: its `url`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,6 +101,10 @@ pub enum LineErrorCode {
     /// The body is well-formed but asks for something Chorus does not do, or names a field
     /// wrongly.
     InvalidRequest,
+    /// A model that names no route (OpenAI's `model_not_found`).
+    ModelNotFound,
+    /// Two fields that must agree do not (`max_tokens` and `max_completion_tokens`).
+    ConflictingParameters,
     EmptyFile,
     TooManyRequests,
 }
@@ -215,9 +219,13 @@ pub fn parse_file(
     let (lines, mut problems) = read_lines(bytes, max_lines)?;
     for line in &lines {
         for e in line.spec.validate(validator) {
+            let code = match e.kind {
+                FieldErrorKind::UnknownRoute => LineErrorCode::ModelNotFound,
+                _ => LineErrorCode::InvalidRequest,
+            };
             problems.push(LineError::new(
                 Some(line.line),
-                LineErrorCode::InvalidRequest,
+                code,
                 Some(body_param(line.endpoint, &e.field)),
                 e.problem,
             ));
@@ -492,6 +500,7 @@ pub struct Streaming {
 pub struct ChatRequestError {
     pub param: Option<String>,
     pub message: String,
+    pub code: LineErrorCode,
 }
 
 /// A `POST /v1/chat/completions` body (OpenAI's chat completion request) as a one-call job spec,
@@ -501,6 +510,7 @@ pub fn chat_request(body: Value) -> Result<(JobSpec, Option<Streaming>), ChatReq
         return Err(ChatRequestError {
             param: None,
             message: format!("the body must be a JSON object, got {}", kind(&body)),
+            code: LineErrorCode::InvalidRequest,
         });
     };
     chat_spec(body).map_err(|e| {
@@ -509,7 +519,11 @@ pub fn chat_request(body: Value) -> Result<(JobSpec, Option<Streaming>), ChatReq
             Some(field) => format!("{field}: {}", e.message),
             None => e.message,
         };
-        ChatRequestError { param, message }
+        ChatRequestError {
+            param,
+            message,
+            code: e.code,
+        }
     })
 }
 
@@ -586,6 +600,9 @@ struct ChatRequest {
     tools: Option<Value>,
     tool_choice: Option<Value>,
     metadata: Option<Map<String, Value>>,
+    /// Accepted and ignored, but a string.
+    #[serde(rename = "user")]
+    _user: Option<String>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
@@ -658,10 +675,11 @@ fn chat_spec(body: Map<String, Value>) -> Result<(JobSpec, Option<Streaming>), B
         .collect::<Result<_, _>>()?;
     let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
-            return Err(BodyError::invalid(
-                "body.max_completion_tokens",
-                format!("differs from max_tokens ({a}); give one of them"),
-            ));
+            return Err(BodyError {
+                code: LineErrorCode::ConflictingParameters,
+                param: "body.max_completion_tokens".into(),
+                message: format!("differs from max_tokens ({a}); give one of them"),
+            });
         }
         (a, b) => b.or(a),
     };
