@@ -13,6 +13,8 @@ reproducible. Exits with Schemathesis's status; prints the wall time and the per
 summary.
 """
 
+import collections
+import json
 import os
 import pathlib
 import re
@@ -48,6 +50,46 @@ def wait_for(url, deadline):
             pass
         time.sleep(0.2)
     raise SystemExit(f"Chorus did not become ready at {url}")
+
+
+def summarize(events):
+    """Prints the cases per operation and phase, and each check's outcomes, from Schemathesis's
+    event log; returns the number of failed cases."""
+    cases = collections.Counter()
+    checks = collections.defaultdict(collections.Counter)
+    failed = passed = 0
+    scenarios = 0
+    for line in open(events):
+        event = json.loads(line)
+        finished = event.get("ScenarioFinished")
+        if finished is None:
+            continue
+        phase = finished["phase"]
+        scenarios += phase == "stateful"
+        recorder = finished["recorder"]
+        for case_id, case in recorder.get("cases", {}).items():
+            # A stateful scenario's steps are counted under the operation each step calls.
+            value = case["value"]
+            label = f"{value['method']} {value['path']}" if phase == "stateful" else recorder["label"]
+            cases[(label, phase)] += 1
+            results = recorder.get("checks", {}).get(case_id, [])
+            for check in results:
+                checks[check["name"]][check["status"]] += 1
+            if any(check["status"] == "failure" for check in results):
+                failed += 1
+            else:
+                passed += 1
+    phases = ["examples", "coverage", "fuzzing", "stateful"]
+    operations = sorted({operation for operation, _ in cases})
+    print(f"\n{'test cases':<44}" + "".join(f"{p:>10}" for p in phases))
+    for operation in operations:
+        print(f"{operation:<44}" + "".join(f"{cases[(operation, p)]:>10}" for p in phases))
+    print(f"{len(operations)} rows; {scenarios} stateful scenarios")
+    print(f"\n{'check':<36}{'passed':>10}{'failed':>10}")
+    for name in sorted(checks):
+        print(f"{name:<36}{checks[name]['success']:>10}{checks[name]['failure']:>10}")
+    print(f"\nfuzz: {passed} passed, {failed} failed", flush=True)
+    return failed
 
 
 def main():
@@ -98,8 +140,8 @@ def main():
             "--request-timeout", "60",
             "--continue-on-failure",
             "--no-color",
-            "--report", "junit",
-            "--report-junit-path", str(work / "junit.xml"),
+            "--report", "ndjson",
+            "--report-ndjson-path", str(work / "events.ndjson"),
             *extra,
         ]
         shown = [part if not part.startswith("Authorization") else "Authorization: Bearer <admin key>" for part in command]
@@ -112,8 +154,11 @@ def main():
         }
         fuzz_started = time.monotonic()
         result = subprocess.run(command, env=fuzz_env, cwd=work)
+        failed = summarize(work / "events.ndjson")
         print(f"API fuzz: {time.monotonic() - fuzz_started:.0f} s of fuzzing, "
               f"{time.monotonic() - started:.0f} s in all; exit status {result.returncode}", flush=True)
+        if failed and result.returncode == 0:
+            return 1
         if result.returncode != 0:
             log.seek(0)
             tail = log.read()[-3000:]
