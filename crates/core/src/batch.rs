@@ -683,6 +683,39 @@ fn chat_spec(body: Map<String, Value>) -> Result<(JobSpec, Option<Streaming>), B
         }
         (a, b) => b.or(a),
     };
+    // OpenAI's shapes: tools a list of objects, tool_choice a mode or an object, metadata text.
+    if let Some(tools) = &request.tools
+        && !tools
+            .as_array()
+            .is_some_and(|t| t.iter().all(Value::is_object))
+    {
+        return Err(BodyError::invalid(
+            "body.tools",
+            format!("must be an array of tool objects, got {}", kind(tools)),
+        ));
+    }
+    if let Some(choice) = &request.tool_choice
+        && !(choice.is_object()
+            || choice
+                .as_str()
+                .is_some_and(|c| ["none", "auto", "required"].contains(&c)))
+    {
+        return Err(BodyError::invalid(
+            "body.tool_choice",
+            "must be `none`, `auto`, `required` or an object naming a tool",
+        ));
+    }
+    if let Some((key, value)) = request
+        .metadata
+        .iter()
+        .flatten()
+        .find(|(_, value)| !value.is_string())
+    {
+        return Err(BodyError::invalid(
+            format!("body.metadata.{key}"),
+            format!("must be a string, got {}", kind(value)),
+        ));
+    }
     let stop = match request.stop {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s],

@@ -290,9 +290,10 @@ fn request_rules(document: &mut Value) {
         ],
     });
     properties["response_format"] = nullable(schema_ref("ResponseFormat"));
-    properties["metadata"] = json!({"type": ["object", "null"]});
-    properties["tools"] = json!({});
-    properties["tool_choice"] = json!({});
+    properties["tool_choice"] = json!({
+        "description": "OpenAI's: a mode, or an object naming a tool.",
+        "oneOf": [{"enum": ["none", "auto", "required"]}, {"type": "object"}, {"type": "null"}],
+    });
     // `stream_options` only with `stream: true`.
     request["allOf"] = json!([{"anyOf": [
         {"not": {"required": ["stream_options"]}},
