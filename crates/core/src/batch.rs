@@ -1295,10 +1295,16 @@ mod tests {
                 "line 3: body.personas[0].name: must not be empty",
             ]
         );
-        assert!(
-            err.errors
-                .iter()
-                .all(|e| e.code == LineErrorCode::InvalidRequest)
+        let codes: Vec<LineErrorCode> = err.errors.iter().map(|e| e.code).collect();
+        assert_eq!(
+            codes,
+            [
+                LineErrorCode::ModelNotFound,
+                LineErrorCode::InvalidRequest,
+                LineErrorCode::ModelNotFound,
+                LineErrorCode::InvalidRequest,
+            ],
+            "an unknown route is OpenAI's `model_not_found`"
         );
         let fine = parse_file(file.as_bytes(), 10, &Routes(&["fast", "nope", "slow"]));
         assert_eq!(
