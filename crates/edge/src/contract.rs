@@ -8,8 +8,8 @@
 //!   fields the handlers check, where a field's Rust type alone says less.
 //! - [`SEMANTIC_REFUSALS`]: the codes with which a request that fits its schema can still be
 //!   refused, for rules no schema states (a template must render, a cursor must name a batch…),
-//!   as `x-semantic-codes` on the response that carries them. The API fuzz (`tests/fuzz`) allows a
-//!   schema-valid request exactly these refusals.
+//!   as `x-semantic-codes` on the response that carries them. The API fuzz
+//!   (`tests/python/fuzz_api.py`) allows a schema-valid request exactly these refusals.
 //! - [`link_table`]: which response's id feeds which operation, for clients and the stateful fuzz.
 //! - [`with_models`]: the served document names this installation's models: a `RouteName` is
 //!   one of them, and an unknown one is `404 model_not_found`.
