@@ -1,6 +1,8 @@
 //! `/openapi.json`: an OpenAPI 3.1 document that the specification's own validator accepts, and
 //! that describes what is served: every documented operation is answered by its handler (never
-//! by the router's "no such route"), and a path that is not documented is not served.
+//! by the router's "no such route"), a path that is not documented is not served, and every kind
+//! of rejection is an error the document lists, naming its parameter. (The whole API is fuzzed
+//! against the document by `tests/python/fuzz_api.py`, in CI.)
 
 use std::process::Stdio;
 
