@@ -241,66 +241,91 @@ async fn bad_requests_name_the_problem_and_publish_nothing() {
             status,
             body["error"]["param"].clone(),
             body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
         )
     };
 
-    let (status, _, message) = error_of(send_raw("{\"model\": ".into()).await.expect("send")).await;
+    let (status, _, message, _) =
+        error_of(send_raw("{\"model\": ".into()).await.expect("send")).await;
     assert_eq!(status, 400);
     assert!(message.contains("malformed JSON"), "{message}");
 
-    let cases: Vec<(Value, &str, &str)> = vec![
+    // (body, status, code, param, what the message mentions)
+    let cases: Vec<(Value, u16, &str, &str, &str)> = vec![
         (
             json!({"model": "sim:echo", "messages": "hi"}),
+            422,
+            "invalid_value",
             "messages",
             "invalid type",
         ),
         (
             json!({"model": "sim:echo", "messages": [{"role": "user", "content": "x"}], "temprature": 1}),
+            422,
+            "invalid_value",
             "temprature",
             "unknown field",
         ),
         (
             json!({"model": "sim:echo", "messages": [{"role": "robot", "content": "x"}]}),
+            422,
+            "invalid_value",
             "messages[0].role",
             "robot",
         ),
         (
             json!({"model": "gpt-nine", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model_not_found",
             "model",
             "fast",
         ),
         (
             json!({"model": "sim:echo?fail=lots", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model_not_found",
             "model",
             "fail",
         ),
         (
             json!({"model": "sim:echo", "prompt": "a\n{{ missing }}"}),
+            422,
+            "invalid_template",
             "prompt",
             "line 2",
         ),
         (
             json!({"model": "sim:echo", "messages": [{"role": "user", "content": "x"}],
                 "personas": [{"name": "a", "system": "s"}, {"name": "a", "system": "t"}]}),
+            422,
+            "duplicate_persona",
             "personas",
             "twice",
         ),
         (
             json!({"model": "sim:echo", "messages": [{"role": "user", "content": "x"}],
                 "evaluate": {"assertions": [{"type": "regex", "pattern": "a("}]}}),
+            422,
+            "invalid_assertion",
             "evaluate.assertions[0]",
             "regex",
         ),
         (
             json!({"model": "sim:echo", "messages": [{"role": "user", "content": "x"}],
                 "evaluate": {"assertions": [{"type": "contains", "valu": "x"}]}}),
+            422,
+            "invalid_value",
             "evaluate.assertions[0]",
             "valu",
         ),
     ];
-    for (body, param, needle) in cases {
-        let (status, got_param, message) = error_of(app.post_job(&body, "").await).await;
-        assert_eq!(status, 422, "{body}: {message}");
+    for (body, expected, code, param, needle) in cases {
+        let (status, got_param, message, got_code) = error_of(app.post_job(&body, "").await).await;
+        assert_eq!(
+            (status, got_code.as_str()),
+            (expected, code),
+            "{body}: {message}"
+        );
         assert_eq!(got_param, param, "{body}: {message}");
         assert!(
             message.contains(needle),
@@ -310,11 +335,11 @@ async fn bad_requests_name_the_problem_and_publish_nothing() {
 
     let big =
         json!({"model": "sim:echo", "messages": [{"role": "user", "content": "x".repeat(8192)}]});
-    let (status, _, message) = error_of(app.post_job(&big, "").await).await;
+    let (status, _, message, _) = error_of(app.post_job(&big, "").await).await;
     assert_eq!(status, 413);
     assert!(message.contains("4096"), "{message}");
 
-    let (status, _, _) = error_of(
+    let (status, _, _, _) = error_of(
         app.client
             .post(format!("{}/v1/jobs", app.base))
             .body("{}")

@@ -225,7 +225,11 @@ async fn chat_completions_answer_plain_and_streamed_and_are_stored() {
         "our provider key is not the client's problem: {body:#}"
     );
     let (status, body) = complete(&app, &user("nowhere", "x")).await;
-    assert_eq!(status, 422, "{body:#}");
+    assert_eq!(
+        status, 404,
+        "an unknown model, as OpenAI answers it: {body:#}"
+    );
+    assert_eq!(body["error"]["code"], "model_not_found");
     assert_eq!(body["error"]["param"], "model");
     let (status, body) = complete(&app, &json!({"model": "fast", "messages": [], "n": 2})).await;
     assert_eq!(status, 422, "{body:#}");

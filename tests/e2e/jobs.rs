@@ -322,11 +322,15 @@ async fn template_errors_and_unknown_routes_are_refused_before_anything_is_queue
     let cases = [
         (
             json!({"model": "fast", "prompt": "Hello\n{{ name }", "input": {"name": "x"}}),
+            422,
+            "invalid_template",
             "prompt",
             "line 2",
         ),
         (
             json!({"model": "fast", "prompt": "Hi {{ missing }}"}),
+            422,
+            "invalid_template",
             "prompt",
             "undefined",
         ),
@@ -334,31 +338,42 @@ async fn template_errors_and_unknown_routes_are_refused_before_anything_is_queue
             json!({"model": "fast", "messages": [{"role": "user", "content": "x"}],
                    "personas": [{"name": "a", "system": "b"}],
                    "synthesis": {"prompt": "{% for a in answers %}{{ a.nope.deeper }}{% endfor %}"}}),
+            422,
+            "invalid_template",
             "synthesis.prompt",
             "line 1",
         ),
         (
             json!({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "model_not_found",
             "model",
             "fast",
         ),
         (
             json!({"model": "fast", "messages": [{"role": "user", "content": "x"}],
                    "evaluate": {"assertions": [{"type": "llm_rubric", "value": "ok", "model": "nope"}]}}),
+            404,
+            "model_not_found",
             "evaluate.assertions[0].model",
             "nope",
         ),
         (
             json!({"model": "fast", "messages": [{"role": "user", "content": "x"}], "priority": 99}),
+            422,
+            "invalid_value",
             "priority",
             "between",
         ),
     ];
-    for (body, param, needle) in cases {
+    // (body, status, code, param, what the message mentions): an unknown model is OpenAI's
+    // 404, a template that does not render has a code of its own.
+    for (body, expected, code, param, needle) in cases {
         let response = app.post_job(&body, "").await;
         let status = response.status();
         let error: Value = response.json().await.expect("json");
-        assert_eq!(status, 422, "{body} → {error:#}");
+        assert_eq!(status, expected, "{body} → {error:#}");
+        assert_eq!(error["error"]["code"], code, "{error:#}");
         assert_eq!(error["error"]["param"], param, "{error:#}");
         let message = error["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "`{needle}` not in: {message}");

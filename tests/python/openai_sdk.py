@@ -66,8 +66,9 @@ check(usage is not None and usage.completion_tokens > 0, f"usage: {usage}")
 try:
     client.chat.completions.create(model="no-such-route", messages=[{"role": "user", "content": "x"}])
     check(False, "an unknown route must fail")
-except openai.UnprocessableEntityError as e:
+except openai.NotFoundError as e:
     check("no-such-route" in str(e), f"the error names the route: {e}")
+    check(e.code == "model_not_found", f"the code is OpenAI's: {e.code}")
 
 # A Batch API round trip: upload, create, poll, download.
 lines = [

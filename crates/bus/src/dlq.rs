@@ -35,21 +35,41 @@ const FETCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// NATS did not answer, or answered with an error that waiting may fix.
     #[error("NATS request failed: {0}")]
     Nats(String),
+    /// The entry at that sequence is not a dead letter (a message filed by something else).
     #[error("entry {sequence} of the DLQ stream is not a dead letter: {source}")]
     NotADeadLetter {
         sequence: u64,
         #[source]
         source: CodecError,
     },
+    /// A request that cannot be carried out as asked (a replay rate of 0, a sequence NATS
+    /// refuses).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What a [`DlqError`] means to a caller: nothing there, try again later, or ask differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlqErrorKind {
+    NotFound,
+    Unavailable,
+    Invalid,
 }
 
 impl DlqError {
     fn nats(e: impl std::fmt::Display) -> Self {
         Self::Nats(e.to_string())
+    }
+
+    pub fn kind(&self) -> DlqErrorKind {
+        match self {
+            Self::Nats(_) => DlqErrorKind::Unavailable,
+            Self::NotADeadLetter { .. } => DlqErrorKind::NotFound,
+            Self::Invalid(_) => DlqErrorKind::Invalid,
+        }
     }
 }
 
@@ -665,8 +685,19 @@ pub async fn fetch_message(
         .map_err(DlqError::nats)?;
     match stream.get_raw_message(seq).await {
         Ok(message) => Ok(Some(message)),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(DlqError::nats(e)),
+        Err(e) => match e.kind() {
+            LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            LastRawMessageErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(None)
+            }
+            // NATS refuses the request itself (sequence 0): no waiting makes it work.
+            LastRawMessageErrorKind::JetStream(j) if j.error_code() == ErrorCode::BAD_REQUEST => {
+                Err(DlqError::Invalid(format!("sequence {seq}: {j}")))
+            }
+            _ => Err(DlqError::nats(e)),
+        },
     }
 }
 

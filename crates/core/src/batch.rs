@@ -21,7 +21,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::spec::{ChatMessage, FieldError, JobSpec, Params, Role, Validator};
+use crate::spec::{ChatMessage, FieldError, FieldErrorKind, JobSpec, Params, Role, Validator};
 
 /// What a batch line asks for: its `url`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -170,6 +170,10 @@ pub enum LineErrorCode {
     /// The body is well-formed but asks for something Chorus does not do, or names a field
     /// wrongly.
     InvalidRequest,
+    /// A model that names no route (OpenAI's `model_not_found`).
+    ModelNotFound,
+    /// Two fields that must agree do not (`max_tokens` and `max_completion_tokens`).
+    ConflictingParameters,
     EmptyFile,
     TooManyRequests,
 }
@@ -284,9 +288,13 @@ pub fn parse_file(
     let (lines, mut problems) = read_lines(bytes, max_lines)?;
     for line in &lines {
         for e in line.spec.validate(validator) {
+            let code = match e.kind {
+                FieldErrorKind::UnknownRoute => LineErrorCode::ModelNotFound,
+                _ => LineErrorCode::InvalidRequest,
+            };
             problems.push(LineError::new(
                 Some(line.line),
-                LineErrorCode::InvalidRequest,
+                code,
                 Some(body_param(line.endpoint, &e.field)),
                 e.problem,
             ));
@@ -550,6 +558,7 @@ pub struct Streaming {
 pub struct ChatRequestError {
     pub param: Option<String>,
     pub message: String,
+    pub code: LineErrorCode,
 }
 
 /// A `POST /v1/chat/completions` body (OpenAI's chat completion request) as a one-call job spec,
@@ -559,6 +568,7 @@ pub fn chat_request(body: Value) -> Result<(JobSpec, Option<Streaming>), ChatReq
         return Err(ChatRequestError {
             param: None,
             message: format!("the body must be a JSON object, got {}", kind(&body)),
+            code: LineErrorCode::InvalidRequest,
         });
     };
     chat_spec(body).map_err(|e| {
@@ -567,7 +577,11 @@ pub fn chat_request(body: Value) -> Result<(JobSpec, Option<Streaming>), ChatReq
             Some(field) => format!("{field}: {}", e.message),
             None => e.message,
         };
-        ChatRequestError { param, message }
+        ChatRequestError {
+            param,
+            message,
+            code: e.code,
+        }
     })
 }
 
@@ -644,6 +658,9 @@ struct ChatRequest {
     tools: Option<Value>,
     tool_choice: Option<Value>,
     metadata: Option<Map<String, Value>>,
+    /// Accepted and ignored, but a string.
+    #[serde(rename = "user")]
+    _user: Option<String>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
@@ -720,13 +737,47 @@ fn chat_spec(body: Map<String, Value>) -> Result<(JobSpec, Option<Streaming>), B
         .collect::<Result<_, _>>()?;
     let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
-            return Err(BodyError::invalid(
-                "body.max_completion_tokens",
-                format!("differs from max_tokens ({a}); give one of them"),
-            ));
+            return Err(BodyError {
+                code: LineErrorCode::ConflictingParameters,
+                param: "body.max_completion_tokens".into(),
+                message: format!("differs from max_tokens ({a}); give one of them"),
+            });
         }
         (a, b) => b.or(a),
     };
+    // OpenAI's shapes: tools a list of objects, tool_choice a mode or an object, metadata text.
+    if let Some(tools) = &request.tools
+        && !tools
+            .as_array()
+            .is_some_and(|t| t.iter().all(Value::is_object))
+    {
+        return Err(BodyError::invalid(
+            "body.tools",
+            format!("must be an array of tool objects, got {}", kind(tools)),
+        ));
+    }
+    if let Some(choice) = &request.tool_choice
+        && !(choice.is_object()
+            || choice
+                .as_str()
+                .is_some_and(|c| ["none", "auto", "required"].contains(&c)))
+    {
+        return Err(BodyError::invalid(
+            "body.tool_choice",
+            "must be `none`, `auto`, `required` or an object naming a tool",
+        ));
+    }
+    if let Some((key, value)) = request
+        .metadata
+        .iter()
+        .flatten()
+        .find(|(_, value)| !value.is_string())
+    {
+        return Err(BodyError::invalid(
+            format!("body.metadata.{key}"),
+            format!("must be a string, got {}", kind(value)),
+        ));
+    }
     let stop = match request.stop {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s],
@@ -1368,10 +1419,16 @@ mod tests {
                 "line 3: body.personas[0].name: must not be empty",
             ]
         );
-        assert!(
-            err.errors
-                .iter()
-                .all(|e| e.code == LineErrorCode::InvalidRequest)
+        let codes: Vec<LineErrorCode> = err.errors.iter().map(|e| e.code).collect();
+        assert_eq!(
+            codes,
+            [
+                LineErrorCode::ModelNotFound,
+                LineErrorCode::InvalidRequest,
+                LineErrorCode::ModelNotFound,
+                LineErrorCode::InvalidRequest,
+            ],
+            "an unknown route is OpenAI's `model_not_found`"
         );
         let fine = parse_file(file.as_bytes(), 10, &Routes(&["fast", "nope", "slow"]));
         assert_eq!(

@@ -176,13 +176,42 @@ impl Params {
 pub struct FieldError {
     pub field: String,
     pub problem: String,
+    /// What kind of rule the value breaks.
+    #[serde(default)]
+    pub kind: FieldErrorKind,
+}
+
+/// What kind of rule a [`FieldError`] is about: one a JSON schema of the spec states, or one it
+/// cannot (the routes of this installation, whether a template renders with its input, …). The
+/// edge answers each kind with its own status and code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldErrorKind {
+    /// A type, range, length, pattern or combination of fields.
+    #[default]
+    Invalid,
+    /// A model that names no route.
+    UnknownRoute,
+    /// A template that does not render with the job's input.
+    Template,
+    /// A persona name given twice.
+    DuplicatePersona,
+    /// An assertion that does not compile (a regex, a JSON schema, a JSON path).
+    Assertion,
+    /// A deadline already past.
+    DeadlinePassed,
 }
 
 impl FieldError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::of(FieldErrorKind::Invalid, field, problem)
+    }
+
+    pub fn of(kind: FieldErrorKind, field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             problem: problem.into(),
+            kind,
         }
     }
 }
@@ -210,7 +239,7 @@ impl JobSpec {
         let mut errors = Vec::new();
         let route = |field: String, model: &str, errors: &mut Vec<FieldError>| {
             if let Err(problem) = validator.check_route(model) {
-                errors.push(FieldError::new(field, problem));
+                errors.push(FieldError::of(FieldErrorKind::UnknownRoute, field, problem));
             }
         };
         match (&self.model, self.models.is_empty()) {
@@ -242,7 +271,11 @@ impl JobSpec {
             )),
             (Some(prompt), true) => {
                 if let Err(e) = template::render(prompt, &template::Context::input(&self.input)) {
-                    errors.push(FieldError::new("prompt", e.to_string()));
+                    errors.push(FieldError::of(
+                        FieldErrorKind::Template,
+                        "prompt",
+                        e.to_string(),
+                    ));
                 }
             }
             (None, false) => {
@@ -278,7 +311,8 @@ impl JobSpec {
             }
         }
         if let Some(dup) = first_duplicate(self.personas.iter().map(|p| p.name.as_str())) {
-            errors.push(FieldError::new(
+            errors.push(FieldError::of(
+                FieldErrorKind::DuplicatePersona,
                 "personas",
                 format!("persona `{dup}` is listed twice"),
             ));
@@ -319,7 +353,11 @@ impl JobSpec {
                 .collect();
             let ctx = template::Context::synthesis(&self.input, &answers);
             if let Err(e) = template::render(&synthesis.prompt, &ctx) {
-                errors.push(FieldError::new("synthesis.prompt", e.to_string()));
+                errors.push(FieldError::of(
+                    FieldErrorKind::Template,
+                    "synthesis.prompt",
+                    e.to_string(),
+                ));
             }
         }
 
@@ -358,7 +396,8 @@ impl JobSpec {
                     errors.push(too_deep(&format!("evaluate.assertions[{i}].{name}")));
                 }
                 if let Err(problem) = validator.check_assertion(a) {
-                    errors.push(FieldError::new(
+                    errors.push(FieldError::of(
+                        FieldErrorKind::Assertion,
                         format!("evaluate.assertions[{i}]"),
                         problem,
                     ));

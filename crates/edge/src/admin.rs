@@ -8,39 +8,52 @@
 //! mid-way (a paced replay can take a while) neither cuts it short nor skips its audit row.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use chorus_bus::dlq::{self, DeadLetters, DlqError, Filter, ReplayOptions};
+use axum::extract::{ConnectInfo, State};
+use chorus_bus::dlq::{self, DeadLetters, DlqError, DlqErrorKind, Filter, ReplayOptions};
 use chorus_core::auth::Caller;
 use chorus_store::AuditAction;
+use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::openapi::{DeadLetterList, ErrorBody, PurgeAnswer, ReplayAnswer};
+use crate::extract::{JsonBody, Path, Query};
+use crate::openapi::{DeadLetterList, ErrorBody, PointInTime, PurgeAnswer, ReplayAnswer};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
+/// The slowest and fastest replay paces a request may ask for, in replays per second.
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 1_000.0;
+/// The durations ago `since` and `until` are documented to take (`90s`, `2h`, `1h 30m`): whole
+/// numbers with units up to weeks, at most four of them. `dlq::parse_time` takes every form
+/// `humantime` reads; these are the ones the document promises.
+pub const DURATION_AGO: &str = "^([0-9]{1,6} ?(nanos|nsec|ns|usec|us|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w) ?){1,4}$";
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// orchestrator, llm, evaluator or persister.
+    #[param(value_type = Option<chorus_core::subjects::Stage>)]
     stage: Option<String>,
     /// The route of the failed call.
     route: Option<String>,
     /// The error kind (`max_deliveries`, `server_error`, …).
     kind: Option<String>,
     /// Failed at or after: RFC 3339, or a duration ago (`2h`).
+    #[param(value_type = Option<PointInTime>)]
     since: Option<String>,
     /// Failed at or before: RFC 3339, or a duration ago.
+    #[param(value_type = Option<PointInTime>)]
     until: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -66,10 +79,7 @@ pub struct Selection {
 }
 
 fn invalid(param: &str, problem: impl std::fmt::Display) -> ApiError {
-    ApiError::Invalid {
-        message: format!("{param}: {problem}"),
-        param: Some(param.into()),
-    }
+    ApiError::invalid(param, problem)
 }
 
 fn filter(
@@ -81,7 +91,7 @@ fn filter(
     sequences: Vec<u64>,
 ) -> Result<Filter, ApiError> {
     let time = |param: &str, text: Option<&str>| {
-        text.map(|t| dlq::parse_time(t).map_err(|e| invalid(param, e)))
+        text.map(|t| point_in_time(t).map_err(|e| invalid(param, e)))
             .transpose()
     };
     Ok(Filter {
@@ -97,13 +107,28 @@ fn filter(
 }
 
 fn dlq_error(e: DlqError) -> ApiError {
-    match e {
-        DlqError::Invalid(message) => ApiError::Invalid {
-            message,
+    match e.kind() {
+        DlqErrorKind::Invalid => ApiError::Invalid {
+            message: e.to_string(),
             param: None,
+            code: "invalid_value",
         },
-        e => ApiError::unavailable("NATS", e),
+        DlqErrorKind::NotFound => ApiError::NotFound(e.to_string()),
+        DlqErrorKind::Unavailable => ApiError::unavailable("NATS", e),
     }
+}
+
+/// `since` or `until`, in the forms the document promises ([`DURATION_AGO`]).
+fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    static DURATION: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(DURATION_AGO).ok());
+    let documented = chrono::DateTime::parse_from_rfc3339(text).is_ok()
+        || DURATION.as_ref().is_some_and(|d| d.is_match(text));
+    if !documented {
+        return Err(format!(
+            "`{text}` is neither an RFC 3339 time nor a duration ago such as `2h` or `1h 30m`"
+        ));
+    }
+    dlq::parse_time(text)
 }
 
 /// Who the audit log names: the API key (`key:<id>@<tenant>`), or the peer address when
@@ -122,10 +147,6 @@ fn actor(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> S
     responses(
         (status = 200, description = "Dead letters, oldest first", body = DeadLetterList),
         (status = 422, description = "A bad filter or limit", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn list(
@@ -161,32 +182,33 @@ pub async fn list(
 /// `GET /v1/admin/dlq/{seq}`: one entry with the original headers and body.
 #[utoipa::path(
     get, path = "/v1/admin/dlq/{seq}", operation_id = "getDeadLetter", tag = "admin",
-    params(("seq" = u64, Path, description = "The entry's sequence in the DLQ stream")),
+    params(("seq" = u64, Path, minimum = 1, description = "The entry's sequence in the DLQ stream")),
     responses(
         (status = 200, description = "The dead letter with the original headers and body", body = dlq::Detail),
-        (status = 400, description = "Not a sequence number", body = ErrorBody),
+        (status = 400, description = "Not a sequence number (a whole number from 1)", body = ErrorBody),
         (status = 404, description = "No dead letter there", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
 ) -> Result<Json<dlq::Detail>, ApiError> {
-    let seq: u64 = seq.parse().map_err(|_| ApiError::BadRequest {
-        message: format!("seq: `{seq}` is not a DLQ sequence number"),
-        param: Some("seq".into()),
-        code: "invalid_value",
-    })?;
+    let seq: u64 =
+        seq.parse()
+            .ok()
+            .filter(|seq| *seq >= 1)
+            .ok_or_else(|| ApiError::BadRequest {
+                message: format!(
+                    "seq: `{seq}` is not a DLQ sequence number (a whole number from 1)"
+                ),
+                param: Some("seq".into()),
+                code: "invalid_value",
+            })?;
     match DeadLetters::new(state.bus.clone()).get(seq).await {
         Ok(Some(entry)) => Ok(Json(entry.detail())),
         Ok(None) => Err(ApiError::NotFound(format!(
             "no dead letter at sequence {seq}"
         ))),
-        Err(e @ DlqError::NotADeadLetter { .. }) => Err(ApiError::NotFound(e.to_string())),
         Err(e) => Err(dlq_error(e)),
     }
 }
@@ -207,6 +229,7 @@ impl Selection {
                           send `\"all\": true` to act on every entry"
                     .into(),
                 param: None,
+                code: "invalid_value",
             });
         }
         Ok(filter)
@@ -252,10 +275,6 @@ async fn audit(
     responses(
         (status = 200, description = "What was replayed, refused, failed or not attempted", body = ReplayAnswer),
         (status = 422, description = "A bad selection or rate", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn replay(
@@ -270,10 +289,10 @@ pub async fn replay(
         rate: selection.rate.unwrap_or(state.dlq.replay_rate),
         dry_run: selection.dry_run,
     };
-    if !(options.rate.is_finite() && options.rate > 0.0) {
+    if !(MIN_RATE..=MAX_RATE).contains(&options.rate) {
         return Err(invalid(
             "rate",
-            "must be a number of replays per second above 0",
+            format!("must be between {MIN_RATE} and {MAX_RATE} replays per second"),
         ));
     }
     audit_ready(&state, options.dry_run).await?;
@@ -302,10 +321,6 @@ pub async fn replay(
     responses(
         (status = 200, description = "What was deleted or failed", body = PurgeAnswer),
         (status = 422, description = "A bad selection", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn purge(

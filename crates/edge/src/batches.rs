@@ -10,7 +10,7 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use chorus_actors::validation::SpecValidator;
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
@@ -18,12 +18,13 @@ use chorus_core::auth::Caller;
 use chorus_core::batch::{self, BatchLine, Endpoint};
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
-use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch};
+use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch, StoreError};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
@@ -52,18 +53,14 @@ pub struct CreateBatch {
     post, path = "/v1/batches", operation_id = "createBatch", tag = "batches", request_body = CreateBatch,
     responses(
         (status = 200, description = "The batch", body = BatchObject),
-        (status = 400, description = "A bad endpoint, window or metadata (OpenAI's limits), or the file no longer passes its checks", body = ErrorBody),
+        (status = 400, description = "A bad endpoint, window or metadata (OpenAI's limits); the file's lines no longer pass their checks (`invalid_file`, each line in `error.lines`), or ask for another endpoint (`endpoint_mismatch`)", body = ErrorBody),
         (status = 404, description = "No such file for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    crate::extract::JsonBody(request): crate::extract::JsonBody<CreateBatch>,
+    JsonBody(request): JsonBody<CreateBatch>,
 ) -> Result<Json<BatchObject>, ApiError> {
     let endpoint = Endpoint::parse(&request.endpoint).ok_or_else(|| ApiError::BadRequest {
         message: format!(
@@ -204,7 +201,7 @@ fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiErr
             wrong.join("; ")
         ),
         param: Some("endpoint".into()),
-        code: "invalid_value",
+        code: "endpoint_mismatch",
     })
 }
 
@@ -214,10 +211,6 @@ fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiErr
     responses(
         (status = 200, description = "The batch", body = BatchObject),
         (status = 404, description = "No such batch for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn get(
@@ -239,6 +232,7 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1-100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
     /// The last batch id of the page before.
     after: Option<String>,
@@ -249,12 +243,8 @@ pub struct ListParams {
     get, path = "/v1/batches", operation_id = "listBatches", tag = "batches", params(ListParams),
     responses(
         (status = 200, description = "The batches, newest first", body = BatchList),
-        (status = 400, description = "`after` names no batch of this tenant", body = ErrorBody),
+        (status = 400, description = "`after` names no batch of this tenant (`invalid_cursor`)", body = ErrorBody),
         (status = 422, description = "A bad limit", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn list(
@@ -264,16 +254,23 @@ pub async fn list(
 ) -> Result<Json<BatchList>, ApiError> {
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::Invalid {
-            message: "limit: must be between 1 and 100".into(),
-            param: Some("limit".into()),
-        });
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
     }
     let list = state
         .store
         .list_batches(&caller.tenant, limit, params.after.as_deref())
         .await
-        .map_err(db)?;
+        .map_err(|e| match e {
+            StoreError::BadCursor => ApiError::BadRequest {
+                message: format!(
+                    "after: `{}` names no batch of yours",
+                    params.after.as_deref().unwrap_or_default()
+                ),
+                param: Some("after".into()),
+                code: "invalid_cursor",
+            },
+            e => db(e),
+        })?;
     Ok(Json(list))
 }
 
@@ -285,10 +282,6 @@ pub async fn list(
         (status = 200, description = "Cancelling, or cancelled", body = BatchObject),
         (status = 404, description = "No such batch for this tenant", body = ErrorBody),
         (status = 409, description = "The batch already finished", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn cancel(
@@ -339,10 +332,6 @@ pub async fn cancel(
     responses(
         (status = 200, description = "Pass rate and mean score per metric, model and persona", body = BatchReport),
         (status = 404, description = "No such batch for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn report(

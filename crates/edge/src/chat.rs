@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
-use chorus_core::batch::{self, Streaming};
+use chorus_core::batch::{self, LineErrorCode, Streaming};
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, now_millis};
 use chorus_core::job::{JobState, JobStatus};
@@ -41,7 +41,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path};
 use crate::jobs::{submit, trace_of};
 use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
 use crate::state::AppState;
@@ -71,16 +71,11 @@ pub struct ModelList {
 /// `GET /v1/models`: the configured routes, then the simulator's kinds.
 #[utoipa::path(
     get, path = "/v1/models", operation_id = "listModels", tag = "chat",
-    responses((status = 200, description = "The routes", body = ModelList), (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody))
+    responses((status = 200, description = "The routes", body = ModelList))
 )]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    let data = state
-        .routes
-        .names()
-        .chain(SIM_MODELS)
+    let data = model_names(&state)
+        .iter()
         .filter_map(|name| model(&state, name))
         .collect();
     Json(ModelList {
@@ -95,11 +90,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     params(("model" = String, Path, description = "A route name; `sim:` names may contain `/`")),
     responses(
         (status = 200, description = "The route", body = Model),
-        (status = 404, description = "No such route", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+        (status = 404, description = "No such route (`model_not_found`)", body = ErrorBody),
     )
 )]
 pub async fn model_by_id(
@@ -108,7 +99,21 @@ pub async fn model_by_id(
 ) -> Result<Json<Model>, ApiError> {
     model(&state, &id)
         .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no model `{id}`")))
+        .ok_or_else(|| ApiError::ModelNotFound {
+            message: format!("the model `{id}` does not exist"),
+            param: Some("model".into()),
+        })
+}
+
+/// The models `GET /v1/models` lists and the served OpenAPI document names: the configured
+/// routes, then the simulator's kinds.
+pub fn model_names(state: &AppState) -> Vec<String> {
+    state
+        .routes
+        .names()
+        .chain(SIM_MODELS)
+        .map(str::to_owned)
+        .collect()
 }
 
 fn model(state: &AppState, name: &str) -> Option<Model> {
@@ -129,15 +134,12 @@ fn model(state: &AppState, name: &str) -> Option<Model> {
             (ChatCompletion = "application/json"),
             (ChatCompletionChunk = "text/event-stream"),
         )),
-        (status = 400, description = "The provider refused the request, or malformed JSON", body = ErrorBody),
-        (status = 404, description = "The provider has no such model", body = ErrorBody),
-        (status = 422, description = "Does not fit: the field and the problem", body = ErrorBody),
+        (status = 400, description = "The provider refused the request", body = ErrorBody),
+        (status = 404, description = "A model that names no route (`model_not_found`), or one the provider does not have", body = ErrorBody),
+        (status = 409, description = "The call was cancelled", body = ErrorBody),
+        (status = 422, description = "Does not fit: the field and the problem; or `max_tokens` and `max_completion_tokens` disagree (`conflicting_parameters`)", body = ErrorBody),
         (status = 502, description = "The provider failed", body = ErrorBody),
         (status = 504, description = "No answer within edge.max_wait, or past a deadline", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn completions(
@@ -149,6 +151,10 @@ pub async fn completions(
     let (spec, streaming) = batch::chat_request(body).map_err(|e| ApiError::Invalid {
         message: e.message,
         param: e.param,
+        code: match e.code {
+            LineErrorCode::ConflictingParameters => "conflicting_parameters",
+            _ => "invalid_value",
+        },
     })?;
     let errors = spec.validate(&SpecValidator {
         routes: &state.routes,

@@ -1,11 +1,29 @@
 //! API errors, answered in OpenAI's error shape so OpenAI clients parse them:
 //! `{"error": {"message", "type", "param", "code"}}`, where `param` names the offending field.
+//!
+//! A spec's problems ([`ApiError::fields`]) are answered by kind: a model that names no route is
+//! `404 model_not_found` (as OpenAI answers an unknown model), anything else `422`. The `422`'s
+//! code says whether the request broke a rule its JSON schema in `/openapi.json` states
+//! (`invalid_value`) or one no schema can state ([`SEMANTIC_CODES`]): a schema-valid request can
+//! only ever be refused with one of those.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_core::spec::FieldError;
+use chorus_core::spec::{FieldError, FieldErrorKind};
 use serde_json::json;
+
+/// The codes of a `422` for a rule of a spec that no JSON schema states: a template that does
+/// not render with its input, a persona named twice, an assertion that does not compile (a
+/// regex, a JSON schema, a JSON path, bounds out of order), a deadline already past, two fields
+/// that must agree and do not. The document lists them on each operation that can answer them.
+pub const SEMANTIC_CODES: [&str; 5] = [
+    "invalid_template",
+    "duplicate_persona",
+    "invalid_assertion",
+    "deadline_passed",
+    "conflicting_parameters",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -15,11 +33,22 @@ pub enum ApiError {
         param: Option<String>,
         code: &'static str,
     },
+    /// A `422`; `code` is `invalid_value` or one of [`SEMANTIC_CODES`].
     #[error("{message}")]
     Invalid {
         message: String,
         param: Option<String>,
+        code: &'static str,
     },
+    /// A model that names no route of this installation.
+    #[error("{message}")]
+    ModelNotFound {
+        message: String,
+        param: Option<String>,
+    },
+    /// A method the path does not serve (the router adds the `Allow` header of those it does).
+    #[error("`{0}` is not served at this path; the `Allow` header lists the methods that are")]
+    MethodNotAllowed(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("{0}")]
@@ -56,16 +85,55 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// A 422 for a list of field problems; the first names `param`, the message lists them all.
+    /// A `422` with `invalid_value` about one parameter.
+    pub fn invalid(param: &str, problem: impl std::fmt::Display) -> Self {
+        Self::Invalid {
+            message: format!("{param}: {problem}"),
+            param: Some(param.into()),
+            code: "invalid_value",
+        }
+    }
+
+    /// The answer to a spec's problems; the message lists them all. An unknown model makes it
+    /// `404 model_not_found` naming the first such field; else a `422` naming the first problem
+    /// a schema states (`invalid_value`), or, when every problem is of a kind no schema states,
+    /// the first one with its own code.
     pub fn fields(errors: &[FieldError]) -> Self {
         let message = errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
+        let first = |kind: fn(FieldErrorKind) -> bool| {
+            errors
+                .iter()
+                .find(|e| kind(e.kind))
+                .map(|e| e.field.clone())
+        };
+        if let Some(param) = first(|k| k == FieldErrorKind::UnknownRoute) {
+            return Self::ModelNotFound {
+                message,
+                param: Some(param),
+            };
+        }
+        if let Some(param) = first(|k| k == FieldErrorKind::Invalid) {
+            return Self::Invalid {
+                message,
+                param: Some(param),
+                code: "invalid_value",
+            };
+        }
+        let code = match errors.first().map(|e| e.kind) {
+            Some(FieldErrorKind::Template) => "invalid_template",
+            Some(FieldErrorKind::DuplicatePersona) => "duplicate_persona",
+            Some(FieldErrorKind::Assertion) => "invalid_assertion",
+            Some(FieldErrorKind::DeadlinePassed) => "deadline_passed",
+            _ => "invalid_value",
+        };
         Self::Invalid {
             message,
             param: errors.first().map(|e| e.field.clone()),
+            code,
         }
     }
 
@@ -102,11 +170,23 @@ impl ApiError {
                 param.as_deref(),
                 code,
             ),
-            Self::Invalid { param, .. } => (
+            Self::Invalid { param, code, .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request_error",
                 param.as_deref(),
-                "invalid_value",
+                code,
+            ),
+            Self::ModelNotFound { param, .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                param.as_deref(),
+                "model_not_found",
+            ),
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                None,
+                "method_not_allowed",
             ),
             Self::TooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -175,6 +255,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
+
             _ => {}
         }
         response

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chorus_bus::BusError;
@@ -36,6 +36,7 @@ use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
@@ -52,10 +53,6 @@ type Watch = Pin<Box<dyn Stream<Item = Result<(JobState, u64), BusError>> + Send
     responses(
         (status = 200, description = "`event: status` with a StatusEvent, then `event: done` with the JobRecord", body = StatusEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn events(

@@ -10,7 +10,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
@@ -19,6 +19,7 @@ use chorus_core::batch;
 use chorus_store::{FileObject, NewFile};
 
 use crate::error::ApiError;
+use crate::extract::{Form, Path};
 use crate::openapi::{ErrorBody, FileUpload};
 use crate::state::AppState;
 
@@ -33,18 +34,14 @@ const ERRORS: &str = "-errors";
     request_body(content = FileUpload, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "The file object", body = FileObject),
-        (status = 400, description = "A bad purpose, a missing part, or bad lines (in `error.lines`)", body = ErrorBody),
+        (status = 400, description = "A bad purpose, a missing or unknown part, or a file whose lines are not requests this installation takes (`invalid_file`, each line in `error.lines`)", body = ErrorBody),
         (status = 413, description = "Larger than edge.file_limit", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    mut multipart: Multipart,
+    Form(mut multipart): Form,
 ) -> Result<Json<FileObject>, ApiError> {
     let mut purpose = None;
     let mut file: Option<(String, Vec<u8>)> = None;
@@ -112,10 +109,6 @@ pub async fn upload(
     responses(
         (status = 200, description = "The file object", body = FileObject),
         (status = 404, description = "No such file for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn get(
@@ -155,10 +148,6 @@ pub async fn get(
     responses(
         (status = 200, description = "One JSON object per line", body = String, content_type = "application/jsonl"),
         (status = 404, description = "No such file for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn content(

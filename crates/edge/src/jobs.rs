@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
@@ -22,14 +22,14 @@ use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::job::{Input, JobState, JobStatus, apply};
 use chorus_core::messages::Submission;
-use chorus_core::spec::{FieldError, JobSpec};
+use chorus_core::spec::{FieldError, FieldErrorKind, JobSpec};
 use chorus_core::trace::TraceContext;
 use chorus_store::{JobRecord, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::{Accepted, ErrorBody};
 use crate::state::AppState;
 
@@ -39,7 +39,9 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CreateParams {
-    /// Seconds to wait for the job to finish before answering.
+    /// Seconds to wait for the job to finish before answering (at most `edge.max_wait` is
+    /// waited).
+    #[param(minimum = 0)]
     wait: Option<f64>,
 }
 
@@ -47,18 +49,14 @@ pub struct CreateParams {
 /// stored job (`200`) if it finishes in time.
 #[utoipa::path(
     post, path = "/v1/jobs", operation_id = "createJob", tag = "jobs",
-    params(CreateParams, ("Idempotency-Key" = Option<String>, Header, description = "A retried create with the same key returns the same job (1-255 characters)")),
+    params(CreateParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "A retried create with the same key returns the same job (1-255 characters; it takes precedence over the spec's `idempotency_key`)")),
     request_body = JobSpec,
     responses(
         (status = 202, description = "Queued", body = Accepted, headers(("Location" = String, description = "/v1/jobs/{id}"))),
         (status = 200, description = "Finished within `wait`", body = JobRecord),
-        (status = 413, description = "Larger than edge.body_limit", body = ErrorBody),
-        (status = 422, description = "Does not fit the spec: the field and the problem", body = ErrorBody),
-        (status = 400, description = "Malformed JSON or a wrong content type", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
+        (status = 400, description = "An Idempotency-Key that is empty or longer than 255 characters", body = ErrorBody),
+        (status = 404, description = "A model that names no route (`model_not_found`, `param` names the first such field)", body = ErrorBody),
+        (status = 422, description = "Does not fit the spec: the field and the problem; or a rule no schema states: a template that does not render with `input` (`invalid_template`), a persona named twice (`duplicate_persona`), an assertion that does not compile (`invalid_assertion`), a deadline already past (`deadline_passed`)", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -83,7 +81,9 @@ pub async fn create(
                 code: "invalid_value",
             });
         }
-        Some(w) => Some(Duration::from_secs_f64(w).min(state.max_wait)),
+        Some(w) => {
+            Some(Duration::try_from_secs_f64(w).map_or(state.max_wait, |w| w.min(state.max_wait)))
+        }
         None => None,
     };
     let key = request_headers
@@ -91,7 +91,10 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| spec.idempotency_key.clone());
-    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.chars().count() > 255)
+    {
         return Err(ApiError::BadRequest {
             message: "Idempotency-Key: must be 1-255 characters".into(),
             param: Some("Idempotency-Key".into()),
@@ -169,10 +172,6 @@ pub async fn create(
     responses(
         (status = 200, description = "The job", body = JobRecord),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn get(
@@ -224,10 +223,13 @@ async fn read(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only jobs of this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
     /// 1-100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
     /// `next_cursor` of the page before.
+    #[param(pattern = "^[0-9a-fA-F]{48}$")]
     cursor: Option<String>,
 }
 
@@ -236,12 +238,8 @@ pub struct ListParams {
     get, path = "/v1/jobs", operation_id = "listJobs", tag = "jobs", params(ListParams),
     responses(
         (status = 200, description = "A page of jobs", body = chorus_store::JobPage),
-        (status = 400, description = "A cursor Chorus did not issue", body = ErrorBody),
+        (status = 400, description = "A cursor Chorus did not issue (`invalid_cursor`)", body = ErrorBody),
         (status = 422, description = "A bad status or limit", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn list(
@@ -251,20 +249,19 @@ pub async fn list(
 ) -> Result<Json<chorus_store::JobPage>, ApiError> {
     let status = match params.status.as_deref() {
         None => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::Invalid {
-            message: format!(
-                "status: unknown status `{s}`; use one of {}",
-                JobStatus::ALL.map(JobStatus::as_str).join(", ")
-            ),
-            param: Some("status".into()),
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                format!(
+                    "unknown status `{s}`; use one of {}",
+                    JobStatus::ALL.map(JobStatus::as_str).join(", ")
+                ),
+            )
         })?),
     };
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::Invalid {
-            message: "limit: must be between 1 and 100".into(),
-            param: Some("limit".into()),
-        });
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
     }
     let page = state
         .store
@@ -338,7 +335,13 @@ pub async fn submit(
 pub fn deadline_passed(spec: &JobSpec, now: i64) -> Option<FieldError> {
     spec.deadline
         .filter(|d| d.timestamp_millis() <= now)
-        .map(|d| FieldError::new("deadline", format!("{} is in the past", d.to_rfc3339())))
+        .map(|d| {
+            FieldError::of(
+                FieldErrorKind::DeadlinePassed,
+                "deadline",
+                format!("{} is in the past", d.to_rfc3339()),
+            )
+        })
 }
 
 /// `POST /v1/jobs/{id}/cancel`. Once this answers, nothing new is dispatched for the job: the
@@ -352,10 +355,6 @@ pub fn deadline_passed(spec: &JobSpec, now: i64) -> Option<FieldError> {
         (status = 200, description = "Cancelled (or already)", body = JobRecord),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
         (status = 409, description = "The job already finished otherwise", body = ErrorBody),
-        (status = 401, description = "No live API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
-        (status = 429, description = "The key's request rate is used up (`retry-after`)", body = ErrorBody),
-        (status = 503, description = "NATS or the database is unavailable", body = ErrorBody)
     )
 )]
 pub async fn cancel(
@@ -457,7 +456,7 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::BadCursor => ApiError::BadRequest {
             message: "cursor: not a cursor this server issued".into(),
             param: Some("cursor".into()),
-            code: "invalid_value",
+            code: "invalid_cursor",
         },
         e => ApiError::unavailable("the database", e),
     }

@@ -12,7 +12,8 @@
 //! - [`auth`]: API keys, scopes and per-key request rates on every `/v1` route.
 //! - [`extract`]: the JSON body extractor (size limit, field-level errors).
 //! - [`error`]: errors in OpenAI's error shape.
-//! - [`openapi`]: the OpenAPI document, generated from the handlers.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers, and [`contract`]: what it
+//!   states beyond the handlers' annotations (shared answers, combined rules, links, models).
 //! - [`server`]: an HTTP server (the edge, or a worker's probes) as a supervised role.
 //!
 //! Nothing invalid reaches a queue: a request is validated completely (types, fields, routes,
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod auth;
 pub mod batches;
 pub mod chat;
+pub mod contract;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -78,9 +80,17 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::document))
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document as the handlers' annotations generate it.
+fn generated_openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
+}
+
+/// The OpenAPI document of every route, with the whole contract ([`contract`]); the served one
+/// also names the installation's models ([`contract::with_models`]).
+pub fn openapi() -> serde_json::Value {
+    let mut document = serde_json::to_value(generated_openapi()).unwrap_or_default();
+    contract::complete(&mut document);
+    document
 }
 
 pub fn router(state: AppState) -> Router {
@@ -90,6 +100,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authorize,
         ))
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error::ApiError::MethodNotAllowed(method.to_string())
+        })
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn(record))
         .with_state(state)
