@@ -138,6 +138,7 @@ fn model(state: &AppState, name: &str) -> Option<Model> {
         (status = 404, description = "A model that names no route (`model_not_found`), or one the provider does not have", body = ErrorBody),
         (status = 409, description = "The call was cancelled", body = ErrorBody),
         (status = 422, description = "Does not fit: the field and the problem; or `max_tokens` and `max_completion_tokens` disagree (`conflicting_parameters`)", body = ErrorBody),
+        (status = 500, description = "Chorus could not carry the call through: its answer too large for the bus (`too_large`), refused by the database (`storage_rejected`), or a message that kept crashing its workers (`max_deliveries`); the job keeps the reason", body = ErrorBody),
         (status = 502, description = "The provider failed", body = ErrorBody),
         (status = 504, description = "No answer within edge.max_wait, or past a deadline", body = ErrorBody),
     )
@@ -295,6 +296,10 @@ fn failure(state: &JobState) -> ApiError {
         "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
         "timeout" | "request_timeout" | "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
         "cancelled" => StatusCode::CONFLICT,
+        // Chorus's own failures (the failure policy's kinds), not the provider's.
+        "too_large" | "storage_rejected" | "undecodable" | "max_deliveries" | "bus_error" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         _ => StatusCode::BAD_GATEWAY,
     };
     ApiError::Upstream {
