@@ -98,11 +98,19 @@ impl Classified for StoreError {
 
 impl Classified for chorus_bus::dlq::DlqError {
     fn class(&self) -> Class {
-        Class::Unknown
+        match self {
+            Self::Bus(e) => e.class(),
+            Self::NotADeadLetter { .. } => Class::Poison,
+            Self::BadRate { .. } | Self::BadSequence { .. } => Class::Unknown,
+        }
     }
 
     fn failure_kind(&self) -> &'static str {
-        "dlq_error"
+        match self {
+            Self::Bus(e) => e.failure_kind(),
+            Self::NotADeadLetter { .. } => "undecodable",
+            Self::BadRate { .. } | Self::BadSequence { .. } => "dlq_error",
+        }
     }
 }
 

@@ -27,17 +27,18 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::Bus;
+use crate::error::Classify;
 use crate::publish::Outgoing;
+use crate::{Bus, BusError, BusErrorKind};
 
 /// Messages requested per fetch while reading the DLQ stream.
 const FETCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    /// NATS did not answer, or answered with an error that waiting may fix.
-    #[error("NATS request failed: {0}")]
-    Nats(String),
+    /// A request to NATS failed; its kind says how.
+    #[error(transparent)]
+    Bus(#[from] BusError),
     /// The entry at that sequence is not a dead letter (a message filed by something else).
     #[error("entry {sequence} of the DLQ stream is not a dead letter: {source}")]
     NotADeadLetter {
@@ -45,10 +46,16 @@ pub enum DlqError {
         #[source]
         source: CodecError,
     },
-    /// A request that cannot be carried out as asked (a replay rate of 0, a sequence NATS
-    /// refuses).
-    #[error("{0}")]
-    Invalid(String),
+    /// A replay paced at a rate that is not a positive number of replays per second.
+    #[error("rate: must be a number of replays per second above 0, got {rate}")]
+    BadRate { rate: f64 },
+    /// A sequence NATS refuses to look up (0).
+    #[error("sequence {seq}: {source}")]
+    BadSequence {
+        seq: u64,
+        #[source]
+        source: async_nats::jetstream::Error,
+    },
 }
 
 /// What a [`DlqError`] means to a caller: nothing there, try again later, or ask differently.
@@ -60,15 +67,16 @@ pub enum DlqErrorKind {
 }
 
 impl DlqError {
-    fn nats(e: impl std::fmt::Display) -> Self {
-        Self::Nats(e.to_string())
+    fn from_nats<K: Classify>(what: &str, e: async_nats::error::Error<K>) -> Self {
+        Self::Bus(BusError::request(what, e))
     }
 
     pub fn kind(&self) -> DlqErrorKind {
         match self {
-            Self::Nats(_) => DlqErrorKind::Unavailable,
+            Self::Bus(e) if e.kind() == BusErrorKind::NotFound => DlqErrorKind::NotFound,
+            Self::Bus(_) => DlqErrorKind::Unavailable,
             Self::NotADeadLetter { .. } => DlqErrorKind::NotFound,
-            Self::Invalid(_) => DlqErrorKind::Invalid,
+            Self::BadRate { .. } | Self::BadSequence { .. } => DlqErrorKind::Invalid,
         }
     }
 }
@@ -334,10 +342,19 @@ pub struct MaxDeliveries {
     pub deliveries: u64,
 }
 
+/// Why a message on an advisory subject is not a max-deliveries advisory.
+#[derive(Debug, thiserror::Error)]
+pub enum AdvisoryError {
+    #[error("not an advisory: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected a `{}` advisory, got `{found}`", MaxDeliveries::TYPE)]
+    OtherType { found: String },
+}
+
 impl MaxDeliveries {
     pub const TYPE: &str = "io.nats.jetstream.advisory.v1.max_deliver";
 
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
+    pub fn parse(body: &[u8]) -> Result<Self, AdvisoryError> {
         #[derive(Deserialize)]
         struct Typed {
             #[serde(rename = "type")]
@@ -345,13 +362,9 @@ impl MaxDeliveries {
             #[serde(flatten)]
             advisory: MaxDeliveries,
         }
-        let typed: Typed = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let typed: Typed = serde_json::from_slice(body)?;
         if typed.kind != Self::TYPE {
-            return Err(format!(
-                "expected a `{}` advisory, got `{}`",
-                Self::TYPE,
-                typed.kind
-            ));
+            return Err(AdvisoryError::OtherType { found: typed.kind });
         }
         Ok(typed.advisory)
     }
@@ -425,19 +438,33 @@ fn strip_replay_suffix(id: &str) -> &str {
     }
 }
 
+/// A name that is not a stage's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown stage `{name}`; stages are orchestrator, llm, evaluator, persister")]
+pub struct UnknownStage {
+    pub name: String,
+}
+
 /// A stage by its name in DLQ subjects (`llm`, `orchestrator`, …).
-pub fn parse_stage(name: &str) -> Result<Stage, String> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| {
-        format!("unknown stage `{name}`; stages are orchestrator, llm, evaluator, persister")
+pub fn parse_stage(name: &str) -> Result<Stage, UnknownStage> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| UnknownStage {
+        name: name.to_owned(),
     })
 }
 
+/// Text that is neither a time nor a duration ago.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is neither an RFC 3339 time nor a duration ago such as `2h`")]
+pub struct BadTime {
+    pub text: String,
+}
+
 /// An RFC 3339 time (`2025-06-01T12:00:00Z`), or a duration ago (`90s`, `2h`, `3days`).
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, BadTime> {
     parse_time_at(text, Utc::now())
 }
 
-fn parse_time_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+fn parse_time_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, BadTime> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }
@@ -445,8 +472,8 @@ fn parse_time_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String
         .ok()
         .and_then(|ago| chrono::Duration::from_std(ago).ok())
         .and_then(|ago| now.checked_sub_signed(ago))
-        .ok_or_else(|| {
-            format!("`{text}` is neither an RFC 3339 time nor a duration ago such as `2h`")
+        .ok_or_else(|| BadTime {
+            text: text.to_owned(),
         })
 }
 
@@ -466,7 +493,7 @@ impl DeadLetters {
             .js
             .get_stream_no_info(self.bus.subjects.stream("dlq"))
             .await
-            .map_err(DlqError::nats)
+            .map_err(|e| DlqError::from_nats("open the DLQ stream", e))
     }
 
     /// The entry at `seq`, if there is one.
@@ -526,7 +553,7 @@ impl DeadLetters {
                 ..Default::default()
             })
             .await
-            .map_err(DlqError::nats)?;
+            .map_err(|e| DlqError::from_nats("read the DLQ stream", e))?;
         let name = consumer.cached_info().name.clone();
         let mut pending = consumer.cached_info().num_pending;
         let mut more = false;
@@ -536,12 +563,15 @@ impl DeadLetters {
                 .max_messages(FETCH)
                 .messages()
                 .await
-                .map_err(DlqError::nats)?;
+                .map_err(|e| DlqError::from_nats("read the DLQ stream", e))?;
             let mut fetched = 0;
             while let Some(message) = batch.next().await {
-                let message = message.map_err(DlqError::nats)?;
+                let message = message
+                    .map_err(|e| DlqError::Bus(BusError::boxed("read the DLQ stream", e)))?;
                 fetched += 1;
-                let info = message.info().map_err(DlqError::nats)?;
+                let info = message
+                    .info()
+                    .map_err(|e| DlqError::Bus(BusError::boxed("read the DLQ stream", e)))?;
                 let seq = info.stream_sequence;
                 pending = info.pending;
                 let kind = message.headers.as_ref().and_then(|h| h.get(headers::TYPE));
@@ -602,10 +632,7 @@ impl DeadLetters {
         stop: impl Future<Output = ()>,
     ) -> Result<ReplayReport, DlqError> {
         if !(options.rate.is_finite() && options.rate > 0.0) {
-            return Err(DlqError::Invalid(format!(
-                "rate: must be a number of replays per second above 0, got {}",
-                options.rate
-            )));
+            return Err(DlqError::BadRate { rate: options.rate });
         }
         let (entries, _) = self.select(filter, usize::MAX).await?;
         let mut report = ReplayReport {
@@ -646,10 +673,10 @@ impl DeadLetters {
             }
             match self.replay_one(&stream, &entry).await {
                 Ok(()) => report.replayed.push(entry.summary()),
-                Err(reason) => {
+                Err(failure) => {
                     report.failed.push(Skipped {
                         entry: entry.summary(),
-                        reason,
+                        reason: failure.to_string(),
                     });
                     report.not_attempted = eligible.len();
                     break;
@@ -659,17 +686,26 @@ impl DeadLetters {
         Ok(report)
     }
 
-    async fn replay_one(&self, stream: &Stream<()>, entry: &Entry) -> Result<(), String> {
+    async fn replay_one(&self, stream: &Stream<()>, entry: &Entry) -> Result<(), ReplayFailure> {
         let message = replay_message(&self.bus.subjects, &entry.letter, entry.letter.replays + 1);
         self.bus
             .publish_all(vec![message])
             .await
-            .map_err(|e| format!("cannot republish: {e}"))?;
+            .map_err(ReplayFailure::Republish)?;
         tracing::info!(seq = entry.seq, subject = %entry.letter.subject, replays = entry.letter.replays + 1, "replayed a dead letter");
         delete(stream, entry.seq)
             .await
-            .map_err(|e| format!("republished, but the entry could not be deleted: {e}"))
+            .map_err(ReplayFailure::Delete)
     }
+}
+
+/// Why one entry's replay failed.
+#[derive(Debug, thiserror::Error)]
+enum ReplayFailure {
+    #[error("cannot republish: {0}")]
+    Republish(#[source] BusError),
+    #[error("republished, but the entry could not be deleted: {0}")]
+    Delete(#[source] DlqError),
 }
 
 /// The message at `seq` of the stream named `stream`, if it is still there.
@@ -682,7 +718,7 @@ pub async fn fetch_message(
         .js
         .get_stream_no_info(stream)
         .await
-        .map_err(DlqError::nats)?;
+        .map_err(|e| DlqError::from_nats("open a stream", e))?;
     match stream.get_raw_message(seq).await {
         Ok(message) => Ok(Some(message)),
         Err(e) => match e.kind() {
@@ -693,10 +729,12 @@ pub async fn fetch_message(
                 Ok(None)
             }
             // NATS refuses the request itself (sequence 0): no waiting makes it work.
-            LastRawMessageErrorKind::JetStream(j) if j.error_code() == ErrorCode::BAD_REQUEST => {
-                Err(DlqError::Invalid(format!("sequence {seq}: {j}")))
+            LastRawMessageErrorKind::JetStream(source)
+                if source.error_code() == ErrorCode::BAD_REQUEST =>
+            {
+                Err(DlqError::BadSequence { seq, source })
             }
-            _ => Err(DlqError::nats(e)),
+            _ => Err(DlqError::from_nats("read a message", e)),
         },
     }
 }
@@ -707,7 +745,7 @@ pub async fn delete_message(bus: &Bus, stream: &str, seq: u64) -> Result<(), Dlq
         .js
         .get_stream_no_info(stream)
         .await
-        .map_err(DlqError::nats)?;
+        .map_err(|e| DlqError::from_nats("open a stream", e))?;
     delete(&stream, seq).await
 }
 
@@ -725,7 +763,7 @@ async fn delete(stream: &Stream<()>, seq: u64) -> Result<(), DlqError> {
         {
             Ok(())
         }
-        Err(e) => Err(DlqError::nats(e)),
+        Err(e) => Err(DlqError::from_nats("delete a message", e)),
     }
 }
 
@@ -841,18 +879,20 @@ mod tests {
 
     #[test]
     fn parses_stages_and_times() {
-        assert_eq!(parse_stage("llm"), Ok(Stage::Llm));
-        assert!(parse_stage("nope").is_err_and(|e| e.contains("orchestrator")));
+        assert_eq!(parse_stage("llm").ok(), Some(Stage::Llm));
+        assert!(parse_stage("nope").is_err_and(|e| e.to_string().contains("orchestrator")));
         let now = DateTime::parse_from_rfc3339("2025-06-01T12:00:00Z")
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_default();
         assert_eq!(
-            parse_time_at("2h", now).map(|t| t.to_rfc3339()),
-            Ok("2025-06-01T10:00:00+00:00".into())
+            parse_time_at("2h", now).ok().map(|t| t.to_rfc3339()),
+            Some("2025-06-01T10:00:00+00:00".into())
         );
         assert_eq!(
-            parse_time_at("2025-05-31T00:00:00+02:00", now).map(|t| t.to_rfc3339()),
-            Ok("2025-05-30T22:00:00+00:00".into())
+            parse_time_at("2025-05-31T00:00:00+02:00", now)
+                .ok()
+                .map(|t| t.to_rfc3339()),
+            Some("2025-05-30T22:00:00+00:00".into())
         );
         assert!(parse_time_at("yesterday-ish", now).is_err());
     }
@@ -861,8 +901,8 @@ mod tests {
     fn reads_the_max_deliveries_advisory() {
         let body = br#"{"type":"io.nats.jetstream.advisory.v1.max_deliver","id":"x","timestamp":"2025-06-01T12:00:00Z","stream":"CHORUS_WORK","consumer":"llm","stream_seq":12,"deliveries":5}"#;
         assert_eq!(
-            MaxDeliveries::parse(body),
-            Ok(MaxDeliveries {
+            MaxDeliveries::parse(body).ok(),
+            Some(MaxDeliveries {
                 stream: "CHORUS_WORK".into(),
                 consumer: "llm".into(),
                 stream_seq: 12,

@@ -217,7 +217,7 @@ async fn replays_republish_the_original_within_the_cap_and_can_be_stopped() {
     assert!(matches!(
         dlq.replay(&Filter::default(), bad_rate, std::future::pending())
             .await,
-        Err(DlqError::Invalid(_))
+        Err(DlqError::BadRate { .. })
     ));
 
     let report = dlq

@@ -119,14 +119,14 @@ fn dlq_error(e: DlqError) -> ApiError {
 }
 
 /// `since` or `until`, in the forms the document promises ([`DURATION_AGO`]).
-fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, dlq::BadTime> {
     static DURATION: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(DURATION_AGO).ok());
     let documented = chrono::DateTime::parse_from_rfc3339(text).is_ok()
         || DURATION.as_ref().is_some_and(|d| d.is_match(text));
     if !documented {
-        return Err(format!(
-            "`{text}` is neither an RFC 3339 time nor a duration ago such as `2h` or `1h 30m`"
-        ));
+        return Err(dlq::BadTime {
+            text: text.to_owned(),
+        });
     }
     dlq::parse_time(text)
 }
