@@ -111,7 +111,7 @@ pub enum DefinitionError {
         name: String,
         fields: Vec<String>,
         #[source]
-        source: BusError,
+        source: Box<BusError>,
     },
     /// What the server holds (merged with the definition) does not read as a configuration.
     #[error("{kind} {name}: {source}")]
@@ -128,7 +128,7 @@ pub enum DefinitionError {
         kind: &'static str,
         name: String,
         #[source]
-        source: BusError,
+        source: Box<BusError>,
     },
 }
 
@@ -428,14 +428,19 @@ fn refused(
     fields: Vec<String>,
     source: BusError,
 ) -> DefinitionError {
-    match source.kind() {
-        BusErrorKind::Refused | BusErrorKind::Conflict => DefinitionError::Rejected {
+    let refused = matches!(
+        source.kind(),
+        BusErrorKind::Refused | BusErrorKind::Conflict
+    );
+    let source = Box::new(source);
+    match refused {
+        true => DefinitionError::Rejected {
             kind,
             name,
             fields,
             source,
         },
-        _ => DefinitionError::Nats { kind, name, source },
+        false => DefinitionError::Nats { kind, name, source },
     }
 }
 
@@ -479,7 +484,7 @@ async fn apply_stream(bus: &Bus, def: &StreamDef) -> Result<Applied, DefinitionE
     let nats = |source: BusError| DefinitionError::Nats {
         kind: "stream",
         name: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let unreadable = |source: FieldsError| DefinitionError::Unreadable {
         kind: "stream",
@@ -545,7 +550,7 @@ async fn apply_consumer(
     let nats = |source: BusError| DefinitionError::Nats {
         kind: "consumer",
         name: full_name.clone(),
-        source,
+        source: Box::new(source),
     };
     let unreadable = |source: FieldsError| DefinitionError::Unreadable {
         kind: "consumer",
