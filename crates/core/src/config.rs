@@ -540,7 +540,7 @@ pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
-    Parse(Box<figment::Error>),
+    Parse(#[source] Box<figment::Error>),
     #[error("invalid configuration: {}", .0.join("; "))]
     Invalid(Vec<String>),
 }
