@@ -548,6 +548,12 @@ impl<'ast> Visit<'ast> for Checker<'_> {
         }
     }
 
+    fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
+        self.within(item.sig.ident.to_string(), |this| {
+            visit::visit_trait_item_fn(this, item)
+        });
+    }
+
     fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
         self.within(item.sig.ident.to_string(), |this| {
             visit::visit_item_fn(this, item)
