@@ -131,7 +131,7 @@ pub struct TestApp {
     pub key: String,
     pub bus: Bus,
     stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    done: Option<tokio::task::JoinHandle<Result<(), chorus_actors::RuntimeError>>>,
 }
 
 impl TestApp {
@@ -167,7 +167,7 @@ impl TestApp {
     }
 
     /// Graceful shutdown; the runtime's outcome.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), chorus_actors::RuntimeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

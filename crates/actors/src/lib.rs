@@ -17,4 +17,4 @@ pub mod stage;
 pub mod supervision;
 pub mod validation;
 
-pub use runtime::{Role, RoleHandle, Runtime};
+pub use runtime::{Role, RoleHandle, Runtime, RuntimeError};

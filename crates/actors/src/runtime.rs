@@ -63,12 +63,12 @@ struct Root;
 
 struct RootArgs {
     roles: Vec<Box<dyn Role>>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<RuntimeError>>>,
 }
 
 struct RootState {
     handles: Vec<RoleHandle>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<RuntimeError>>>,
 }
 
 enum RootMsg {
@@ -124,26 +124,30 @@ impl Actor for Root {
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let failed = match event {
-            SupervisionEvent::ActorFailed(cell, error) => Some((cell, error.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, reason) if !state.handles.is_empty() => {
-                Some((
-                    cell,
-                    reason.unwrap_or_else(|| "stopped unexpectedly".into()),
-                ))
-            }
-            _ => None,
-        };
-        if let Some((cell, reason)) = failed {
-            let role = state
+        let role = |cell: &ActorCell| {
+            state
                 .handles
                 .iter()
                 .find(|h| h.cell.get_id() == cell.get_id())
-                .map_or("a role", |h| h.name);
-            let message = format!("{role} failed: {reason}");
-            tracing::error!(%message, "stopping the process");
+                .map_or("a role", |h| h.name)
+        };
+        let failed = match event {
+            SupervisionEvent::ActorFailed(cell, source) => Some(RuntimeError::Failed {
+                role: role(&cell),
+                source,
+            }),
+            SupervisionEvent::ActorTerminated(cell, _, reason) if !state.handles.is_empty() => {
+                Some(RuntimeError::Stopped {
+                    role: role(&cell),
+                    reason,
+                })
+            }
+            _ => None,
+        };
+        if let Some(failed) = failed {
+            tracing::error!(error = %failed, "stopping the process");
             if let Ok(mut failure) = state.failure.lock() {
-                failure.get_or_insert(message);
+                failure.get_or_insert(failed);
             }
             state.handles.clear();
             myself.stop_children(None);
@@ -153,17 +157,42 @@ impl Actor for Root {
     }
 }
 
+/// Why the supervision tree did not start, or stopped the process.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A role failed to start (its supervisor's `pre_start` failed).
+    #[error("start-up failed: {source}")]
+    Start {
+        #[source]
+        source: ractor::SpawnErr,
+    },
+    /// A role's supervisor failed: its restart budget is spent.
+    #[error("{role} failed: {source}")]
+    Failed {
+        role: &'static str,
+        #[source]
+        source: ActorProcessingErr,
+    },
+    /// A role's supervisor stopped while the process was not shutting down; `reason` is the one
+    /// it stopped with, if any (ractor's stop reasons are text).
+    #[error("{role} failed: {}", reason.as_deref().unwrap_or("stopped unexpectedly"))]
+    Stopped {
+        role: &'static str,
+        reason: Option<String>,
+    },
+}
+
 /// A running supervision tree.
 pub struct Runtime {
     root: ActorRef<RootMsg>,
     join: JoinHandle<()>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<RuntimeError>>>,
     finally: Option<BoxFuture<'static, ()>>,
 }
 
 impl Runtime {
     /// Starts the roles in the order given (start downstream roles first).
-    pub async fn start(roles: Vec<Box<dyn Role>>) -> Result<Self, String> {
+    pub async fn start(roles: Vec<Box<dyn Role>>) -> Result<Self, RuntimeError> {
         let failure = Arc::new(Mutex::new(None));
         let args = RootArgs {
             roles,
@@ -171,7 +200,7 @@ impl Runtime {
         };
         let (root, join) = Actor::spawn(None, Root, args)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| RuntimeError::Start { source })?;
         Ok(Self {
             root,
             join,
@@ -193,7 +222,7 @@ impl Runtime {
     pub async fn run_until(
         self,
         signal: impl std::future::Future<Output = ()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RuntimeError> {
         let Self {
             root,
             mut join,
@@ -212,7 +241,7 @@ impl Runtime {
             last.await;
         }
         match failure.lock().ok().and_then(|mut f| f.take()) {
-            Some(reason) => Err(reason),
+            Some(failure) => Err(failure),
             None => Ok(()),
         }
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use chorus_bus::delivery::release;
 use chorus_bus::source::Pull;
-use chorus_bus::{Bus, Delivery};
+use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::SupervisionConfig;
 use chorus_core::trace::TraceContext;
@@ -314,7 +314,20 @@ pub struct ConsumerState {
 
 pub enum ConsumerMsg {
     /// The pull loop ended by itself: an error, or a stream that went away.
-    Ended(String),
+    Ended(PullEnded),
+}
+
+/// Why a consumer's pull loop ended without being asked to: the consumer actor fails with it.
+#[derive(Debug, thiserror::Error)]
+pub enum PullEnded {
+    #[error("pull from {consumer} ended")]
+    Ended { consumer: String },
+    #[error("pull from {consumer} failed: {source}")]
+    Failed {
+        consumer: String,
+        #[source]
+        source: BusError,
+    },
 }
 
 impl Actor for ConsumerActor {
@@ -344,11 +357,12 @@ impl Actor for ConsumerActor {
                 })
                 .await;
             if !token.is_cancelled() {
-                let reason = match result {
-                    Ok(()) => format!("pull from {} ended", args.pull.consumer),
-                    Err(e) => format!("pull from {} failed: {e}", args.pull.consumer),
+                let consumer = args.pull.consumer.clone();
+                let ended = match result {
+                    Ok(()) => PullEnded::Ended { consumer },
+                    Err(source) => PullEnded::Failed { consumer, source },
                 };
-                let _ = myself.cast(ConsumerMsg::Ended(reason));
+                let _ = myself.cast(ConsumerMsg::Ended(ended));
             }
         });
         Ok(ConsumerState {
@@ -364,7 +378,7 @@ impl Actor for ConsumerActor {
         _: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ConsumerMsg::Ended(reason) => Err(reason.into()),
+            ConsumerMsg::Ended(ended) => Err(ended.into()),
         }
     }
 

@@ -10,10 +10,10 @@ pub struct SpecValidator<'a> {
 
 impl Validator for SpecValidator<'_> {
     fn check_route(&self, model: &str) -> Result<(), String> {
-        self.routes.check(model)
+        self.routes.check(model).map_err(|e| e.to_string())
     }
 
     fn check_assertion(&self, assertion: &Assertion) -> Result<(), String> {
-        chorus_eval::check(assertion)
+        chorus_eval::check(assertion).map_err(|e| e.to_string())
     }
 }

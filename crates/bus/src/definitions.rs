@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::Bus;
+use crate::error::{BusError, BusErrorKind};
 
 /// The files shipped in the binary, relative to `nats/`.
 const BUILTIN: &[(&str, &str)] = &[
@@ -93,10 +94,15 @@ pub enum DefinitionError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: {problem}")]
-    Invalid { file: String, problem: String },
+    /// A file that is not a valid definition.
+    #[error("{file}: {source}")]
+    Invalid {
+        file: String,
+        #[source]
+        source: FieldsError,
+    },
     #[error(
-        "{kind} {name}: the server refused to change {} in place ({server}). Revert the definition, or delete \
+        "{kind} {name}: the server refused to change {} in place ({source}). Revert the definition, or delete \
          the {kind} and apply again (deleting a stream deletes its messages)",
         fields.join(", ")
     )]
@@ -104,14 +110,43 @@ pub enum DefinitionError {
         kind: &'static str,
         name: String,
         fields: Vec<String>,
-        server: String,
+        #[source]
+        source: Box<BusError>,
     },
-    #[error("{kind} {name}: {detail}")]
+    /// What the server holds (merged with the definition) does not read as a configuration.
+    #[error("{kind} {name}: {source}")]
+    Unreadable {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: FieldsError,
+    },
+    /// Reading or writing the stream or consumer failed; the source's kind says whether trying
+    /// again can help.
+    #[error("{kind} {name}: {source}")]
     Nats {
         kind: &'static str,
         name: String,
-        detail: String,
+        #[source]
+        source: Box<BusError>,
     },
+}
+
+/// What is wrong with the fields of a definition.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldsError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("unknown field(s): {}", fields.join(", "))]
+    Unknown { fields: Vec<String> },
+    #[error("a definition must be a JSON object")]
+    NotAnObject,
+    #[error("`durable_name` is required")]
+    NoDurableName,
+    #[error("expected streams/<name>.json or consumers/<stream>/<name>.json")]
+    Misplaced,
+    #[error("there is no streams/{stream}.json for this consumer")]
+    NoStream { stream: String },
 }
 
 /// One stream definition and the consumers defined on it.
@@ -273,12 +308,12 @@ impl Definitions {
             let text = text
                 .replace("${prefix}", prefix)
                 .replace("${PREFIX}", &upper);
-            let invalid = |problem: String| DefinitionError::Invalid {
+            let invalid = |source: FieldsError| DefinitionError::Invalid {
                 file: file.clone(),
-                problem,
+                source,
             };
             let fields: Map<String, Value> =
-                serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+                serde_json::from_str(&text).map_err(|e| invalid(e.into()))?;
             let parts: Vec<&str> = file.trim_end_matches(".json").split('/').collect();
             match parts.as_slice() {
                 ["streams", stem] => {
@@ -297,7 +332,7 @@ impl Definitions {
                 ["consumers", stem, _] => {
                     check::<consumer::pull::Config>(&fields).map_err(invalid)?;
                     if fields.get("durable_name").and_then(Value::as_str).is_none() {
-                        return Err(invalid("`durable_name` is required".into()));
+                        return Err(invalid(FieldsError::NoDurableName));
                     }
                     consumers.push((
                         stem.to_string(),
@@ -308,9 +343,7 @@ impl Definitions {
                     ));
                 }
                 _ => {
-                    return Err(invalid(
-                        "expected streams/<name>.json or consumers/<stream>/<name>.json".into(),
-                    ));
+                    return Err(invalid(FieldsError::Misplaced));
                 }
             }
         }
@@ -320,7 +353,7 @@ impl Definitions {
                 .get_mut(&stem)
                 .ok_or_else(|| DefinitionError::Invalid {
                     file,
-                    problem: format!("there is no streams/{stem}.json for this consumer"),
+                    source: FieldsError::NoStream { stream: stem },
                 })?
                 .consumers
                 .push(def);
@@ -363,16 +396,15 @@ fn read(path: &Path) -> Result<String, DefinitionError> {
 /// Deserializes `fields` over `T`'s defaults, failing on any field `T` does not have.
 fn check<T: DeserializeOwned + Serialize + Default>(
     fields: &Map<String, Value>,
-) -> Result<T, String> {
+) -> Result<T, FieldsError> {
     let mut merged = to_map(&T::default());
     merged.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut unknown = Vec::new();
     let value: T =
-        serde_ignored::deserialize(Value::Object(merged), |path| unknown.push(path.to_string()))
-            .map_err(|e| e.to_string())?;
-    match unknown.as_slice() {
-        [] => Ok(value),
-        fields => Err(format!("unknown field(s): {}", fields.join(", "))),
+        serde_ignored::deserialize(Value::Object(merged), |path| unknown.push(path.to_string()))?;
+    match unknown.is_empty() {
+        true => Ok(value),
+        false => Err(FieldsError::Unknown { fields: unknown }),
     }
 }
 
@@ -380,11 +412,35 @@ fn check<T: DeserializeOwned + Serialize + Default>(
 /// the server reports in the same normal form.
 fn normalized<T: DeserializeOwned + Serialize + Default>(
     fields: &Map<String, Value>,
-) -> Result<Map<String, Value>, String> {
+) -> Result<Map<String, Value>, FieldsError> {
     let value: T = check(fields)?;
-    match serde_json::to_value(value).map_err(|e| e.to_string())? {
+    match serde_json::to_value(value)? {
         Value::Object(map) => Ok(map),
-        _ => Err("a definition must be a JSON object".into()),
+        _ => Err(FieldsError::NotAnObject),
+    }
+}
+
+/// A failed update: refused by the server (an in-place change it does not allow), else a
+/// failure to reach it.
+fn refused(
+    kind: &'static str,
+    name: String,
+    fields: Vec<String>,
+    source: BusError,
+) -> DefinitionError {
+    let refused = matches!(
+        source.kind(),
+        BusErrorKind::Refused | BusErrorKind::Conflict
+    );
+    let source = Box::new(source);
+    match refused {
+        true => DefinitionError::Rejected {
+            kind,
+            name,
+            fields,
+            source,
+        },
+        false => DefinitionError::Nats { kind, name, source },
     }
 }
 
@@ -425,28 +481,39 @@ fn to_map<T: Serialize>(value: &T) -> Map<String, Value> {
 
 async fn apply_stream(bus: &Bus, def: &StreamDef) -> Result<Applied, DefinitionError> {
     let name = def.name().to_owned();
-    let nats = |detail: String| DefinitionError::Nats {
+    let nats = |source: BusError| DefinitionError::Nats {
         kind: "stream",
         name: name.clone(),
-        detail,
+        source: Box::new(source),
     };
-    let desired = normalized::<stream::Config>(&def.fields).map_err(&nats)?;
-    let config: stream::Config = check(&desired).map_err(&nats)?;
+    let unreadable = |source: FieldsError| DefinitionError::Unreadable {
+        kind: "stream",
+        name: name.clone(),
+        source,
+    };
+    let desired = normalized::<stream::Config>(&def.fields).map_err(unreadable)?;
+    let config: stream::Config = check(&desired).map_err(unreadable)?;
     let current = match bus.js.get_stream(&name).await {
-        Ok(mut stream) => to_map(&stream.info().await.map_err(|e| nats(e.to_string()))?.config),
+        Ok(mut stream) => to_map(
+            &stream
+                .info()
+                .await
+                .map_err(|e| nats(BusError::request("read the stream", e)))?
+                .config,
+        ),
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
         {
             bus.js
                 .create_stream(config)
                 .await
-                .map_err(|e| nats(e.to_string()))?;
+                .map_err(|e| nats(BusError::request("create the stream", e)))?;
             return Ok(Applied {
                 kind: "stream",
                 name,
                 change: Change::Created,
             });
         }
-        Err(e) => return Err(nats(e.to_string())),
+        Err(e) => return Err(nats(BusError::request("read the stream", e))),
     };
     let changed = differences(&def.fields, &desired, &current);
     if changed.is_empty() {
@@ -456,19 +523,20 @@ async fn apply_stream(bus: &Bus, def: &StreamDef) -> Result<Applied, DefinitionE
             change: Change::Unchanged,
         });
     }
-    let merged: stream::Config = check(&overlay(&current, &desired, &changed)).map_err(&nats)?;
+    let merged: stream::Config =
+        check(&overlay(&current, &desired, &changed)).map_err(unreadable)?;
     match bus.js.update_stream(merged).await {
         Ok(_) => Ok(Applied {
             kind: "stream",
             name,
             change: Change::Updated(changed),
         }),
-        Err(e) => Err(DefinitionError::Rejected {
-            kind: "stream",
+        Err(e) => Err(refused(
+            "stream",
             name,
-            fields: changed,
-            server: e.to_string(),
-        }),
+            changed,
+            BusError::request("update the stream", e),
+        )),
     }
 }
 
@@ -478,35 +546,41 @@ async fn apply_consumer(
     def: &ConsumerDef,
 ) -> Result<Applied, DefinitionError> {
     let name = def.name().to_owned();
-    let nats = |detail: String| DefinitionError::Nats {
+    let full_name = format!("{stream}/{name}");
+    let nats = |source: BusError| DefinitionError::Nats {
         kind: "consumer",
-        name: format!("{stream}/{name}"),
-        detail,
+        name: full_name.clone(),
+        source: Box::new(source),
     };
-    let desired = normalized::<consumer::pull::Config>(&def.fields).map_err(&nats)?;
+    let unreadable = |source: FieldsError| DefinitionError::Unreadable {
+        kind: "consumer",
+        name: full_name.clone(),
+        source,
+    };
+    let desired = normalized::<consumer::pull::Config>(&def.fields).map_err(unreadable)?;
     let handle = bus
         .js
         .get_stream_no_info(stream)
         .await
-        .map_err(|e| nats(e.to_string()))?;
+        .map_err(|e| nats(BusError::request("find the consumer's stream", e)))?;
     let current = match handle.consumer_info(&name).await {
         Ok(info) => to_map(&info.config),
         Err(e)
             if e.kind() == ConsumerInfoErrorKind::NotFound
                 || matches!(e.kind(), ConsumerInfoErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
         {
-            let config: consumer::pull::Config = check(&desired).map_err(&nats)?;
+            let config: consumer::pull::Config = check(&desired).map_err(unreadable)?;
             handle
                 .create_consumer(config)
                 .await
-                .map_err(|e| nats(e.to_string()))?;
+                .map_err(|e| nats(BusError::request("create the consumer", e)))?;
             return Ok(Applied {
                 kind: "consumer",
-                name: format!("{stream}/{name}"),
+                name: full_name,
                 change: Change::Created,
             });
         }
-        Err(e) => return Err(nats(e.to_string())),
+        Err(e) => return Err(nats(BusError::request("read the consumer", e))),
     };
     // Filters are always managed: removing one from a file must remove it from the server.
     let mut managed = def.fields.clone();
@@ -514,7 +588,6 @@ async fn apply_consumer(
         managed.entry(filter).or_insert(Value::Null);
     }
     let changed = differences(&managed, &desired, &current);
-    let full_name = format!("{stream}/{name}");
     if changed.is_empty() {
         return Ok(Applied {
             kind: "consumer",
@@ -523,18 +596,18 @@ async fn apply_consumer(
         });
     }
     let merged: consumer::pull::Config =
-        check(&overlay(&current, &desired, &changed)).map_err(&nats)?;
+        check(&overlay(&current, &desired, &changed)).map_err(unreadable)?;
     match handle.update_consumer(merged).await {
         Ok(_) => Ok(Applied {
             kind: "consumer",
             name: full_name,
             change: Change::Updated(changed),
         }),
-        Err(e) => Err(DefinitionError::Rejected {
-            kind: "consumer",
-            name: full_name,
-            fields: changed,
-            server: e.to_string(),
-        }),
+        Err(e) => Err(refused(
+            "consumer",
+            full_name,
+            changed,
+            BusError::request("update the consumer", e),
+        )),
     }
 }

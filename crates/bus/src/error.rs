@@ -259,6 +259,21 @@ impl Classify for jetstream::context::KeyValueErrorKind {
     }
 }
 
+impl Classify for jetstream::context::CreateStreamErrorKind {
+    fn classify(&self, source: Option<&(dyn StdError + 'static)>) -> BusErrorKind {
+        use jetstream::context::CreateStreamErrorKind as K;
+        match self {
+            K::TimedOut | K::JetStreamUnavailable => BusErrorKind::Unavailable,
+            K::NotFound => BusErrorKind::NotFound,
+            K::JetStream(error) => api(error),
+            K::EmptyStreamName | K::InvalidStreamName | K::DomainAndExternalSet => {
+                BusErrorKind::Refused
+            }
+            K::Response | K::ResponseParse => other(source, BusErrorKind::Refused),
+        }
+    }
+}
+
 impl Classify for jetstream::context::GetStreamErrorKind {
     fn classify(&self, source: Option<&(dyn StdError + 'static)>) -> BusErrorKind {
         use jetstream::context::GetStreamErrorKind as K;
@@ -290,6 +305,21 @@ impl Classify for jetstream::stream::ConsumerErrorKind {
             K::Request => other(source, BusErrorKind::Unavailable),
             K::JetStream(error) => api(error),
             _ => other(source, BusErrorKind::Refused),
+        }
+    }
+}
+
+impl Classify for jetstream::stream::ConsumerUpdateErrorKind {
+    fn classify(&self, source: Option<&(dyn StdError + 'static)>) -> BusErrorKind {
+        use jetstream::stream::ConsumerUpdateErrorKind as K;
+        match self {
+            K::TimedOut => BusErrorKind::Unavailable,
+            K::Request => other(source, BusErrorKind::Unavailable),
+            K::DoesNotExist => BusErrorKind::NotFound,
+            K::JetStream(error) => api(error),
+            K::InvalidConsumerType | K::InvalidName | K::Other => {
+                other(source, BusErrorKind::Refused)
+            }
         }
     }
 }

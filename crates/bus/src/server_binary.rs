@@ -32,13 +32,27 @@ pub fn version_of(binary: &Path) -> Option<String> {
     )
 }
 
+/// Why no usable `nats-server` was found; the message says how to get one.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error("NATS_SERVER_BIN={} does not run", path.display())]
+    DoesNotRun { path: PathBuf },
+    #[error(
+        "{} is version {version}; Chorus needs {}.{}.{} or newer: {INSTALL_HINT}",
+        path.display(), MIN_SERVER.0, MIN_SERVER.1, MIN_SERVER.2
+    )]
+    TooOld { path: PathBuf, version: String },
+    #[error("nats-server was not found; {INSTALL_HINT}")]
+    NotFound,
+}
+
 /// The first recent-enough `nats-server`, or an error naming what was found and how to fix it.
-pub fn locate() -> Result<PathBuf, String> {
+pub fn locate() -> Result<PathBuf, LocateError> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
         return match version_of(&path) {
             Some(v) if at_least(&v, MIN_SERVER) => Ok(path),
-            Some(v) => Err(too_old(&path, &v)),
-            None => Err(format!("NATS_SERVER_BIN={} does not run", path.display())),
+            Some(version) => Err(LocateError::TooOld { path, version }),
+            None => Err(LocateError::DoesNotRun { path }),
         };
     }
     let mut too_old_seen = None;
@@ -49,21 +63,16 @@ pub fn locate() -> Result<PathBuf, String> {
         }
         match version_of(&candidate) {
             Some(v) if at_least(&v, MIN_SERVER) => return Ok(candidate),
-            Some(v) => {
-                too_old_seen.get_or_insert_with(|| too_old(&candidate, &v));
+            Some(version) => {
+                too_old_seen.get_or_insert(LocateError::TooOld {
+                    path: candidate,
+                    version,
+                });
             }
             None => {}
         }
     }
-    Err(too_old_seen.unwrap_or_else(|| format!("nats-server was not found; {INSTALL_HINT}")))
-}
-
-fn too_old(path: &Path, version: &str) -> String {
-    let (a, b, c) = MIN_SERVER;
-    format!(
-        "{} is version {version}; Chorus needs {a}.{b}.{c} or newer: {INSTALL_HINT}",
-        path.display()
-    )
+    Err(too_old_seen.unwrap_or(LocateError::NotFound))
 }
 
 fn search_dirs() -> Vec<PathBuf> {

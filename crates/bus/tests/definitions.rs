@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chorus_bus::Bus;
 use chorus_bus::definitions::{Change, DefinitionError, Definitions};
+use chorus_bus::error::BusErrorKind;
 use chorus_testkit::nats::NatsServer;
 
 async fn bus(server: &NatsServer) -> Bus {
@@ -99,7 +100,20 @@ async fn changed_fields_update_in_place_or_are_refused_by_name() {
             .replace("limits", "workqueue"),
     );
     match load().apply(&bus).await {
-        Err(DefinitionError::Rejected { fields, .. }) => assert_eq!(fields, ["retention"]),
+        Err(
+            ref error @ DefinitionError::Rejected {
+                ref fields,
+                ref source,
+                ..
+            },
+        ) => {
+            assert_eq!(fields, &["retention"]);
+            assert_eq!(source.kind(), BusErrorKind::Refused, "{error}");
+            assert!(
+                error.to_string().contains("refused to change retention"),
+                "{error}"
+            );
+        }
         other => panic!("expected a refusal naming retention, got {other:?}"),
     }
 }

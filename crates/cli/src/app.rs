@@ -1,25 +1,89 @@
 //! Running roles: configuration, connections, definitions, and the supervision tree.
+//!
+//! This is the CLI's library part, shared by several commands and by the tests, so its errors
+//! are typed ([`StartError`], [`DatabaseError`]); the commands (`lib.rs` and the command modules)
+//! are the binary's top level, where they become `anyhow` errors and are printed.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use chorus_actors::roles::{self, Context};
-use chorus_actors::{Role, Runtime};
-use chorus_bus::Bus;
+use chorus_actors::roles::{self, ActorsError, Context};
+use chorus_actors::{Role, Runtime, RuntimeError};
 use chorus_bus::cancels::Cancels;
-use chorus_bus::definitions::{Applied, Definitions};
+use chorus_bus::definitions::{Applied, DefinitionError, Definitions};
 use chorus_bus::jobs::JobStore;
+use chorus_bus::{Bus, BusError};
 use chorus_core::Tenant;
-use chorus_core::config::{Config, DatabaseConfig, EdgeConfig};
+use chorus_core::config::{Config, ConfigError, DatabaseConfig, DatabaseUrlError, EdgeConfig};
+use chorus_core::ids::InvalidTenant;
 use chorus_edge::auth::{Auth, AuthMode};
 use chorus_edge::probes::ProbeState;
 use chorus_edge::{AppState, HttpRole};
-use chorus_llm::Routes;
-use chorus_store::Store;
+use chorus_llm::{Routes, RoutesError};
+use chorus_store::{Store, StoreError};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+
+/// Why roles could not be started, or stopped the process.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionError),
+    #[error("routes: {0}")]
+    Routes(#[source] RoutesError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    /// A role needs the database and it was not opened (a bug in choosing which roles need it).
+    #[error("the database is not open")]
+    NoDatabase,
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        setting: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tenant(#[from] InvalidTenant),
+    #[error(transparent)]
+    Role(#[from] ActorsError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Why the database could not be opened for a role.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error(transparent)]
+    Url(#[from] DatabaseUrlError),
+    #[error("cannot open the database {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot migrate the database: {source}")]
+    Migrate {
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot read the database's migrations: {source}")]
+    Migrations {
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "the database {url} lacks {} migration(s) of this version ({}): run `chorus migrate` \
+         first, or set database.auto_migrate = true",
+        pending.len(),
+        pending.join(", ")
+    )]
+    NotMigrated { url: String, pending: Vec<String> },
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoleName {
@@ -50,22 +114,24 @@ impl RoleName {
     }
 }
 
+/// A `--roles` entry that names no role.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role `{name}`; roles are {}", RoleName::ALL.map(RoleName::as_str).join(", "))]
+pub struct UnknownRole {
+    pub name: String,
+}
+
 impl FromStr for RoleName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s.trim())
-            .ok_or_else(|| {
-                format!(
-                    "unknown role `{s}`; roles are {}",
-                    Self::ALL.map(RoleName::as_str).join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownRole { name: s.into() })
     }
 }
 
-pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+pub fn load_config(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     let config = Config::load(file)?;
     chorus_telemetry::init(&config.log);
     if config.faults.is_enabled() {
@@ -74,39 +140,42 @@ pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-pub async fn connect(config: &Config, name: &str) -> anyhow::Result<Bus> {
-    Ok(Bus::connect_config(&config.nats, name).await?)
+pub async fn connect(config: &Config, name: &str) -> Result<Bus, BusError> {
+    Bus::connect_config(&config.nats, name).await
 }
 
-pub async fn apply_definitions(config: &Config, bus: &Bus) -> anyhow::Result<Vec<Applied>> {
-    Ok(Definitions::configured(&config.nats)?.apply(bus).await?)
+pub async fn apply_definitions(
+    config: &Config,
+    bus: &Bus,
+) -> Result<Vec<Applied>, DefinitionError> {
+    Definitions::configured(&config.nats)?.apply(bus).await
 }
 
 /// Opens the database and migrates it; with `migrate` false, checks instead that every migration
 /// of this version is applied, so a role never runs against a schema it does not know.
-pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> anyhow::Result<Store> {
-    let url = config.connect_url().map_err(anyhow::Error::msg)?;
+pub async fn open_store(config: &DatabaseConfig, migrate: bool) -> Result<Store, DatabaseError> {
+    let url = config.connect_url()?;
     let store = Store::connect(url.expose_secret(), config.max_connections)
         .await
-        .with_context(|| format!("cannot open the database {}", config.redacted_url()))?;
+        .map_err(|source| DatabaseError::Open {
+            url: config.redacted_url(),
+            source,
+        })?;
     if migrate {
         store
             .migrate()
             .await
-            .context("cannot migrate the database")?;
+            .map_err(|source| DatabaseError::Migrate { source })?;
     } else {
         let pending = store
             .pending_migrations()
             .await
-            .context("cannot read the database's migrations")?;
+            .map_err(|source| DatabaseError::Migrations { source })?;
         if !pending.is_empty() {
-            anyhow::bail!(
-                "the database {} lacks {} migration(s) of this version ({}): run `chorus migrate` \
-                 first, or set database.auto_migrate = true",
-                config.redacted_url(),
-                pending.len(),
-                pending.join(", ")
-            );
+            return Err(DatabaseError::NotMigrated {
+                url: config.redacted_url(),
+                pending,
+            });
         }
     }
     Ok(store)
@@ -118,12 +187,9 @@ pub async fn serve(
     config: Config,
     roles: &[RoleName],
     listener: Option<TcpListener>,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let runtime = start(config, roles, listener).await?;
-    runtime
-        .run_until(shutdown_signal())
-        .await
-        .map_err(|reason| anyhow::anyhow!("{reason}"))
+    Ok(runtime.run_until(shutdown_signal()).await?)
 }
 
 /// Connects, prepares NATS and the database, and starts the roles (downstream first).
@@ -131,14 +197,14 @@ pub async fn start(
     config: Config,
     roles: &[RoleName],
     mut listener: Option<TcpListener>,
-) -> anyhow::Result<Runtime> {
+) -> Result<Runtime, StartError> {
     chorus_telemetry::metrics_handle();
     let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
     let bus = connect(&config, &format!("chorus {}", names.join(","))).await?;
     for applied in apply_definitions(&config, &bus).await? {
         tracing::debug!(%applied, "definition");
     }
-    let routes = Arc::new(Routes::new(&config.routes).map_err(|e| anyhow::anyhow!("routes: {e}"))?);
+    let routes = Arc::new(Routes::new(&config.routes).map_err(StartError::Routes)?);
     let needs_db = roles
         .iter()
         .any(|r| matches!(r, RoleName::Edge | RoleName::Persister));
@@ -163,7 +229,7 @@ pub async fn start(
         if !roles.contains(&role) {
             continue;
         }
-        let store = || store.clone().context("the database is not open");
+        let store = || store.clone().ok_or(StartError::NoDatabase);
         started.push(match role {
             RoleName::Persister => {
                 Box::new(roles::persister(&ctx, store()?.with_faults(&config.faults)))
@@ -176,8 +242,10 @@ pub async fn start(
                     Some(listener) => listener,
                     None => TcpListener::bind(config.edge.listen)
                         .await
-                        .with_context(|| {
-                            format!("cannot listen on {} (edge.listen)", config.edge.listen)
+                        .map_err(|source| StartError::Listen {
+                            addr: config.edge.listen,
+                            setting: "edge.listen",
+                            source,
                         })?,
                 };
                 Box::new(HttpRole::edge(
@@ -209,7 +277,11 @@ pub async fn start(
         let listen = config.probes.listen;
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen} (probes.listen)"))?;
+            .map_err(|source| StartError::Listen {
+                addr: listen,
+                setting: "probes.listen",
+                source,
+            })?;
         let probes = ProbeState {
             bus: bus.clone(),
             store: store.clone(),
@@ -221,22 +293,19 @@ pub async fn start(
         )));
     }
     let client = bus.client.clone();
-    let runtime = Runtime::start(started)
-        .await
-        .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))?
-        .finally(Box::pin(async move {
-            match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),
-                Err(_) => tracing::warn!("flushing NATS on exit timed out"),
-            }
-        }));
+    let runtime = Runtime::start(started).await?.finally(Box::pin(async move {
+        match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),
+            Err(_) => tracing::warn!("flushing NATS on exit timed out"),
+        }
+    }));
     tracing::info!(roles = %names.join(","), "chorus is running");
     Ok(runtime)
 }
 
 /// The edge's authentication; without it, every request acts for `edge.tenant`, loudly.
-fn edge_auth(config: &EdgeConfig) -> anyhow::Result<Auth> {
+fn edge_auth(config: &EdgeConfig) -> Result<Auth, InvalidTenant> {
     let mode = if config.auth {
         AuthMode::Keys
     } else {

@@ -171,12 +171,21 @@ fn batch_path(id: &str) -> String {
     format!("/v1/batches/{id}")
 }
 
-fn parse_metadata(entry: &str) -> Result<(String, String), String> {
+/// A `--metadata` entry that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected KEY=VALUE, got `{entry}`")]
+struct NotKeyValue {
+    entry: String,
+}
+
+fn parse_metadata(entry: &str) -> Result<(String, String), NotKeyValue> {
     match entry.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.to_owned()))
         }
-        _ => Err(format!("expected KEY=VALUE, got `{entry}`")),
+        _ => Err(NotKeyValue {
+            entry: entry.into(),
+        }),
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
         problems.push(e.to_string());
     }
     if let Err(e) = config.database.connect_url() {
-        problems.push(e);
+        problems.push(e.to_string());
     }
     let mut shown = config;
     shown.database.url = shown.database.redacted_url();

@@ -118,10 +118,7 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
             "curl -s '{url}/v1/jobs?wait=30'{auth_header} -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
         );
         println!("Press ctrl-c to stop.");
-        runtime
-            .run_until(app::shutdown_signal())
-            .await
-            .map_err(|reason| anyhow::anyhow!("{reason}"))
+        Ok(runtime.run_until(app::shutdown_signal()).await?)
     }
     .await;
     if let Some(child) = child {

@@ -11,6 +11,11 @@
 //! - [`healthcheck`]: `chorus healthcheck`, for container health checks.
 //! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
 //!   through [`client`].
+//!
+//! Errors: this file's dispatch and the command modules it calls (`dev`, `bench`, `keys`,
+//! `check`, `healthcheck`, `job`, `batch`, `dlq`, `mock`) are the binary's top level, where errors
+//! are `anyhow` and end in one printed line. The library modules commands and tests share
+//! (`app`, `natsd`, `client`) return typed errors. `tests/code_rules.rs` holds this.
 
 pub mod app;
 pub mod batch;
@@ -127,7 +132,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -142,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if no_auth {
                 config.edge.auth = false;
             }
-            app::serve(config, &roles, None).await
+            Ok(app::serve(config, &roles, None).await?)
         }
         Command::Migrate => {
             let config = app::load_config(config_file)?;
@@ -171,5 +176,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => check::run(config_file).await,
         Command::Healthcheck(args) => healthcheck::run(config_file, args).await,
+    }
+}
+
+/// An error and its causes on one line, each said once: a typed error names its source in its
+/// own message, where `anyhow`'s context does not.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database: {source}")]
+    struct Typed {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let io = || std::io::Error::other("disk on fire");
+        let typed = anyhow::Error::new(Typed { source: io() });
+        assert_eq!(describe(&typed), "cannot open the database: disk on fire");
+        let context = anyhow::Error::new(io()).context("cannot write the report");
+        assert_eq!(describe(&context), "cannot write the report: disk on fire");
+        let both = anyhow::Error::new(Typed { source: io() }).context("chorus migrate");
+        assert_eq!(
+            describe(&both),
+            "chorus migrate: cannot open the database: disk on fire"
+        );
     }
 }

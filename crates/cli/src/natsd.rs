@@ -5,13 +5,48 @@
 //! ([`server_binary::SERVER_CONFIG`], written beside its store), listens on a free local port,
 //! keeps its store where it is told, and is stopped with SIGTERM (then killed) when Chorus stops.
 
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use chorus_bus::server_binary;
+use chorus_bus::server_binary::{self, LocateError};
 use tokio::process::{Child, Command};
+
+/// Why the `nats-server` child did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsChildError {
+    #[error("{source}; or set CHORUS_NATS_URL to use a running server")]
+    Locate {
+        #[source]
+        source: LocateError,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find a free local port: {source}")]
+    Port {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start `{}`: {source}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot follow the nats-server process: {source}")]
+    Wait {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nats-server exited at start-up ({status}); see {}", log.display())]
+    Exited { status: ExitStatus, log: PathBuf },
+    #[error("nats-server did not accept connections on port {port} within 5 s")]
+    NotListening { port: u16 },
+}
 
 pub struct NatsChild {
     child: Child,
@@ -20,13 +55,15 @@ pub struct NatsChild {
 
 impl NatsChild {
     /// Starts a server storing JetStream data under `store` and waits until it accepts clients.
-    pub async fn start(store: &Path) -> anyhow::Result<Self> {
-        let binary = server_binary::locate()
-            .map_err(|e| anyhow::anyhow!("{e}; or set CHORUS_NATS_URL to use a running server"))?;
-        std::fs::create_dir_all(store)
-            .with_context(|| format!("cannot create {}", store.display()))?;
-        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-            .local_addr()?
+    pub async fn start(store: &Path) -> Result<Self, NatsChildError> {
+        let binary = server_binary::locate().map_err(|source| NatsChildError::Locate { source })?;
+        std::fs::create_dir_all(store).map_err(|source| NatsChildError::Store {
+            path: store.to_owned(),
+            source,
+        })?;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(|source| NatsChildError::Port { source })?
             .port();
         let config = store.join("chorus.conf");
         std::fs::write(&config, server_binary::SERVER_CONFIG)
@@ -44,17 +81,24 @@ impl NatsChild {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start `{}`", binary.display()))?;
+            .map_err(|source| NatsChildError::Spawn {
+                binary: binary.clone(),
+                source,
+            })?;
         let mut server = Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
         };
         for _ in 0..200 {
-            if let Some(status) = server.child.try_wait()? {
-                bail!(
-                    "nats-server exited at start-up ({status}); see {}",
-                    store.join("nats-server.log").display()
-                );
+            let exited = server
+                .child
+                .try_wait()
+                .map_err(|source| NatsChildError::Wait { source })?;
+            if let Some(status) = exited {
+                return Err(NatsChildError::Exited {
+                    status,
+                    log: store.join("nats-server.log"),
+                });
             }
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -64,7 +108,7 @@ impl NatsChild {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        bail!("nats-server did not accept connections on port {port} within 5 s")
+        Err(NatsChildError::NotListening { port })
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -5,6 +5,7 @@
 //! (dead letters, across tenants). Keys themselves are generated, hashed and checked in the store.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,20 +62,36 @@ impl Scopes {
         Scope::ALL.into_iter().filter(move |s| self.contains(*s))
     }
 
-    /// Reads `submit,read` (commas, optional spaces); the error names an unknown scope.
+    /// Reads `submit,read` as [`str::parse`] does, with the error as text: for `chorus-store`,
+    /// until the lead converts it to [`ScopesError`].
     pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|e: ScopesError| e.to_string())
+    }
+}
+
+/// Why a list of scopes does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScopesError {
+    #[error("unknown scope `{name}`; the scopes are submit, read and admin")]
+    Unknown { name: String },
+    #[error("at least one scope is needed: submit, read or admin")]
+    Empty,
+}
+
+/// Reads `submit,read` (commas, optional spaces); the error names an unknown scope.
+impl FromStr for Scopes {
+    type Err = ScopesError;
+    fn from_str(text: &str) -> Result<Self, ScopesError> {
         let mut scopes = Vec::new();
         for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let scope = Scope::ALL
                 .into_iter()
                 .find(|s| s.as_str() == name)
-                .ok_or_else(|| {
-                    format!("unknown scope `{name}`; the scopes are submit, read and admin")
-                })?;
+                .ok_or_else(|| ScopesError::Unknown { name: name.into() })?;
             scopes.push(scope);
         }
         if scopes.is_empty() {
-            return Err("at least one scope is needed: submit, read or admin".into());
+            return Err(ScopesError::Empty);
         }
         Ok(Self::of(&scopes))
     }
@@ -128,18 +145,27 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_print_in_a_fixed_order() {
-        let scopes = Scopes::parse(" read, submit ").unwrap_or_default();
+        let scopes: Scopes = " read, submit ".parse().unwrap_or_default();
         assert_eq!(scopes.to_string(), "submit,read");
         assert!(scopes.contains(Scope::Read) && !scopes.contains(Scope::Admin));
         assert_eq!(
-            Scopes::parse("submit,read,admin").map(|s| s == Scopes::EVERY),
+            "submit,read,admin"
+                .parse()
+                .map(|s: Scopes| s == Scopes::EVERY),
             Ok(true)
         );
+        let unknown = "write".parse::<Scopes>();
         assert_eq!(
-            Scopes::parse("write"),
+            unknown,
+            Err(ScopesError::Unknown {
+                name: "write".into()
+            })
+        );
+        assert_eq!(
+            unknown.map_err(|e| e.to_string()),
             Err("unknown scope `write`; the scopes are submit, read and admin".into())
         );
-        assert!(Scopes::parse(" , ").is_err());
+        assert_eq!(" , ".parse::<Scopes>(), Err(ScopesError::Empty));
         assert_eq!(
             serde_json::to_value(Scopes::of(&[Scope::Admin, Scope::Submit])).ok(),
             Some(serde_json::json!(["submit", "admin"]))

@@ -89,21 +89,19 @@ impl Default for NatsConfig {
 impl DatabaseConfig {
     /// The URL to connect with: `url`, with the password of `password_env` / `password_file`
     /// put in. The error names what is wrong, never a password.
-    pub fn connect_url(&self) -> Result<SecretString, String> {
+    pub fn connect_url(&self) -> Result<SecretString, DatabaseUrlError> {
         let password = load_secret(self.password_env.as_deref(), self.password_file.as_deref())
-            .map_err(|e| format!("database password: {e}"))?;
+            .map_err(|source| DatabaseUrlError::Password { source })?;
         let Some(password) = password else {
             return Ok(SecretString::from(self.url.clone()));
         };
-        let mut url = url::Url::parse(&self.url).map_err(|e| format!("database.url: {e}"))?;
+        let mut url =
+            url::Url::parse(&self.url).map_err(|source| DatabaseUrlError::Url { source })?;
         if url.password().is_some() {
-            return Err(
-                "database.url has a password and database.password_env / password_file give                  another: keep one"
-                    .into(),
-            );
+            return Err(DatabaseUrlError::TwoPasswords);
         }
         url.set_password(Some(password.expose_secret()))
-            .map_err(|()| "database.url: this URL cannot carry a password".to_owned())?;
+            .map_err(|()| DatabaseUrlError::NoPasswordHere)?;
         Ok(SecretString::from(url.to_string()))
     }
 
@@ -122,6 +120,27 @@ pub fn redact_url(text: &str) -> String {
         }
         _ => text.to_owned(),
     }
+}
+
+/// Why [`DatabaseConfig::connect_url`] cannot make the URL to connect with.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseUrlError {
+    #[error("database password: {source}")]
+    Password {
+        #[source]
+        source: SecretError,
+    },
+    #[error("database.url: {source}")]
+    Url {
+        #[source]
+        source: url::ParseError,
+    },
+    #[error(
+        "database.url has a password and database.password_env / password_file give another: keep one"
+    )]
+    TwoPasswords,
+    #[error("database.url: this URL cannot carry a password")]
+    NoPasswordHere,
 }
 
 /// Why a secret named by configuration cannot be read. It names the variable or the file, never
@@ -527,7 +546,7 @@ pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
-    Parse(Box<figment::Error>),
+    Parse(#[source] Box<figment::Error>),
     #[error("invalid configuration: {}", .0.join("; "))]
     Invalid(Vec<String>),
 }

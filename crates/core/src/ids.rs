@@ -82,8 +82,10 @@ impl FromStr for JobId {
 pub struct Tenant(String);
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid tenant `{0}`: use 1-64 characters of a-z, 0-9, '_' or '-'")]
-pub struct InvalidTenant(pub String);
+#[error("invalid tenant `{name}`: use 1-64 characters of a-z, 0-9, '_' or '-'")]
+pub struct InvalidTenant {
+    pub name: String,
+}
 
 impl Tenant {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidTenant> {
@@ -96,7 +98,7 @@ impl Tenant {
         if valid {
             Ok(Self(name))
         } else {
-            Err(InvalidTenant(name))
+            Err(InvalidTenant { name })
         }
     }
 

@@ -529,7 +529,9 @@ fn judge_verdict(step: &StepState) -> JudgeVerdict {
         (Some(output), _) if step.status == StepStatus::Succeeded => {
             match judge::parse_verdict(&output.text) {
                 Ok(verdict) => JudgeVerdict::Answered(verdict),
-                Err(error) => JudgeVerdict::Errored { error },
+                Err(error) => JudgeVerdict::Errored {
+                    error: error.to_string(),
+                },
             }
         }
         (_, Some(error)) => JudgeVerdict::Errored {

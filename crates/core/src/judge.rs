@@ -85,9 +85,26 @@ pub fn params() -> Params {
     }
 }
 
+/// Why a judge's answer is not a valid verdict. `answer` quotes the answer's start.
+#[derive(Debug, thiserror::Error)]
+pub enum VerdictError {
+    #[error("the judge's answer is not JSON ({source}): {answer}")]
+    NotJson {
+        answer: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the judge's answer has no numeric `score`: {answer}")]
+    NoScore { answer: String },
+    #[error("the judge's score {score} is outside 0..1")]
+    ScoreOutOfRange { score: f64 },
+    #[error("the judge's answer has no string `reason`: {answer}")]
+    NoReason { answer: String },
+}
+
 /// Reads a judge's answer: a JSON object (optionally in one Markdown code fence) with a numeric
 /// `score` in 0..=1 and a string `reason`. The error says what is wrong, quoting the answer.
-pub fn parse_verdict(text: &str) -> Result<Verdict, String> {
+pub fn parse_verdict(text: &str) -> Result<Verdict, VerdictError> {
     let quoted = || {
         let snippet: String = text.chars().take(80).collect();
         if snippet.len() < text.len() {
@@ -97,19 +114,21 @@ pub fn parse_verdict(text: &str) -> Result<Verdict, String> {
         }
     };
     let body = strip_fence(text.trim());
-    let value: Value = serde_json::from_str(body)
-        .map_err(|e| format!("the judge's answer is not JSON ({e}): {}", quoted()))?;
+    let value: Value = serde_json::from_str(body).map_err(|source| VerdictError::NotJson {
+        answer: quoted(),
+        source,
+    })?;
     let score = value
         .get("score")
         .and_then(Value::as_f64)
-        .ok_or_else(|| format!("the judge's answer has no numeric `score`: {}", quoted()))?;
+        .ok_or_else(|| VerdictError::NoScore { answer: quoted() })?;
     if !(0.0..=1.0).contains(&score) {
-        return Err(format!("the judge's score {score} is outside 0..1"));
+        return Err(VerdictError::ScoreOutOfRange { score });
     }
     let reason = value
         .get("reason")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("the judge's answer has no string `reason`: {}", quoted()))?;
+        .ok_or_else(|| VerdictError::NoReason { answer: quoted() })?;
     Ok(Verdict {
         score,
         reason: reason.to_owned(),
@@ -135,19 +154,32 @@ mod tests {
     fn verdicts_parse_plain_and_fenced() {
         let plain = parse_verdict(r#"{"reason": "meets it", "score": 0.75}"#);
         assert_eq!(
-            plain,
-            Ok(Verdict {
+            plain.ok(),
+            Some(Verdict {
                 score: 0.75,
                 reason: "meets it".into()
             })
         );
         let fenced = parse_verdict("```json\n{\"score\": 1, \"reason\": \"ok\"}\n```");
-        assert_eq!(fenced.map(|v| v.score), Ok(1.0));
+        assert_eq!(fenced.ok().map(|v| v.score), Some(1.0));
     }
 
     #[test]
     fn bad_answers_say_what_is_wrong() {
-        let problem = |text: &str| parse_verdict(text).err().unwrap_or_default();
+        let problem = |text: &str| {
+            parse_verdict(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(matches!(
+            parse_verdict("Sure!"),
+            Err(VerdictError::NotJson { .. })
+        ));
+        assert!(matches!(
+            parse_verdict(r#"{"reason": "x", "score": 7}"#),
+            Err(VerdictError::ScoreOutOfRange { score }) if score == 7.0
+        ));
         assert!(problem("Sure! The score is 0.8").contains("not JSON"));
         assert!(problem(r#"{"reason": "x"}"#).contains("numeric `score`"));
         assert!(problem(r#"{"reason": "x", "score": "high"}"#).contains("numeric `score`"));

@@ -41,7 +41,7 @@ impl<'a> Target<'a> {
 pub(crate) struct Answer<'a> {
     pub text: &'a str,
     lower: OnceCell<String>,
-    json: OnceCell<Result<Value, String>>,
+    json: OnceCell<Result<Value, NotJson>>,
 }
 
 impl<'a> Answer<'a> {
@@ -59,15 +59,21 @@ impl<'a> Answer<'a> {
     }
 
     /// The answer parsed as JSON, or why it is not JSON.
-    pub fn json(&self) -> Result<&Value, &str> {
+    pub fn json(&self) -> Result<&Value, &NotJson> {
         self.json
             .get_or_init(|| {
-                serde_json::from_str(strip_fence(self.text))
-                    .map_err(|e| format!("the answer is not JSON ({e})"))
+                serde_json::from_str(strip_fence(self.text)).map_err(|source| NotJson { source })
             })
             .as_ref()
-            .map_err(String::as_str)
     }
+}
+
+/// Why an answer is not JSON, for a check that reads JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer is not JSON ({source})")]
+pub(crate) struct NotJson {
+    #[source]
+    source: serde_json::Error,
 }
 
 /// The body of a single code fence wrapping the whole text, else the text itself.
@@ -128,13 +134,13 @@ mod tests {
         let two = "```json\n1\n```\n```json\n2\n```";
         assert_eq!(strip_fence(two), two);
         assert_eq!(
-            Answer::new("```json\n{\"a\": [1, 2]}\n```").json(),
-            Ok(&json!({"a": [1, 2]}))
+            Answer::new("```json\n{\"a\": [1, 2]}\n```").json().ok(),
+            Some(&json!({"a": [1, 2]}))
         );
         assert!(
             Answer::new("nope")
                 .json()
-                .is_err_and(|e| e.contains("not JSON"))
+                .is_err_and(|e| e.to_string().starts_with("the answer is not JSON ("))
         );
     }
 

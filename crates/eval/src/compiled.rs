@@ -17,7 +17,7 @@ use serde_json_path::JsonPath;
 use chorus_core::assertion::{Check, JudgeKind, SimilarityMethod};
 use chorus_core::messages::JudgeVerdict;
 
-use crate::answer::{Target, json_eq};
+use crate::answer::{NotJson, Target, json_eq};
 use crate::similarity::{method_name, similarity};
 
 /// Compiled regexes are tenant input; cap their size well below the regex crate's default.
@@ -38,12 +38,23 @@ const NO_PRICES: &str = "the answering route has no prices configured";
 pub enum CompileError {
     #[error("`{field}` must not be empty")]
     Empty { field: String },
-    #[error("regex `{pattern}` does not compile: {message}")]
-    Regex { pattern: String, message: String },
-    #[error("JSON schema does not compile: {0}")]
-    Schema(String),
-    #[error("JSON path `{path}` does not parse: {message}")]
-    Path { path: String, message: String },
+    #[error("regex `{pattern}` does not compile: {}", regex_message(source))]
+    Regex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("JSON schema does not compile: {}", with_path(source))]
+    Schema {
+        #[source]
+        source: Box<jsonschema::ValidationError<'static>>,
+    },
+    #[error("JSON path `{path}` does not parse: {}", path_message(path, source))]
+    Path {
+        path: String,
+        #[source]
+        source: serde_json_path::ParseError,
+    },
     #[error("length needs `min`, `max` or both")]
     NoBounds,
     #[error("`min` {min} is greater than `max` {max}")]
@@ -138,9 +149,9 @@ impl Compiled {
                 RegexBuilder::new(pattern)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| CompileError::Regex {
+                    .map_err(|source| CompileError::Regex {
                         pattern: pattern.clone(),
-                        message: regex_message(&e),
+                        source,
                     })?,
             ),
             Check::IsJson => Self::IsJson,
@@ -148,13 +159,15 @@ impl Compiled {
                 jsonschema::options()
                     .offline()
                     .build(schema)
-                    .map_err(|e| CompileError::Schema(with_path(&e)))?,
+                    .map_err(|source| CompileError::Schema {
+                        source: Box::new(source),
+                    })?,
             )),
             Check::JsonPath { path, equals } => Self::JsonPath {
                 source: path.clone(),
-                path: JsonPath::parse(path).map_err(|e| CompileError::Path {
+                path: JsonPath::parse(path).map_err(|source| CompileError::Path {
                     path: path.clone(),
-                    message: path_message(path, &e),
+                    source,
                 })?,
                 equals: equals.clone(),
             },
@@ -263,13 +276,15 @@ impl Compiled {
     /// Runs the check on `target`; `index` is the assertion's place in the request, which is how
     /// a judge's verdict is found.
     pub(crate) fn run(&self, target: &Target<'_>, index: u32) -> Finding {
-        self.find(target, index).unwrap_or_else(Finding::CannotTell)
+        self.find(target, index)
+            .unwrap_or_else(|problem| Finding::CannotTell(problem.to_string()))
     }
 
-    fn find(&self, target: &Target<'_>, index: u32) -> Result<Finding, String> {
+    /// `Err` when the answer is not JSON and the check reads JSON: it cannot tell.
+    fn find<'t>(&self, target: &'t Target<'_>, index: u32) -> Result<Finding, &'t NotJson> {
         let answer = &target.answer;
         let text = answer.text;
-        let json = || answer.json().map_err(str::to_owned);
+        let json = || answer.json();
         let (holds, seen) = match self {
             Self::Similarity {
                 reference,
@@ -332,7 +347,7 @@ impl Compiled {
             },
             Self::IsJson => match answer.json() {
                 Ok(_) => (true, "it is".into()),
-                Err(problem) => (false, problem.to_owned()),
+                Err(problem) => (false, problem.to_string()),
             },
             Self::JsonSchema(validator) => {
                 let errors: Vec<_> = validator.iter_errors(json()?).collect();

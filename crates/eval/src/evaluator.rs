@@ -17,9 +17,9 @@ use chorus_core::messages::{AssertionResult, EvalRequest, EvaluationResult, Targ
 
 use crate::answer::Target;
 use crate::cache::Lru;
-use crate::compiled::{Compiled, Finding, reaches};
+use crate::compiled::{CompileError, Compiled, Finding, reaches};
 
-type Compilation = Result<Arc<Compiled>, String>;
+type Compilation = Result<Arc<Compiled>, CompileError>;
 
 pub struct Evaluator {
     cache: Lru<Arc<Compiled>>,
@@ -92,7 +92,7 @@ impl Evaluator {
             return Ok(hit);
         }
         self.compilations += 1;
-        let compiled = Arc::new(Compiled::new(check).map_err(|e| e.to_string())?);
+        let compiled = Arc::new(Compiled::new(check)?);
         if let Some(key) = key {
             self.cache.insert(key, Arc::clone(&compiled));
         }

@@ -34,10 +34,8 @@ pub use compiled::{CompileError, Compiled};
 pub use evaluator::Evaluator;
 
 /// Compiles `assertion` fully and says what is wrong with it, for rejecting a submission.
-pub fn check(assertion: &Assertion) -> Result<(), String> {
-    Compiled::new(&assertion.check)
-        .map(drop)
-        .map_err(|e| e.to_string())
+pub fn check(assertion: &Assertion) -> Result<(), CompileError> {
+    Compiled::new(&assertion.check).map(drop)
 }
 
 #[cfg(test)]

@@ -21,5 +21,5 @@ pub mod tokens;
 pub use error::{ErrorKind, LlmError};
 pub use provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider, seed_key};
 pub use retry::{CallOutcome, RetryPolicy};
-pub use routes::{Route, Routes, UnknownRoute};
-pub use sim::{SimModel, SimProvider};
+pub use routes::{Route, RouteError, Routes, RoutesError, UnknownRoute};
+pub use sim::{SimModel, SimModelError, SimProvider};

@@ -17,8 +17,8 @@ use chorus_core::spec::{ChatMessage, Params};
 
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{CompletionRequest, Provider};
-use crate::providers;
-use crate::sim::{self, SimModel, SimProvider};
+use crate::providers::{self, ProviderError};
+use crate::sim::{self, SimModel, SimModelError, SimProvider};
 
 /// Prefix of ad-hoc simulator routes (`sim:echo?latency=50ms`).
 pub const SIM_PREFIX: &str = "sim:";
@@ -117,20 +117,24 @@ pub struct Routes {
 
 impl Routes {
     /// Builds every configured route; the error lists every bad one.
-    pub fn new(configs: &[RouteConfig]) -> Result<Self, String> {
+    pub fn new(configs: &[RouteConfig]) -> Result<Self, RoutesError> {
         let sim: Arc<dyn Provider> = Arc::new(SimProvider);
         let mut configured = BTreeMap::new();
         let mut problems = Vec::new();
         for config in configs {
             let name = &config.name;
             if name.starts_with(SIM_PREFIX) {
-                problems.push(format!(
-                    "route name `{name}` is reserved: `sim:<model>` always names the simulator"
-                ));
+                problems.push(RouteError::Reserved {
+                    route: name.clone(),
+                });
             } else if config.timeout.is_zero() {
-                problems.push(format!("route `{name}`: timeout must be more than zero"));
+                problems.push(RouteError::NoTimeout {
+                    route: name.clone(),
+                });
             } else if configured.contains_key(name) {
-                problems.push(format!("route `{name}` is defined twice"));
+                problems.push(RouteError::Twice {
+                    route: name.clone(),
+                });
             } else {
                 match provider_for(config, &sim) {
                     Ok(provider) => {
@@ -153,20 +157,19 @@ impl Routes {
                         .strip_prefix(SIM_PREFIX)
                         .is_some_and(|model| SimModel::parse(model).is_ok());
                 if fallback == &config.name {
-                    problems.push(format!(
-                        "route `{}` lists itself as a fallback",
-                        config.name
-                    ));
+                    problems.push(RouteError::OwnFallback {
+                        route: config.name.clone(),
+                    });
                 } else if !known {
-                    problems.push(format!(
-                        "route `{}`: fallback `{fallback}` is not a configured route or a valid `sim:` route",
-                        config.name
-                    ));
+                    problems.push(RouteError::UnknownFallback {
+                        route: config.name.clone(),
+                        fallback: fallback.clone(),
+                    });
                 }
             }
         }
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(RoutesError { problems });
         }
         Ok(Self {
             configured,
@@ -201,8 +204,8 @@ impl Routes {
     }
 
     /// For validating a job at the edge: is `model` a route this process can call?
-    pub fn check(&self, model: &str) -> Result<(), String> {
-        self.resolve(model).map(drop).map_err(|e| e.to_string())
+    pub fn check(&self, model: &str) -> Result<(), UnknownRoute> {
+        self.resolve(model).map(drop)
     }
 
     /// Configured route names, sorted.
@@ -223,14 +226,71 @@ impl fmt::Debug for Routes {
 fn provider_for(
     config: &RouteConfig,
     sim: &Arc<dyn Provider>,
-) -> Result<Arc<dyn Provider>, String> {
-    let name = &config.name;
+) -> Result<Arc<dyn Provider>, RouteError> {
     if config.provider == sim::PROVIDER_NAME {
         return SimModel::parse(&config.model)
             .map(|_| Arc::clone(sim))
-            .map_err(|e| format!("route `{name}`: {e}"));
+            .map_err(|source| RouteError::Sim {
+                route: config.name.clone(),
+                source,
+            });
     }
     providers::build(config)
+}
+
+/// The configured routes that cannot be used, every one of them (the message joins them with
+/// `; `).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", join(problems))]
+pub struct RoutesError {
+    pub problems: Vec<RouteError>,
+}
+
+fn join(problems: &[RouteError]) -> String {
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    messages.join("; ")
+}
+
+/// Why one configured route cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("route name `{route}` is reserved: `sim:<model>` always names the simulator")]
+    Reserved { route: String },
+    #[error("route `{route}`: timeout must be more than zero")]
+    NoTimeout { route: String },
+    #[error("route `{route}` is defined twice")]
+    Twice { route: String },
+    #[error(
+        "unknown provider `{provider}` in route `{route}`: supported providers are {}",
+        supported()
+    )]
+    UnknownProvider { route: String, provider: String },
+    #[error("route `{route}`: {source}")]
+    Sim {
+        route: String,
+        #[source]
+        source: SimModelError,
+    },
+    #[error("route `{route}`: {source}")]
+    Provider {
+        route: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("route `{route}` lists itself as a fallback")]
+    OwnFallback { route: String },
+    #[error(
+        "route `{route}`: fallback `{fallback}` is not a configured route or a valid `sim:` route"
+    )]
+    UnknownFallback { route: String, fallback: String },
+}
+
+fn supported() -> String {
+    let names: Vec<String> = providers::SUPPORTED
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect();
+    names.join(", ")
 }
 
 /// A job named a route that does not exist here (or a `sim:` model that does not parse).
@@ -240,7 +300,7 @@ pub struct UnknownRoute {
     /// The configured route names.
     pub known: Vec<String>,
     /// Why an ad-hoc `sim:` route was refused.
-    pub problem: Option<String>,
+    pub problem: Option<SimModelError>,
 }
 
 impl fmt::Display for UnknownRoute {
@@ -259,7 +319,13 @@ impl fmt::Display for UnknownRoute {
     }
 }
 
-impl std::error::Error for UnknownRoute {}
+impl std::error::Error for UnknownRoute {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.problem
+            .as_ref()
+            .map(|problem| problem as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A route that disappeared between submission and call fails the step permanently.
 impl From<UnknownRoute> for LlmError {
@@ -308,19 +374,27 @@ mod tests {
         let routes =
             Routes::new(&[config("b", "sim", "echo"), config("a", "sim", "json")]).unwrap();
         assert_eq!(
-            routes.check("gpt").unwrap_err(),
+            routes.check("gpt").unwrap_err().to_string(),
             "unknown route `gpt`: configured routes are `a`, `b`; `sim:<model>` (e.g. `sim:echo`) is always available"
         );
         assert_eq!(
             Routes::new(&[])
                 .unwrap()
                 .check("openai:gpt-4o")
-                .unwrap_err(),
+                .unwrap_err()
+                .to_string(),
             "unknown route `openai:gpt-4o`: no routes are configured; `sim:<model>` (e.g. `sim:echo`) is always available"
         );
+        let sim = routes.check("sim:chat").unwrap_err();
         assert_eq!(
-            routes.check("sim:chat").unwrap_err(),
+            sim.to_string(),
             "route `sim:chat`: unknown sim kind `chat`: use `echo`, `json` or `lorem`"
+        );
+        assert_eq!(
+            sim.problem,
+            Some(SimModelError::UnknownKind {
+                kind: "chat".into()
+            })
         );
         let error = LlmError::from(routes.resolve("gpt").unwrap_err());
         assert_eq!(
@@ -339,8 +413,17 @@ mod tests {
             config("w", "sim", "json"),
         ])
         .unwrap_err();
+        assert!(matches!(
+            err.problems.as_slice(),
+            [
+                RouteError::UnknownProvider { .. },
+                RouteError::Sim { .. },
+                RouteError::Reserved { .. },
+                RouteError::Twice { .. }
+            ]
+        ));
         assert_eq!(
-            err,
+            err.to_string(),
             "unknown provider `gemini` in route `x`: supported providers are `sim`, `openai`, `anthropic`, `ollama`; \
              route `y`: bad value `2` for sim option `fail`: expected a probability from 0 to 1, like `0.5`; \
              route name `sim:z` is reserved: `sim:<model>` always names the simulator; \
@@ -349,7 +432,7 @@ mod tests {
         let mut zero = config("t", "sim", "echo");
         zero.timeout = Duration::ZERO;
         assert_eq!(
-            Routes::new(&[zero]).unwrap_err(),
+            Routes::new(&[zero]).unwrap_err().to_string(),
             "route `t`: timeout must be more than zero"
         );
     }
@@ -389,8 +472,15 @@ mod tests {
         a.fallbacks = vec!["a".into(), "nope".into(), "sim:chat".into()];
         let mut claude = config("claude", "anthropic", "claude-3-5-haiku-latest");
         let no_key = Routes::new(&[claude.clone()]).unwrap_err();
+        assert!(matches!(
+            no_key.problems.as_slice(),
+            [RouteError::Provider {
+                source: ProviderError::NoKey { .. },
+                ..
+            }]
+        ));
         assert_eq!(
-            no_key,
+            no_key.to_string(),
             "route `claude`: anthropic needs an API key: set `api_key_env` or `api_key_file`"
         );
         claude.api_key_env = Some("CHORUS_TEST_UNSET_ANTHROPIC_KEY".into());
@@ -398,7 +488,7 @@ mod tests {
         bad_url.base_url = Some("localhost:8000".into());
         let err = Routes::new(&[a, claude, bad_url]).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "route `claude`: the API key: the variable `CHORUS_TEST_UNSET_ANTHROPIC_KEY` is not set; \
              route `u`: bad base_url `localhost:8000`: scheme `localhost` is not http or https; \
              route `a` lists itself as a fallback; \

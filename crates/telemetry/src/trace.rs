@@ -41,10 +41,18 @@ fn wanted(var: impl Fn(&str) -> Option<String>) -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// Why traces cannot be exported (the settings in the environment do not build an exporter).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot export traces over OTLP: {source}")]
+pub struct ExporterError {
+    #[source]
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
 /// Sets up the exporter when the environment asks for one. Call it once, before the async
 /// runtime starts: the exporter's HTTP client runs on a thread of its own. Returns what went
 /// wrong with the settings, for the caller to report; traces are then off.
-pub fn init_exporter() -> Result<bool, String> {
+pub fn init_exporter() -> Result<bool, ExporterError> {
     if !wanted(|name| std::env::var(name).ok()) {
         return Ok(false);
     }
@@ -61,7 +69,7 @@ pub fn init_exporter() -> Result<bool, String> {
     }
     let exporter = exporter
         .build()
-        .map_err(|e| format!("cannot export traces over OTLP: {e}"))?;
+        .map_err(|source| ExporterError { source })?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("chorus");

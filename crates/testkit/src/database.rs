@@ -134,26 +134,35 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Why an administrative statement on the Postgres server failed.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("cannot start a runtime for it: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Database(#[from] sea_orm::DbErr),
+    #[error("the database admin thread panicked")]
+    Panicked,
+}
+
 /// Runs one statement on the server, on a thread with its own runtime.
-fn admin(server_url: &str, sql: String) -> Result<(), String> {
+fn admin(server_url: &str, sql: String) -> Result<(), AdminError> {
     let mut options = ConnectOptions::new(server_url);
     options.max_connections(1).sqlx_logging(false);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(AdminError::Runtime)?;
         runtime.block_on(async {
-            let db = Database::connect(options)
-                .await
-                .map_err(|e| e.to_string())?;
+            let db = Database::connect(options).await?;
             let result = db.execute_unprepared(&sql).await.map(drop);
             let _ = db.close().await;
-            result.map_err(|e| e.to_string())
+            Ok(result?)
         })
     })
     .join()
-    .map_err(|_| "the database admin thread panicked".to_owned())?
+    .map_err(|_| AdminError::Panicked)?
 }
 
 /// `url` with its database (path) replaced by `name`, keeping any query string.

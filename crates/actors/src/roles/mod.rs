@@ -147,8 +147,8 @@ pub enum ActorsError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Definitions(#[from] DefinitionError),
-    #[error("{0}")]
-    Missing(&'static str),
+    #[error("the definitions have no `{consumer}` consumer to make route consumers from")]
+    NoConsumer { consumer: &'static str },
 }
 
 /// What every role is built from.
@@ -260,9 +260,9 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
 
     // Each limited route has its own consumer, made from the `llm` one, and a gate.
     let definitions = Definitions::configured(&ctx.config.nats)?;
-    let (_, template) = definitions.consumer("llm").ok_or(ActorsError::Missing(
-        "the definitions have no `llm` consumer to make route consumers from",
-    ))?;
+    let (_, template) = definitions
+        .consumer("llm")
+        .ok_or(ActorsError::NoConsumer { consumer: "llm" })?;
     let limits = Limits::open(&ctx.bus).await?;
     let mut limiters = HashMap::new();
     let mut sources = vec![source];

@@ -24,7 +24,7 @@ use chorus_core::codec::{self, headers};
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
 use chorus_core::job::{Effect, Input, JobState, apply};
 use chorus_core::messages::{EvaluationResult, JobAbort, StepResult, Submission};
-use chorus_core::spec::JobSpec;
+use chorus_core::spec::{FieldError, JobSpec};
 use chorus_core::subjects::Stage;
 use chorus_core::trace::TraceContext;
 use chorus_llm::Routes;
@@ -82,19 +82,45 @@ struct Event {
     state_created: bool,
 }
 
+/// Why a submission never becomes a job.
 #[derive(Debug, thiserror::Error)]
 enum Rejected {
-    #[error("{0}")]
-    Undecodable(String),
+    #[error(transparent)]
+    Undecodable(#[from] codec::CodecError),
+    #[error("the orchestrator does not handle {kind} messages")]
+    Unhandled { kind: String },
+    #[error("invalid job spec: MessagePack body does not decode as {what}: {source}")]
+    NotMessagePack {
+        what: &'static str,
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    #[error("invalid job spec: the body is not JSON ({what} expected): {source}")]
+    NotJson {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid job spec: {}", join(problems))]
+    Invalid { problems: Vec<FieldError> },
+    /// What `chorus_core::batch::spec_from_body` says, as text until its error is typed.
     #[error("invalid job spec: {0}")]
-    InvalidSpec(String),
+    Body(String),
+}
+
+fn join(problems: &[FieldError]) -> String {
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    messages.join("; ")
 }
 
 impl Rejected {
     fn kind(&self) -> &'static str {
         match self {
-            Self::Undecodable(_) => "undecodable",
-            Self::InvalidSpec(_) => "invalid_spec",
+            Self::Undecodable(_) | Self::Unhandled { .. } => "undecodable",
+            Self::NotMessagePack { .. }
+            | Self::NotJson { .. }
+            | Self::Invalid { .. }
+            | Self::Body(_) => "invalid_spec",
         }
     }
 }
@@ -214,7 +240,6 @@ impl Orchestrator {
     fn decode(&self, delivery: &Delivery) -> Result<Event, Rejected> {
         let subjects = &self.shared.bus.subjects;
         let kind = delivery.header(headers::TYPE);
-        let undecodable = |e: codec::CodecError| Rejected::Undecodable(e.to_string());
         if let Some(tenant) = subjects.tenant_of_submit(delivery.subject()) {
             let now = now_millis();
             // The job's trace: the submitter's, else the one this span began.
@@ -226,7 +251,7 @@ impl Orchestrator {
             let (job, spec, state_created, origin, stream) = match kind {
                 Some(_) => {
                     let submission: Submission =
-                        codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                        codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
                     let Submission {
                         job_id,
                         spec,
@@ -244,7 +269,7 @@ impl Orchestrator {
                     if let Some(origin) = &origin {
                         chorus_core::batch::check_custom_id(&origin.custom_id)
                             .and_then(|()| chorus_core::batch::check_batch_id(&origin.batch))
-                            .map_err(|e| Rejected::InvalidSpec(e.to_string()))?;
+                            .map_err(|e| Rejected::Invalid { problems: vec![e] })?;
                     }
                     let endpoint = origin.as_ref().map_or(Endpoint::Jobs, |o| o.endpoint);
                     let spec = parse_external(delivery, endpoint)?;
@@ -261,8 +286,7 @@ impl Orchestrator {
                 routes: &self.shared.routes,
             });
             if !errors.is_empty() {
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                return Err(Rejected::InvalidSpec(list.join("; ")));
+                return Err(Rejected::Invalid { problems: errors });
             }
             let batch = origin.as_ref().map(|o| o.batch.as_str());
             let input = match self.shared.cancels.cancelled(&tenant, job, batch) {
@@ -283,12 +307,12 @@ impl Orchestrator {
         let (tenant, job, input) = match kind.and_then(|k| k.split('/').next()) {
             Some("step.result") => {
                 let result: StepResult =
-                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                    codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
                 (result.tenant.clone(), result.job_id, Input::Step(result))
             }
             Some("eval.result") => {
                 let result: EvaluationResult =
-                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                    codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
                 (
                     result.tenant.clone(),
                     result.job_id,
@@ -297,14 +321,13 @@ impl Orchestrator {
             }
             Some("job.abort") => {
                 let abort: JobAbort =
-                    codec::decode(kind, delivery.payload()).map_err(undecodable)?;
+                    codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
                 (abort.tenant.clone(), abort.job_id, Input::Abort(abort))
             }
             _ => {
-                return Err(Rejected::Undecodable(format!(
-                    "the orchestrator does not handle {} messages",
-                    kind.unwrap_or("untyped")
-                )));
+                return Err(Rejected::Unhandled {
+                    kind: kind.unwrap_or("untyped").into(),
+                });
             }
         };
         Ok(Event {
@@ -502,13 +525,11 @@ fn parse_external(delivery: &Delivery, endpoint: Endpoint) -> Result<JobSpec, Re
         Endpoint::ChatCompletions => "a chat completion request",
     };
     let body: serde_json::Value = if content_type.starts_with(codec::MSGPACK) {
-        rmp_serde::from_slice(delivery.payload()).map_err(|e| {
-            Rejected::InvalidSpec(format!("MessagePack body does not decode as {what}: {e}"))
-        })?
+        rmp_serde::from_slice(delivery.payload())
+            .map_err(|source| Rejected::NotMessagePack { what, source })?
     } else {
-        serde_json::from_slice(delivery.payload()).map_err(|e| {
-            Rejected::InvalidSpec(format!("the body is not JSON ({what} expected): {e}"))
-        })?
+        serde_json::from_slice(delivery.payload())
+            .map_err(|source| Rejected::NotJson { what, source })?
     };
-    chorus_core::batch::spec_from_body(endpoint, body).map_err(Rejected::InvalidSpec)
+    chorus_core::batch::spec_from_body(endpoint, body).map_err(Rejected::Body)
 }

@@ -205,10 +205,7 @@ async fn measure(
         }
         idle.record(at.elapsed().as_micros().max(1) as u64)?;
     }
-    runtime
-        .run_until(async {})
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    runtime.run_until(async {}).await?;
 
     let jobs_per_sec = args.jobs as f64 / elapsed.as_secs_f64();
     let messages_per_job = (after - before) as f64 / args.jobs as f64;

@@ -151,10 +151,7 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
     for worker in &mut workers {
         stop(worker).await;
     }
-    runtime
-        .run_until(async {})
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    runtime.run_until(async {}).await?;
 
     let window = WINDOW.min(args.duration);
     let ceiling =

@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::ProviderError;
 use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
@@ -39,18 +40,24 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    pub fn new(config: &RouteConfig) -> Result<Self, String> {
+    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let version = config.api_version.as_deref().unwrap_or(DEFAULT_VERSION);
         let http = Http::new(config)?;
         if !http.has_key() {
-            return Err("anthropic needs an API key: set `api_key_env` or `api_key_file`".into());
+            return Err(ProviderError::NoKey {
+                provider: PROVIDER_NAME,
+            });
         }
         Ok(Self {
             http,
             url: endpoint(base, "v1/messages")?,
-            version: HeaderValue::from_str(version)
-                .map_err(|_| format!("bad api_version `{version}`"))?,
+            version: HeaderValue::from_str(version).map_err(|source| {
+                ProviderError::ApiVersion {
+                    version: version.into(),
+                    source,
+                }
+            })?,
             max_tokens: config.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         })
     }

@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::ProviderError;
 use crate::error::{ErrorKind, LlmError};
 
 /// A route's API key, from the variable named by `api_key_env` or the file `api_key_file`.
@@ -26,20 +27,20 @@ pub struct ApiKey(SecretString);
 
 impl ApiKey {
     /// `Ok(None)` when the route names no key. Errors name the variable or file, never the key.
-    pub fn load(config: &RouteConfig) -> Result<Option<Self>, String> {
+    pub fn load(config: &RouteConfig) -> Result<Option<Self>, ProviderError> {
         if config.api_key_env.is_some() && config.api_key_file.is_some() {
-            return Err("set `api_key_env` or `api_key_file`, not both".into());
+            return Err(ProviderError::TwoKeys);
         }
         let key = load_secret(
             config.api_key_env.as_deref(),
             config.api_key_file.as_deref(),
         )
-        .map_err(|e| format!("the API key: {e}"))?;
+        .map_err(|source| ProviderError::Key { source })?;
         let Some(key) = key else {
             return Ok(None);
         };
         if !key.expose_secret().bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the API key has characters an HTTP header cannot carry".into());
+            return Err(ProviderError::KeyNotAHeader);
         }
         Ok(Some(Self(key)))
     }
@@ -82,12 +83,12 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(config: &RouteConfig) -> Result<Self, String> {
+    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
             .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+            .map_err(|source| ProviderError::Client { source })?;
         Ok(Self {
             client,
             timeout: config.timeout,
@@ -270,18 +271,22 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, 
 }
 
 /// `base` with `path` appended (a base URL may or may not end in `/`).
-pub(crate) fn endpoint(base: &str, path: &str) -> Result<Url, String> {
+pub(crate) fn endpoint(base: &str, path: &str) -> Result<Url, ProviderError> {
     let url = format!(
         "{}/{}",
         base.trim_end_matches('/'),
         path.trim_start_matches('/')
     );
-    let url = Url::parse(&url).map_err(|e| format!("bad base_url `{base}`: {e}"))?;
+    let url = Url::parse(&url).map_err(|source| ProviderError::BaseUrl {
+        base: base.into(),
+        source,
+    })?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(format!(
-            "bad base_url `{base}`: scheme `{other}` is not http or https"
-        )),
+        other => Err(ProviderError::Scheme {
+            base: base.into(),
+            scheme: other.into(),
+        }),
     }
 }
 
@@ -330,6 +335,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_core::config::SecretError;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs
@@ -378,12 +384,14 @@ mod tests {
     fn endpoints_join_paths_and_refuse_other_schemes() {
         let url = endpoint("http://h:1/v1/", "/chat/completions").unwrap();
         assert_eq!(url.as_str(), "http://h:1/v1/chat/completions");
-        assert!(
-            endpoint("ftp://h", "x")
-                .unwrap_err()
-                .contains("scheme `ftp`")
+        assert_eq!(
+            endpoint("ftp://h", "x").unwrap_err().to_string(),
+            "bad base_url `ftp://h`: scheme `ftp` is not http or https"
         );
-        assert!(endpoint("not a url", "x").is_err());
+        assert!(matches!(
+            endpoint("not a url", "x"),
+            Err(ProviderError::BaseUrl { .. })
+        ));
     }
 
     #[test]
@@ -403,27 +411,35 @@ mod tests {
         );
 
         std::fs::write(&path, "sk bad\n").unwrap();
-        let error = ApiKey::load(&config).unwrap_err();
+        let error = ApiKey::load(&config).unwrap_err().to_string();
         assert!(
             error.contains("cannot carry") && !error.contains("sk bad"),
             "{error}"
         );
         config.api_key_env = Some("CHORUS_TEST_NO_SUCH_KEY_VARIABLE".into());
         assert_eq!(
-            ApiKey::load(&config).unwrap_err(),
+            ApiKey::load(&config).unwrap_err().to_string(),
             "set `api_key_env` or `api_key_file`, not both"
         );
         config.api_key_file = None;
         assert_eq!(
-            ApiKey::load(&config).unwrap_err(),
+            ApiKey::load(&config).unwrap_err().to_string(),
             "the API key: the variable `CHORUS_TEST_NO_SUCH_KEY_VARIABLE` is not set"
         );
         config.api_key_env = None;
         config.api_key_file = Some(dir.path().join("missing"));
+        let unreadable = ApiKey::load(&config).unwrap_err();
         assert!(
-            ApiKey::load(&config)
-                .unwrap_err()
-                .starts_with("the API key: cannot read ")
+            unreadable
+                .to_string()
+                .starts_with("the API key: cannot read "),
+            "{unreadable}"
         );
+        assert!(matches!(
+            unreadable,
+            ProviderError::Key {
+                source: SecretError::Unreadable { .. }
+            }
+        ));
     }
 }

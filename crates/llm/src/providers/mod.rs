@@ -15,9 +15,10 @@ pub mod openai;
 
 use std::sync::Arc;
 
-use chorus_core::config::RouteConfig;
+use chorus_core::config::{RouteConfig, SecretError};
 
 use crate::provider::Provider;
+use crate::routes::RouteError;
 
 pub use anthropic::Anthropic;
 pub use http::ApiKey;
@@ -32,26 +33,62 @@ pub const SUPPORTED: [&str; 4] = [
     ollama::PROVIDER_NAME,
 ];
 
+/// Why a route's HTTP provider cannot be built. The message names the setting, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("set `api_key_env` or `api_key_file`, not both")]
+    TwoKeys,
+    #[error("the API key: {source}")]
+    Key {
+        #[source]
+        source: SecretError,
+    },
+    #[error("the API key has characters an HTTP header cannot carry")]
+    KeyNotAHeader,
+    #[error("{provider} needs an API key: set `api_key_env` or `api_key_file`")]
+    NoKey { provider: &'static str },
+    #[error("bad base_url `{base}`: {source}")]
+    BaseUrl {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("bad base_url `{base}`: scheme `{scheme}` is not http or https")]
+    Scheme { base: String, scheme: String },
+    #[error("bad api_version `{version}`")]
+    ApiVersion {
+        version: String,
+        #[source]
+        source: reqwest::header::InvalidHeaderValue,
+    },
+    #[error("cannot build an HTTP client: {source}")]
+    Client {
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 /// Builds the HTTP provider a route names (the simulator is the caller's). The error names the
 /// route and, for a missing key, the variable or file — never the key.
-pub fn build(config: &RouteConfig) -> Result<Arc<dyn Provider>, String> {
+pub fn build(config: &RouteConfig) -> Result<Arc<dyn Provider>, RouteError> {
     fn shared<P: Provider + 'static>(
-        provider: Result<P, String>,
-    ) -> Result<Arc<dyn Provider>, String> {
+        provider: Result<P, ProviderError>,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
         provider.map(|p| Arc::new(p) as Arc<dyn Provider>)
     }
-    let name = &config.name;
     match config.provider.as_str() {
         openai::PROVIDER_NAME => shared(OpenAi::new(config)),
         anthropic::PROVIDER_NAME => shared(Anthropic::new(config)),
         ollama::PROVIDER_NAME => shared(Ollama::new(config)),
         other => {
-            let supported: Vec<String> = SUPPORTED.iter().map(|p| format!("`{p}`")).collect();
-            return Err(format!(
-                "unknown provider `{other}` in route `{name}`: supported providers are {}",
-                supported.join(", ")
-            ));
+            return Err(RouteError::UnknownProvider {
+                route: config.name.clone(),
+                provider: other.into(),
+            });
         }
     }
-    .map_err(|e| format!("route `{name}`: {e}"))
+    .map_err(|source| RouteError::Provider {
+        route: config.name.clone(),
+        source,
+    })
 }

@@ -19,6 +19,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::ProviderError;
 use super::http::{ErrorBody, Http, decode, ended_early, endpoint};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
@@ -34,7 +35,7 @@ pub struct Ollama {
 }
 
 impl Ollama {
-    pub fn new(config: &RouteConfig) -> Result<Self, String> {
+    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
             http: Http::new(config)?,

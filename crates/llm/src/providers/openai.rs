@@ -22,6 +22,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ProviderError;
 use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
@@ -38,7 +39,7 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(config: &RouteConfig) -> Result<Self, String> {
+    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let mut url = endpoint(base, "chat/completions")?;
         if let Some(version) = &config.api_version {

@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider, stable_hash};
 
-pub use model::{Latency, SimError, SimKind, SimModel};
+pub use model::{Latency, SimError, SimKind, SimModel, SimModelError};
 
 /// The provider name of the simulator in route configuration.
 pub const PROVIDER_NAME: &str = "sim";
@@ -79,7 +79,8 @@ impl Provider for SimProvider {
 }
 
 async fn simulate(request: &CompletionRequest) -> Result<Completion, LlmError> {
-    let model = SimModel::parse(&request.model).map_err(|e| LlmError::from_status(404, e))?;
+    let model =
+        SimModel::parse(&request.model).map_err(|e| LlmError::from_status(404, e.to_string()))?;
     let mut rng = StdRng::seed_from_u64(request.seed_key);
     let latency = match model.latency {
         Latency::Fixed(latency) => latency,

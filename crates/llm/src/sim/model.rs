@@ -6,7 +6,8 @@ use std::time::Duration;
 const KINDS: &str = "`echo`, `json` or `lorem`";
 const OPTIONS: &str = "`latency`, `fail`, `error`, `retry_after` or `tokens`";
 const STATUSES: [u16; 7] = [429, 500, 502, 503, 529, 400, 401];
-const ERRORS: &str = "429, 500, 502, 503, 529, 400, 401, timeout or malformed";
+const ERRORS: &str = "one of 429, 500, 502, 503, 529, 400, 401, timeout or malformed";
+const TOKENS: &str = "a whole number from 1 to 100000";
 const DEFAULT_TOKENS: u32 = 64;
 const MAX_TOKENS: u32 = 100_000;
 
@@ -50,19 +51,44 @@ pub struct SimModel {
     pub tokens: u32,
 }
 
+/// Why a sim model name does not parse; the message lists what is valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SimModelError {
+    #[error("empty sim model: use {KINDS}, optionally followed by `?option=value&…`")]
+    Empty,
+    #[error("unknown sim kind `{kind}`: use {KINDS}")]
+    UnknownKind { kind: String },
+    #[error("unknown sim option `{option}`: use {OPTIONS}")]
+    UnknownOption { option: String },
+    #[error("sim option `{option}` needs a value (`{option}=…`)")]
+    NoValue { option: String },
+    #[error("sim option `{option}` is given twice")]
+    Twice { option: String },
+    #[error("bad value `{value}` for sim option `{option}`: expected {expected}")]
+    BadValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("sim option `tokens` applies only to `lorem`")]
+    TokensWithoutLorem,
+    #[error("give sim option `error` or `fail`, not both")]
+    ErrorAndFail,
+    #[error("sim option `retry_after` applies only with `error=429` or `error=529`")]
+    RetryAfterWithoutThrottling,
+}
+
 impl SimModel {
-    pub fn parse(model: &str) -> Result<Self, String> {
+    pub fn parse(model: &str) -> Result<Self, SimModelError> {
         let (kind, query) = model.split_once('?').unwrap_or((model, ""));
         let kind = match kind {
             "echo" => SimKind::Echo,
             "json" => SimKind::Json,
             "lorem" => SimKind::Lorem,
-            "" => {
-                return Err(format!(
-                    "empty sim model: use {KINDS}, optionally followed by `?option=value&…`"
-                ));
+            "" => return Err(SimModelError::Empty),
+            other => {
+                return Err(SimModelError::UnknownKind { kind: other.into() });
             }
-            other => return Err(format!("unknown sim kind `{other}`: use {KINDS}")),
         };
         let mut sim = Self {
             kind,
@@ -75,14 +101,20 @@ impl SimModel {
         let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let Some((name, value)) = pair.split_once('=') else {
-                return Err(format!("sim option `{pair}` needs a value (`{pair}=…`)"));
+                return Err(SimModelError::NoValue {
+                    option: pair.into(),
+                });
             };
             if seen.contains(&name) {
-                return Err(format!("sim option `{name}` is given twice"));
+                return Err(SimModelError::Twice {
+                    option: name.into(),
+                });
             }
             seen.push(name);
-            let bad = |expected: &str| {
-                format!("bad value `{value}` for sim option `{name}`: expected {expected}")
+            let bad = |expected: &'static str| SimModelError::BadValue {
+                option: name.into(),
+                value: value.into(),
+                expected,
             };
             match name {
                 "latency" => {
@@ -106,7 +138,7 @@ impl SimModel {
                             .ok()
                             .filter(|status| STATUSES.contains(status))
                             .map(SimError::Status)
-                            .ok_or_else(|| bad(&format!("one of {ERRORS}")))?,
+                            .ok_or_else(|| bad(ERRORS))?,
                     });
                 }
                 "retry_after" => {
@@ -118,22 +150,24 @@ impl SimModel {
                         .parse()
                         .ok()
                         .filter(|n| (1..=MAX_TOKENS).contains(n))
-                        .ok_or_else(|| bad(&format!("a whole number from 1 to {MAX_TOKENS}")))?;
+                        .ok_or_else(|| bad(TOKENS))?;
                 }
-                other => return Err(format!("unknown sim option `{other}`: use {OPTIONS}")),
+                other => {
+                    return Err(SimModelError::UnknownOption {
+                        option: other.into(),
+                    });
+                }
             }
         }
         if seen.contains(&"tokens") && kind != SimKind::Lorem {
-            return Err("sim option `tokens` applies only to `lorem`".into());
+            return Err(SimModelError::TokensWithoutLorem);
         }
         if seen.contains(&"fail") && sim.error.is_some() {
-            return Err("give sim option `error` or `fail`, not both".into());
+            return Err(SimModelError::ErrorAndFail);
         }
         let throttles = matches!(sim.error, Some(SimError::Status(429 | 529)));
         if seen.contains(&"retry_after") && !throttles {
-            return Err(
-                "sim option `retry_after` applies only with `error=429` or `error=529`".into(),
-            );
+            return Err(SimModelError::RetryAfterWithoutThrottling);
         }
         Ok(sim)
     }
@@ -195,6 +229,20 @@ mod tests {
     }
 
     #[test]
+    fn the_token_bound_is_the_one_the_error_names() {
+        assert!(TOKENS.ends_with(&MAX_TOKENS.to_string()));
+        assert!(SimModel::parse(&format!("lorem?tokens={MAX_TOKENS}")).is_ok());
+        assert_eq!(
+            SimModel::parse(&format!("lorem?tokens={}", MAX_TOKENS + 1)),
+            Err(SimModelError::BadValue {
+                option: "tokens".into(),
+                value: (MAX_TOKENS + 1).to_string(),
+                expected: TOKENS
+            })
+        );
+    }
+
+    #[test]
     fn errors_say_what_is_wrong_and_what_is_valid() {
         let cases = [
             (
@@ -249,7 +297,11 @@ mod tests {
             ),
         ];
         for (model, expected) in cases {
-            assert_eq!(SimModel::parse(model).unwrap_err(), expected, "{model}");
+            assert_eq!(
+                SimModel::parse(model).unwrap_err().to_string(),
+                expected,
+                "{model}"
+            );
         }
     }
 }
