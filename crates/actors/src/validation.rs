@@ -2,18 +2,22 @@
 
 use chorus_core::assertion::Assertion;
 use chorus_core::spec::Validator;
-use chorus_llm::Routes;
+use chorus_eval::CompileError;
+use chorus_llm::{Routes, UnknownRoute};
 
 pub struct SpecValidator<'a> {
     pub routes: &'a Routes,
 }
 
 impl Validator for SpecValidator<'_> {
-    fn check_route(&self, model: &str) -> Result<(), String> {
-        self.routes.check(model).map_err(|e| e.to_string())
+    type RouteError = UnknownRoute;
+    type AssertionError = CompileError;
+
+    fn check_route(&self, model: &str) -> Result<(), UnknownRoute> {
+        self.routes.check(model)
     }
 
-    fn check_assertion(&self, assertion: &Assertion) -> Result<(), String> {
-        chorus_eval::check(assertion).map_err(|e| e.to_string())
+    fn check_assertion(&self, assertion: &Assertion) -> Result<(), CompileError> {
+        chorus_eval::check(assertion)
     }
 }

@@ -454,9 +454,9 @@ pub fn parse_stage(name: &str) -> Result<Stage, UnknownStage> {
 
 /// Text that is neither a time nor a duration ago.
 #[derive(Debug, thiserror::Error)]
-#[error("`{text}` is neither an RFC 3339 time nor a duration ago such as `2h`")]
+#[error("`{input}` is neither an RFC 3339 time nor a duration ago such as `2h`")]
 pub struct BadTime {
-    pub text: String,
+    pub input: String,
 }
 
 /// An RFC 3339 time (`2025-06-01T12:00:00Z`), or a duration ago (`90s`, `2h`, `3days`).
@@ -473,7 +473,7 @@ fn parse_time_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, BadTim
         .and_then(|ago| chrono::Duration::from_std(ago).ok())
         .and_then(|ago| now.checked_sub_signed(ago))
         .ok_or_else(|| BadTime {
-            text: text.to_owned(),
+            input: text.to_owned(),
         })
 }
 

@@ -20,7 +20,7 @@ pub enum NatsChildError {
         #[source]
         source: LocateError,
     },
-    #[error("cannot create {}: {source}", path.display())]
+    #[error("cannot write {}: {source}", path.display())]
     Store {
         path: PathBuf,
         #[source]
@@ -66,8 +66,12 @@ impl NatsChild {
             .map_err(|source| NatsChildError::Port { source })?
             .port();
         let config = store.join("chorus.conf");
-        std::fs::write(&config, server_binary::SERVER_CONFIG)
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        std::fs::write(&config, server_binary::SERVER_CONFIG).map_err(|source| {
+            NatsChildError::Store {
+                path: config.clone(),
+                source,
+            }
+        })?;
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&config)

@@ -62,10 +62,9 @@ impl Scopes {
         Scope::ALL.into_iter().filter(move |s| self.contains(*s))
     }
 
-    /// Reads `submit,read` as [`str::parse`] does, with the error as text: for `chorus-store`,
-    /// until the lead converts it to [`ScopesError`].
-    pub fn parse(text: &str) -> Result<Self, String> {
-        text.parse().map_err(|e: ScopesError| e.to_string())
+    /// Reads `submit,read` (as [`str::parse`] does).
+    pub fn parse(text: &str) -> Result<Self, ScopesError> {
+        text.parse()
     }
 }
 

@@ -283,7 +283,7 @@ impl Collector {
 pub fn parse_file(
     bytes: &[u8],
     max_lines: usize,
-    validator: &dyn Validator,
+    validator: &impl Validator,
 ) -> Result<Vec<BatchLine>, FileErrors> {
     let (lines, mut problems) = read_lines(bytes, max_lines)?;
     for line in &lines {
@@ -518,17 +518,17 @@ fn parse_body(
 }
 
 /// A request body as a job spec, read as `endpoint` says: a line's `body`, or a JetStream
-/// submission's whole payload. Errors name the field within the body (`messages[0].role: …`).
-pub fn spec_from_body(endpoint: Endpoint, body: Value) -> Result<JobSpec, String> {
+/// submission's whole payload. The error names the field within the body (`messages[0].role`).
+pub fn spec_from_body(endpoint: Endpoint, body: Value) -> Result<JobSpec, FieldError> {
     let Value::Object(body) = body else {
-        return Err(format!(
-            "the body must be a JSON object, got {}",
-            kind(&body)
+        return Err(FieldError::new(
+            "body",
+            format!("must be a JSON object, got {}", kind(&body)),
         ));
     };
-    body_spec(endpoint, body).map_err(|e| match e.param.strip_prefix("body.") {
-        Some(field) => format!("{field}: {}", e.message),
-        None => e.message,
+    body_spec(endpoint, body).map_err(|e| {
+        let field = e.param.strip_prefix("body.").unwrap_or(&e.param);
+        FieldError::new(field, e.message)
     })
 }
 
@@ -929,6 +929,9 @@ mod tests {
     const ANY: Routes = Routes(&[]);
 
     impl Validator for Routes {
+        type RouteError = String;
+        type AssertionError = std::convert::Infallible;
+
         fn check_route(&self, model: &str) -> Result<(), String> {
             if self.0.is_empty() || self.0.contains(&model) {
                 Ok(())
@@ -937,7 +940,7 @@ mod tests {
             }
         }
 
-        fn check_assertion(&self, _: &Assertion) -> Result<(), String> {
+        fn check_assertion(&self, _: &Assertion) -> Result<(), Self::AssertionError> {
             Ok(())
         }
     }
@@ -1488,11 +1491,13 @@ mod tests {
             (
                 Endpoint::Jobs,
                 json!([1]),
-                "the body must be a JSON object, got an array",
+                "body: must be a JSON object, got an array",
             ),
         ] {
-            let err = spec_from_body(endpoint, body.clone()).unwrap_err();
-            assert!(err.starts_with(want), "{body}\n  got: {err}\n want: {want}");
+            let err = spec_from_body(endpoint, body.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}\n  got: {err}\n want: {want}");
         }
     }
 

@@ -216,12 +216,15 @@ impl FieldError {
     }
 }
 
-/// What validation needs from outside the spec.
+/// What validation needs from outside the spec: the installation's routes and its assertion
+/// compiler, each with its own error (shown as the field's problem).
 pub trait Validator {
+    type RouteError: std::fmt::Display;
+    type AssertionError: std::fmt::Display;
     /// Checks that `model` names a route; the error lists the known ones.
-    fn check_route(&self, model: &str) -> Result<(), String>;
+    fn check_route(&self, model: &str) -> Result<(), Self::RouteError>;
     /// Checks one assertion fully (compiles regexes, schemas, paths).
-    fn check_assertion(&self, assertion: &Assertion) -> Result<(), String>;
+    fn check_assertion(&self, assertion: &Assertion) -> Result<(), Self::AssertionError>;
 }
 
 impl JobSpec {
@@ -235,11 +238,15 @@ impl JobSpec {
     }
 
     /// Every problem with the spec, in field order. Empty means valid.
-    pub fn validate(&self, validator: &dyn Validator) -> Vec<FieldError> {
+    pub fn validate(&self, validator: &impl Validator) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let route = |field: String, model: &str, errors: &mut Vec<FieldError>| {
             if let Err(problem) = validator.check_route(model) {
-                errors.push(FieldError::of(FieldErrorKind::UnknownRoute, field, problem));
+                errors.push(FieldError::of(
+                    FieldErrorKind::UnknownRoute,
+                    field,
+                    problem.to_string(),
+                ));
             }
         };
         match (&self.model, self.models.is_empty()) {
@@ -399,7 +406,7 @@ impl JobSpec {
                     errors.push(FieldError::of(
                         FieldErrorKind::Assertion,
                         format!("evaluate.assertions[{i}]"),
-                        problem,
+                        problem.to_string(),
                     ));
                 }
                 if let Some((_, _, Some(model))) = a.check.judge() {
@@ -524,11 +531,14 @@ mod tests {
     struct AnyRoute;
 
     impl Validator for AnyRoute {
-        fn check_route(&self, _: &str) -> Result<(), String> {
+        type RouteError = std::convert::Infallible;
+        type AssertionError = std::convert::Infallible;
+
+        fn check_route(&self, _: &str) -> Result<(), Self::RouteError> {
             Ok(())
         }
 
-        fn check_assertion(&self, _: &Assertion) -> Result<(), String> {
+        fn check_assertion(&self, _: &Assertion) -> Result<(), Self::AssertionError> {
             Ok(())
         }
     }

@@ -20,7 +20,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Missing};
 use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::{DeadLetterList, ErrorBody, PointInTime, PurgeAnswer, ReplayAnswer};
 use crate::state::AppState;
@@ -113,7 +113,13 @@ fn dlq_error(e: DlqError) -> ApiError {
             param: None,
             code: "invalid_value",
         },
-        DlqErrorKind::NotFound => ApiError::NotFound(e.to_string()),
+        DlqErrorKind::NotFound => match e {
+            DlqError::NotADeadLetter { sequence, .. } => ApiError::NotFound {
+                what: Missing::DeadLetter,
+                id: sequence.to_string(),
+            },
+            e => ApiError::unavailable("NATS", e),
+        },
         DlqErrorKind::Unavailable => ApiError::unavailable("NATS", e),
     }
 }
@@ -125,7 +131,7 @@ fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, dlq::BadTi
         || DURATION.as_ref().is_some_and(|d| d.is_match(text));
     if !documented {
         return Err(dlq::BadTime {
-            text: text.to_owned(),
+            input: text.to_owned(),
         });
     }
     dlq::parse_time(text)
@@ -206,9 +212,10 @@ pub async fn show(
             })?;
     match DeadLetters::new(state.bus.clone()).get(seq).await {
         Ok(Some(entry)) => Ok(Json(entry.detail())),
-        Ok(None) => Err(ApiError::NotFound(format!(
-            "no dead letter at sequence {seq}"
-        ))),
+        Ok(None) => Err(ApiError::NotFound {
+            what: Missing::DeadLetter,
+            id: seq.to_string(),
+        }),
         Err(e) => Err(dlq_error(e)),
     }
 }

@@ -32,7 +32,7 @@ use chorus_core::Tenant;
 use chorus_core::auth::{Caller, Scope};
 use secrecy::SecretString;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Unauthorized};
 use crate::state::AppState;
 
 /// How requests are authenticated.
@@ -89,7 +89,7 @@ impl Auth {
             }
             Ok(None) => {
                 verified().remove(&digest);
-                Err(ApiError::Unauthorized("the API key is not valid".into()))
+                Err(Unauthorized::NotValid.into())
             }
             Err(e) if e.kind() == StoreErrorKind::Unavailable => {
                 let remembered = verified()
@@ -120,16 +120,12 @@ fn bearer(request: &Request) -> Result<SecretString, ApiError> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthorized("no API key: send it as `Authorization: Bearer <key>`".into())
-        })?
+        .ok_or(Unauthorized::NoKey)?
         .to_str()
-        .map_err(|_| ApiError::Unauthorized("the Authorization header is not text".into()))?;
+        .map_err(|_| Unauthorized::NotText)?;
     let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
-        return Err(ApiError::Unauthorized(
-            "the Authorization header must be `Bearer <key>`".into(),
-        ));
+        return Err(Unauthorized::NotBearer.into());
     }
     Ok(SecretString::from(key.trim().to_owned()))
 }
@@ -164,11 +160,10 @@ pub async fn authorize(
         Err(e) => return e.into_response(),
     };
     if !caller.scopes.contains(scope) {
-        return ApiError::Forbidden(format!(
-            "this API key lacks the `{}` scope this route needs (it has: {})",
-            scope.as_str(),
-            caller.scopes
-        ))
+        return ApiError::Forbidden {
+            needs: scope,
+            has: caller.scopes,
+        }
         .into_response();
     }
     if let Err(retry_after) = state.auth.charge(&caller, Instant::now()) {

@@ -23,7 +23,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Missing};
 use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
@@ -93,7 +93,10 @@ pub async fn create(
         .file_content(&tenant, &request.input_file_id)
         .await
         .map_err(db)?
-        .ok_or_else(|| ApiError::NotFound(format!("no file `{}`", request.input_file_id)))?;
+        .ok_or_else(|| ApiError::NotFound {
+            what: Missing::File,
+            id: request.input_file_id.clone(),
+        })?;
     let validator = SpecValidator {
         routes: &state.routes,
     };
@@ -299,10 +302,11 @@ pub async fn cancel(
     match batch.status {
         BatchStatus::Cancelling | BatchStatus::Cancelled => return Ok(Json(batch)),
         BatchStatus::Completed | BatchStatus::Failed | BatchStatus::Expired => {
-            return Err(ApiError::Conflict(format!(
-                "batch `{id}` is already {}; only an unfinished batch can be cancelled",
-                batch.status.as_str()
-            )));
+            return Err(ApiError::Finished {
+                what: Missing::Batch,
+                id: id.clone(),
+                status: batch.status.as_str(),
+            });
         }
         BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {}
     }
@@ -349,7 +353,10 @@ pub async fn report(
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no batch `{id}`"))
+    ApiError::NotFound {
+        what: Missing::Batch,
+        id: id.to_owned(),
+    }
 }
 
 fn db(e: chorus_store::StoreError) -> ApiError {

@@ -10,6 +10,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chorus_core::auth::{Scope, Scopes};
 use chorus_core::spec::{FieldError, FieldErrorKind};
 use serde_json::json;
 
@@ -47,29 +48,38 @@ pub enum ApiError {
         param: Option<String>,
     },
     /// A method the path does not serve (the router adds the `Allow` header of those it does).
-    #[error("`{0}` is not served at this path; the `Allow` header lists the methods that are")]
-    MethodNotAllowed(String),
+    #[error("`{method}` is not served at this path; the `Allow` header lists the methods that are")]
+    MethodNotAllowed { method: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error("{0}")]
-    NotFound(String),
+    /// The request names something this tenant does not have.
+    #[error("no {what} `{id}`")]
+    NotFound { what: Missing, id: String },
+    /// A path no route serves.
+    #[error("no such route")]
+    NoSuchRoute,
     /// A batch input file with bad lines; `details` (the lines by number) joins the error body.
     #[error("{message}")]
     BadLines {
         message: String,
         details: serde_json::Value,
     },
-    /// The request conflicts with the resource's state (cancelling a finished job).
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// Cancelling a job or batch that has already finished.
+    #[error("{what} `{id}` is already {status}; only an unfinished {what} can be cancelled")]
+    Finished {
+        what: Missing,
+        id: String,
+        status: &'static str,
+    },
+    /// NATS or the database could not serve the request (the cause is logged, not answered).
+    #[error("{what} is unavailable; retry shortly")]
+    Unavailable { what: &'static str },
     /// No API key, or one that is not a live key.
-    #[error("{0}")]
-    Unauthorized(String),
+    #[error(transparent)]
+    Unauthorized(#[from] Unauthorized),
     /// A live key without the scope the route needs.
-    #[error("{0}")]
-    Forbidden(String),
+    #[error("this API key lacks the `{}` scope this route needs (it has: {has})", needs.as_str())]
+    Forbidden { needs: Scope, has: Scopes },
     /// The key's request rate is used up; `retry_after` whole seconds until the next request is
     /// admitted.
     #[error("too many requests for this API key; retry after {retry_after} s")]
@@ -82,6 +92,39 @@ pub enum ApiError {
         code: String,
         message: String,
     },
+}
+
+/// What kind of thing a request named that does not exist, or has finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    Job,
+    File,
+    Batch,
+    DeadLetter,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Job => "job",
+            Self::File => "file",
+            Self::Batch => "batch",
+            Self::DeadLetter => "dead letter at sequence",
+        })
+    }
+}
+
+/// Why a request has no live API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthorized {
+    #[error("no API key: send it as `Authorization: Bearer <key>`")]
+    NoKey,
+    #[error("the Authorization header is not text")]
+    NotText,
+    #[error("the Authorization header must be `Bearer <key>`")]
+    NotBearer,
+    #[error("the API key is not valid")]
+    NotValid,
 }
 
 impl ApiError {
@@ -145,9 +188,9 @@ impl ApiError {
         }
     }
 
-    pub fn unavailable(what: &str, error: impl std::fmt::Display) -> Self {
+    pub fn unavailable(what: &'static str, error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "{what} failed");
-        Self::Unavailable(format!("{what} is unavailable; retry shortly"))
+        Self::Unavailable { what }
     }
 
     /// The JSON error body, `{"error": {"message", "type", "param", "code"}}`.
@@ -182,7 +225,7 @@ impl ApiError {
                 param.as_deref(),
                 "model_not_found",
             ),
-            Self::MethodNotAllowed(_) => (
+            Self::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
                 None,
@@ -194,20 +237,22 @@ impl ApiError {
                 None,
                 "body_too_large",
             ),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", None, "not_found"),
+            Self::NotFound { .. } | Self::NoSuchRoute => {
+                (StatusCode::NOT_FOUND, "not_found_error", None, "not_found")
+            }
             Self::BadLines { .. } => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 Some("file"),
                 "invalid_file",
             ),
-            Self::Conflict(_) => (
+            Self::Finished { .. } => (
                 StatusCode::CONFLICT,
                 "invalid_request_error",
                 None,
                 "conflict",
             ),
-            Self::Unavailable(_) => (
+            Self::Unavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 None,
@@ -219,7 +264,7 @@ impl ApiError {
                 None,
                 "invalid_api_key",
             ),
-            Self::Forbidden(_) => (
+            Self::Forbidden { .. } => (
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 None,

@@ -35,7 +35,7 @@ use chorus_store::JobRecord;
 use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Missing};
 use crate::extract::Path;
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
@@ -60,7 +60,10 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no job `{id}`"));
+    let not_found = || ApiError::NotFound {
+        what: Missing::Job,
+        id: id.clone(),
+    };
     let job: JobId = id.parse().map_err(|_| not_found())?;
     let tenant = &caller.tenant;
 

@@ -18,7 +18,7 @@ use chorus_core::auth::Caller;
 use chorus_core::batch;
 use chorus_store::{FileObject, NewFile};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Missing};
 use crate::extract::{Form, Path};
 use crate::openapi::{ErrorBody, FileUpload};
 use crate::state::AppState;
@@ -200,7 +200,10 @@ async fn result_content(
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no file `{id}`"))
+    ApiError::NotFound {
+        what: Missing::File,
+        id: id.to_owned(),
+    }
 }
 
 fn missing(field: &str) -> ApiError {

@@ -28,7 +28,7 @@ use chorus_store::{JobRecord, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Missing};
 use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::{Accepted, ErrorBody};
 use crate::state::AppState;
@@ -179,7 +179,10 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no job `{id}`"));
+    let not_found = || ApiError::NotFound {
+        what: Missing::Job,
+        id: id.clone(),
+    };
     let job: JobId = id.parse().map_err(|_| not_found())?;
     read(&state, &caller.tenant, job)
         .await?
@@ -362,7 +365,10 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no job `{id}`"));
+    let not_found = || ApiError::NotFound {
+        what: Missing::Job,
+        id: id.clone(),
+    };
     let job: JobId = id.parse().map_err(|_| not_found())?;
     let tenant = caller.tenant.clone();
     let record = read(&state, &caller.tenant, job)
@@ -371,10 +377,11 @@ pub async fn cancel(
     match record.summary.status {
         JobStatus::Cancelled => return Ok(Json(record)),
         status if status.is_terminal() => {
-            return Err(ApiError::Conflict(format!(
-                "job `{id}` already {}; only an unfinished job can be cancelled",
-                status.as_str()
-            )));
+            return Err(ApiError::Finished {
+                what: Missing::Job,
+                id: id.clone(),
+                status: status.as_str(),
+            });
         }
         _ => {}
     }

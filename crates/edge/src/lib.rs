@@ -101,9 +101,11 @@ pub fn router(state: AppState) -> Router {
             auth::authorize,
         ))
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
-            error::ApiError::MethodNotAllowed(method.to_string())
+            error::ApiError::MethodNotAllowed {
+                method: method.to_string(),
+            }
         })
-        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .fallback(|| async { error::ApiError::NoSuchRoute })
         .layer(middleware::from_fn(record))
         .with_state(state)
 }

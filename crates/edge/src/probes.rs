@@ -42,7 +42,7 @@ where
 /// The probe port of a process without the edge.
 pub fn probe_router(state: ProbeState) -> Router {
     probe_routes()
-        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
+        .fallback(|| async { crate::error::ApiError::NoSuchRoute })
         .with_state(state)
 }
 

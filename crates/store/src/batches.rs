@@ -308,8 +308,10 @@ impl Store {
         status: BatchStatus,
         at: UnixMillis,
     ) -> Result<Option<BatchObject>, StoreError> {
-        let at = DateTime::from_timestamp_millis(at)
-            .ok_or_else(|| StoreError::Invalid(format!("timestamp {at} ms is out of range")))?;
+        let at = DateTime::from_timestamp_millis(at).ok_or(StoreError::OutOfRange {
+            what: "timestamp (ms)",
+            value: at.into(),
+        })?;
         update_status(&self.db, tenant, id, status.follows(), status, at).await?;
         self.get_batch(tenant, id).await
     }
@@ -494,12 +496,17 @@ async fn tallies(
 }
 
 fn status(s: &str) -> Result<BatchStatus, StoreError> {
-    BatchStatus::parse(s).ok_or_else(|| StoreError::Invalid(format!("batch status `{s}`")))
+    BatchStatus::parse(s).ok_or_else(|| StoreError::Unknown {
+        what: "batch status",
+        value: s.to_owned(),
+    })
 }
 
 fn counts(row: &batches::Model, tally: Tally) -> Result<RequestCounts, StoreError> {
-    let total = u64::try_from(row.total)
-        .map_err(|_| StoreError::Invalid(format!("batch total {}", row.total)))?;
+    let total = u64::try_from(row.total).map_err(|_| StoreError::OutOfRange {
+        what: "batch total",
+        value: row.total.into(),
+    })?;
     Ok(RequestCounts {
         total,
         completed: tally.completed,

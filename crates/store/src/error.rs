@@ -33,13 +33,49 @@ pub enum StoreError {
     /// A list cursor the store did not issue (answer 400).
     #[error("malformed cursor")]
     BadCursor,
-    /// A value that does not map between the domain types and a row: a timestamp out of range,
-    /// an unknown status string (a bug, or a row written by something else).
-    #[error("invalid data: {0}")]
-    Invalid(String),
+    /// A number that does not fit its column or its type (a timestamp out of range, a count
+    /// below zero): a bug, or a row written by something else.
+    #[error("invalid data: {what} {value} is out of range")]
+    OutOfRange { what: &'static str, value: i128 },
+    /// A column holding a value Chorus does not know (an unknown status).
+    #[error("invalid data: {what} `{value}`")]
+    Unknown { what: &'static str, value: String },
+    /// A value that does not convert to or from its JSON column.
+    #[error("invalid data: {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A tenant in a row that Chorus would not have written.
+    #[error("invalid data: {source}")]
+    BadTenant {
+        #[source]
+        source: chorus_core::ids::InvalidTenant,
+    },
+    /// A key's scope list that Chorus would not have written.
+    #[error("invalid data: {source}")]
+    BadScopes {
+        #[source]
+        source: chorus_core::auth::ScopesError,
+    },
+    /// An API key asked for with no scope.
+    #[error("a key needs at least one scope")]
+    NoScope,
+    /// The operating system gave no randomness for a new key.
+    #[error("no randomness from the OS: {source}")]
+    Randomness {
+        #[source]
+        source: rand::rand_core::OsError,
+    },
     /// Refused by `faults.store_reject_metadata`, as if the database had refused the data.
-    #[error("refused by fault injection: {0}")]
-    InjectedFault(String),
+    #[error(
+        "refused by fault injection: job {job}: its metadata has `{key}` (faults.store_reject_metadata)"
+    )]
+    InjectedFault {
+        job: chorus_core::JobId,
+        key: String,
+    },
     /// The directory for a SQLite file could not be created.
     #[error("cannot create database directory {path}: {source}")]
     CreateDir {
@@ -55,7 +91,15 @@ impl StoreError {
         match self {
             Self::Unavailable(_) => StoreErrorKind::Unavailable,
             Self::Database(err) => classify(err),
-            Self::BadCursor | Self::Invalid(_) | Self::InjectedFault(_) => StoreErrorKind::Rejected,
+            Self::BadCursor
+            | Self::OutOfRange { .. }
+            | Self::Unknown { .. }
+            | Self::Json { .. }
+            | Self::BadTenant { .. }
+            | Self::BadScopes { .. }
+            | Self::NoScope
+            | Self::InjectedFault { .. } => StoreErrorKind::Rejected,
+            Self::Randomness { .. } => StoreErrorKind::Broken,
             Self::CreateDir { .. } => StoreErrorKind::Broken,
         }
     }

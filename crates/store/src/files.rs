@@ -136,8 +136,11 @@ struct FileRow {
 }
 
 fn file_object(row: FileRow) -> Result<FileObject, StoreError> {
-    let count = |value: i64, what: &str| {
-        u64::try_from(value).map_err(|_| StoreError::Invalid(format!("file {what} {value}")))
+    let count = |value: i64, what: &'static str| {
+        u64::try_from(value).map_err(|_| StoreError::OutOfRange {
+            what,
+            value: value.into(),
+        })
     };
     Ok(FileObject {
         line_count: count(row.line_count, "line count")?,

@@ -76,12 +76,12 @@ impl Store {
         rpm: Option<u32>,
     ) -> Result<NewKey, StoreError> {
         if scopes.is_empty() {
-            return Err(StoreError::Invalid("a key needs at least one scope".into()));
+            return Err(StoreError::NoScope);
         }
         let mut random = [0u8; 8 + SECRET_BYTES];
         OsRng
             .try_fill_bytes(&mut random)
-            .map_err(|e| StoreError::Invalid(format!("no randomness from the OS: {e}")))?;
+            .map_err(|source| StoreError::Randomness { source })?;
         let (id_bytes, secret_bytes) = random.split_at(8);
         let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
         let secret = URL_SAFE_NO_PAD.encode(secret_bytes);
@@ -179,11 +179,13 @@ impl Store {
 }
 
 fn key_info(row: api_keys::Model) -> Result<KeyInfo, StoreError> {
-    let invalid =
-        |what: String| StoreError::Invalid(format!("api key {}: {what}", row.id.as_str()));
     Ok(KeyInfo {
-        tenant: Tenant::new(row.tenant.clone()).map_err(|e| invalid(e.to_string()))?,
-        scopes: Scopes::parse(&row.scopes).map_err(invalid)?,
+        tenant: Tenant::new(row.tenant.clone())
+            .map_err(|source| StoreError::BadTenant { source })?,
+        scopes: row
+            .scopes
+            .parse::<Scopes>()
+            .map_err(|source| StoreError::BadScopes { source })?,
         rpm: row.rpm.map(|r| u32::try_from(r).unwrap_or(0)),
         name: row.name.into(),
         created_at: row.created_at,

@@ -165,9 +165,11 @@ fn job_summary(row: SummaryRow) -> Result<JobSummary, StoreError> {
     };
     Ok(JobSummary {
         id: row.id.into(),
-        tenant: Tenant::new(row.tenant).map_err(|e| StoreError::Invalid(e.to_string()))?,
-        status: JobStatus::parse(&row.status)
-            .ok_or_else(|| StoreError::Invalid(format!("job status `{}`", row.status)))?,
+        tenant: Tenant::new(row.tenant).map_err(|source| StoreError::BadTenant { source })?,
+        status: JobStatus::parse(&row.status).ok_or_else(|| StoreError::Unknown {
+            what: "job status",
+            value: row.status.clone(),
+        })?,
         created_at: row.created_at,
         updated_at: row.updated_at,
         finished_at: row.finished_at,
@@ -300,7 +302,10 @@ fn step_record(row: steps::Model) -> Result<StepRecord, StoreError> {
             .calls
             .map(|calls| serde_json::from_value(calls.into()))
             .transpose()
-            .map_err(|e| StoreError::Invalid(format!("step calls: {e}")))?
+            .map_err(|source| StoreError::Json {
+                what: "step calls",
+                source,
+            })?
             .unwrap_or_default(),
         tool_calls: row.tool_calls.map(Value::from),
         replays: number(row.replays, "replays")?,
@@ -314,16 +319,25 @@ fn usage(prompt_tokens: i64, completion_tokens: i64) -> Result<UsageRecord, Stor
     ))
 }
 
-fn number<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T, StoreError> {
-    T::try_from(value).map_err(|_| StoreError::Invalid(format!("{what} {value} is out of range")))
+fn number<T: TryFrom<i64>>(value: i64, what: &'static str) -> Result<T, StoreError> {
+    T::try_from(value).map_err(|_| StoreError::OutOfRange {
+        what,
+        value: value.into(),
+    })
 }
 
 fn step_status(s: &str) -> Result<StepStatus, StoreError> {
-    StepStatus::parse(s).ok_or_else(|| StoreError::Invalid(format!("step status `{s}`")))
+    StepStatus::parse(s).ok_or_else(|| StoreError::Unknown {
+        what: "step status",
+        value: s.to_owned(),
+    })
 }
 
 fn step_kind(s: &str) -> Result<StepKind, StoreError> {
-    StepKind::parse(s).ok_or_else(|| StoreError::Invalid(format!("step kind `{s}`")))
+    StepKind::parse(s).ok_or_else(|| StoreError::Unknown {
+        what: "step kind",
+        value: s.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -59,10 +59,10 @@ impl Store {
         if let Some(key) = self.reject_metadata.as_deref()
             && let Some(state) = latest.values().find(|s| s.spec.metadata.contains_key(key))
         {
-            return Err(StoreError::InjectedFault(format!(
-                "job {}: its metadata has `{key}` (faults.store_reject_metadata)",
-                state.id
-            )));
+            return Err(StoreError::InjectedFault {
+                job: state.id,
+                key: key.to_owned(),
+            });
         }
         let committed = latest
             .values()
@@ -126,8 +126,10 @@ impl Store {
         Ok(Committed {
             tenant: state.tenant.clone(),
             job_id: state.id,
-            status: JobStatus::parse(&status)
-                .ok_or_else(|| StoreError::Invalid(format!("job status `{status}`")))?,
+            status: JobStatus::parse(&status).ok_or(StoreError::Unknown {
+                what: "job status",
+                value: status,
+            })?,
         })
     }
 }
@@ -209,7 +211,10 @@ impl Rows {
             status: state.status.as_str().to_owned(),
             version,
             spec: serde_json::to_value(&state.spec)
-                .map_err(|e| StoreError::Invalid(format!("job {}: spec: {e}", state.id)))?
+                .map_err(|source| StoreError::Json {
+                    what: "job spec",
+                    source,
+                })?
                 .into(),
             metadata: serde_json::Value::Object(state.spec.metadata).into(),
             error_kind: state.error.as_ref().map(|e| e.kind.clone()),
@@ -269,7 +274,10 @@ fn step_row(
             [] => None,
             calls => Some(
                 serde_json::to_value(calls)
-                    .map_err(|e| StoreError::Invalid(format!("job {job}: calls: {e}")))?
+                    .map_err(|source| StoreError::Json {
+                        what: "step calls",
+                        source,
+                    })?
                     .into(),
             ),
         },
@@ -307,8 +315,10 @@ fn int(value: u64) -> i64 {
 }
 
 fn timestamp(millis: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(millis)
-        .ok_or_else(|| StoreError::Invalid(format!("timestamp {millis} ms is out of range")))
+    DateTime::from_timestamp_millis(millis).ok_or(StoreError::OutOfRange {
+        what: "timestamp (ms)",
+        value: millis.into(),
+    })
 }
 
 /// `<table>.version < excluded.version`: the proposed row is from a newer snapshot.

@@ -250,5 +250,9 @@ async fn errors_of_the_store_itself_have_kinds() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), Rejected);
-    assert_eq!(StoreError::Invalid("a bad row".into()).kind(), Rejected);
+    let bad_row = StoreError::Unknown {
+        what: "job status",
+        value: "exploded".into(),
+    };
+    assert_eq!(bad_row.kind(), Rejected);
 }

@@ -103,9 +103,6 @@ enum Rejected {
     },
     #[error("invalid job spec: {}", join(problems))]
     Invalid { problems: Vec<FieldError> },
-    /// What `chorus_core::batch::spec_from_body` says, as text until its error is typed.
-    #[error("invalid job spec: {0}")]
-    Body(String),
 }
 
 fn join(problems: &[FieldError]) -> String {
@@ -117,10 +114,9 @@ impl Rejected {
     fn kind(&self) -> &'static str {
         match self {
             Self::Undecodable(_) | Self::Unhandled { .. } => "undecodable",
-            Self::NotMessagePack { .. }
-            | Self::NotJson { .. }
-            | Self::Invalid { .. }
-            | Self::Body(_) => "invalid_spec",
+            Self::NotMessagePack { .. } | Self::NotJson { .. } | Self::Invalid { .. } => {
+                "invalid_spec"
+            }
         }
     }
 }
@@ -531,5 +527,6 @@ fn parse_external(delivery: &Delivery, endpoint: Endpoint) -> Result<JobSpec, Re
         serde_json::from_slice(delivery.payload())
             .map_err(|source| Rejected::NotJson { what, source })?
     };
-    chorus_core::batch::spec_from_body(endpoint, body).map_err(Rejected::Body)
+    chorus_core::batch::spec_from_body(endpoint, body)
+        .map_err(|e| Rejected::Invalid { problems: vec![e] })
 }
