@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chorus_actors::roles::limited_routes;
 use chorus_core::config::Config;
-use chorus_core::subjects::name_token;
+use chorus_core::subjects::Subjects;
 use chorus_telemetry::names;
 use serde_json::Value;
 
@@ -218,9 +218,10 @@ fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
 
 /// The consumers of the llm role under `config`: `llm`, and one per route with shared limits.
 fn llm_consumers(config: &Config) -> BTreeSet<String> {
+    let subjects = Subjects::new(&config.nats.prefix);
     limited_routes(config)
         .into_keys()
-        .map(|route| format!("llm-{}", name_token(&route)))
+        .map(|route| subjects.limited_llm_consumer(&route))
         .chain(["llm".to_owned()])
         .collect()
 }
@@ -401,7 +402,7 @@ fn compose_gives_every_role_time_to_drain() {
 
 /// `max_payload` of Chorus's server settings, `nats/server/chorus.conf`.
 fn max_payload() -> u64 {
-    chorus_bus::server_binary::SERVER_CONFIG
+    chorus_bus::natsd::SERVER_CONFIG
         .lines()
         .find_map(|l| l.trim().strip_prefix("max_payload:"))
         .and_then(|v| v.trim().parse().ok())
@@ -466,18 +467,18 @@ fn every_shipped_nats_takes_the_largest_message_a_stream_holds() {
 
 #[tokio::test]
 async fn the_nats_servers_chorus_starts_take_the_largest_message() {
+    // `chorus dev`, `chorus bench` and the testkit start the same NatsProcess.
     let payload = usize::try_from(max_payload()).expect("fits");
-    let test_server = chorus_testkit::nats::NatsServer::start_new().await;
-    let client = async_nats::connect(test_server.url())
-        .await
-        .expect("connect");
-    assert_eq!(client.server_info().max_payload, payload, "the testkit's");
+    let mut server = chorus_testkit::nats::NatsServer::start_new().await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    assert_eq!(client.server_info().max_payload, payload);
+    drop(client);
 
-    let store = tempfile::tempdir().expect("dir");
-    let dev = chorus_cli::natsd::NatsChild::start(store.path())
-        .await
-        .expect("chorus dev's nats-server");
-    let client = async_nats::connect(&dev.url).await.expect("connect");
-    assert_eq!(client.server_info().max_payload, payload, "chorus dev's");
-    dev.stop().await;
+    // A restart keeps the port the server picked and the settings.
+    let port = server.port();
+    server.stop().await;
+    server.start().await;
+    assert_eq!(server.port(), port);
+    let client = async_nats::connect(server.url()).await.expect("reconnect");
+    assert_eq!(client.server_info().max_payload, payload);
 }

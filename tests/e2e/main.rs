@@ -22,6 +22,7 @@ mod jobs;
 mod llm;
 mod lossless;
 mod metrics;
+mod names;
 mod nats_security;
 mod openapi;
 mod pipeline;

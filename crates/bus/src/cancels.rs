@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
-use chorus_core::subjects::name_token;
+use chorus_core::subjects::Subjects;
 use chorus_core::{JobId, Tenant};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -33,14 +33,6 @@ impl std::fmt::Debug for Cancels {
     }
 }
 
-fn job_key(tenant: &Tenant, job: JobId) -> String {
-    format!("job.{tenant}.{job}")
-}
-
-fn batch_key(tenant: &Tenant, batch: &str) -> String {
-    format!("batch.{tenant}.{}", name_token(batch))
-}
-
 impl Cancels {
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
         let kv = bus
@@ -55,11 +47,13 @@ impl Cancels {
     }
 
     pub async fn cancel_job(&self, tenant: &Tenant, job: JobId) -> Result<(), BusError> {
-        self.put(job_key(tenant, job)).await
+        self.put(self.bus.subjects.cancelled_job_key(tenant, job))
+            .await
     }
 
     pub async fn cancel_batch(&self, tenant: &Tenant, batch: &str) -> Result<(), BusError> {
-        self.put(batch_key(tenant, batch)).await
+        self.put(self.bus.subjects.cancelled_batch_key(tenant, batch))
+            .await
     }
 
     async fn put(&self, key: String) -> Result<(), BusError> {
@@ -83,7 +77,7 @@ impl Cancels {
         let pending = self
             .bus
             .js
-            .get_stream(format!("KV_{}", self.kv.name))
+            .get_stream(Subjects::bucket_stream(&self.kv.name))
             .await
             .map_err(|e| BusError::request("read the cancels stream", e))?
             .cached_info()
@@ -132,6 +126,7 @@ impl Cancels {
             tracing::warn!("the cancels bucket watch ended");
         });
         Ok(CancelSet {
+            subjects: self.bus.subjects.clone(),
             keys,
             _task: Arc::new(AbortOnDrop(task)),
         })
@@ -141,6 +136,7 @@ impl Cancels {
 /// What has been cancelled, as this process has seen it.
 #[derive(Clone)]
 pub struct CancelSet {
+    subjects: Subjects,
     keys: Arc<RwLock<HashSet<String>>>,
     _task: Arc<AbortOnDrop>,
 }
@@ -169,11 +165,11 @@ impl CancelSet {
         if keys.is_empty() {
             return None;
         }
-        if keys.contains(&job_key(tenant, job)) {
+        if keys.contains(&self.subjects.cancelled_job_key(tenant, job)) {
             return Some("the job was cancelled".into());
         }
         batch
-            .filter(|batch| keys.contains(&batch_key(tenant, batch)))
+            .filter(|batch| keys.contains(&self.subjects.cancelled_batch_key(tenant, batch)))
             .map(|batch| format!("batch {batch} was cancelled"))
     }
 }

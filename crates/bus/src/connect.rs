@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn the_shipped_server_settings_take_the_largest_message() {
-        let configured = crate::server_binary::SERVER_CONFIG
+        let configured = crate::natsd::SERVER_CONFIG
             .lines()
             .find_map(|l| l.trim().strip_prefix("max_payload:"))
             .and_then(|v| v.trim().parse::<usize>().ok());

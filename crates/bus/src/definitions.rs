@@ -301,13 +301,11 @@ impl Definitions {
         prefix: &str,
         replicas: usize,
     ) -> Result<Self, DefinitionError> {
-        let upper = prefix.to_ascii_uppercase().replace('-', "_");
+        let names = chorus_core::subjects::Subjects::new(prefix);
         let mut streams: BTreeMap<String, StreamDef> = BTreeMap::new();
         let mut consumers = Vec::new();
         for (file, text) in files {
-            let text = text
-                .replace("${prefix}", prefix)
-                .replace("${PREFIX}", &upper);
+            let text = names.fill(&text);
             let invalid = |source: FieldsError| DefinitionError::Invalid {
                 file: file.clone(),
                 source,

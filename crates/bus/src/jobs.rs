@@ -60,7 +60,7 @@ impl JobStore {
     ) -> Result<Option<(JobState, u64)>, BusError> {
         let Some(entry) = self
             .kv
-            .entry(key(tenant, job))
+            .entry(self.bus.subjects.job_key(tenant, job))
             .await
             .map_err(|e| BusError::request(format!("read the state of job {job}"), e))?
         else {
@@ -79,7 +79,7 @@ impl JobStore {
     {
         let watch = self
             .kv
-            .watch_with_history(key(tenant, job))
+            .watch_with_history(self.bus.subjects.job_key(tenant, job))
             .await
             .map_err(|e| BusError::request(format!("watch job {job}"), e))?;
         Ok(watch.filter_map(move |entry| async move {
@@ -118,7 +118,7 @@ impl JobStore {
         }
         let what = || format!("write the state of job {}", state.id);
         let body = codec::encode(state).map_err(|e| BusError::codec(what(), e))?;
-        let subject = self.bus.subjects.job_key(&state.tenant, state.id);
+        let subject = self.bus.subjects.job_key_subject(&state.tenant, state.id);
         let ack = self
             .bus
             .js
@@ -131,10 +131,6 @@ impl JobStore {
             Err(e) => Err(BusError::request(what(), e)),
         }
     }
-}
-
-fn key(tenant: &Tenant, job: JobId) -> String {
-    format!("{tenant}.{job}")
 }
 
 fn decode(value: &[u8]) -> Result<JobState, BusError> {

@@ -11,7 +11,7 @@
 //! - [`jobs`]: job state in the KV bucket, with compare-and-set.
 //! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).
 //! - [`cancels`]: cancelled jobs and batches, mirrored in every process that dispatches work.
-//! - [`server_binary`]: finding a `nats-server` to start, for dev, bench and tests.
+//! - [`natsd`]: the `nats-server` processes Chorus starts itself (dev, bench, tests), and finding one.
 
 pub mod cancels;
 pub mod connect;
@@ -21,8 +21,8 @@ pub mod dlq;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod natsd;
 pub mod publish;
-pub mod server_binary;
 pub mod source;
 
 pub use connect::Bus;

@@ -17,7 +17,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use chorus_core::ids::now_millis;
-use chorus_core::subjects::subject_token;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -64,7 +63,7 @@ struct RateState {
 
 impl Limits {
     pub async fn open(bus: &Bus) -> Result<Self, BusError> {
-        let bucket = format!("{}_limits", bus.subjects.prefix().replace('-', "_"));
+        let bucket = bus.subjects.limits_bucket();
         let kv = bus
             .js
             .get_key_value(bucket)
@@ -87,7 +86,8 @@ impl Limits {
         RouteLimiter {
             inner: Arc::new(Inner {
                 bucket: self.clone(),
-                token: subject_token(name).replace([':', '?', '&', '='], "_"),
+                rate_key: self.bus.subjects.rate_key(name),
+                route: name.to_owned(),
                 limits,
                 serial: Mutex::new(()),
             }),
@@ -103,7 +103,9 @@ pub struct RouteLimiter {
 
 struct Inner {
     bucket: Limits,
-    token: String,
+    /// The route's name, for its slot keys, and its rate state's key.
+    route: String,
+    rate_key: String,
     limits: RouteLimits,
     /// One waiting compare-and-set loop at a time per process, so a process's own waiters queue
     /// here instead of racing each other on the bucket. Writes that never wait (a pause, a
@@ -125,7 +127,7 @@ impl RouteLimiter {
     }
 
     fn key(&self) -> String {
-        format!("rate.{}", self.inner.token)
+        self.inner.rate_key.clone()
     }
 
     /// Applies `change` to the route's rate state with compare-and-set. `change` returns how long
@@ -269,7 +271,7 @@ impl RouteLimiter {
         let start = rand::random_range(0..max);
         loop {
             for i in (0..max).map(|i| (start + i) % max) {
-                let key = format!("slot.{}.{i}", self.inner.token);
+                let key = bucket.bus.subjects.slot_key(&self.inner.route, i);
                 let entry = bucket
                     .kv
                     .entry(&key)

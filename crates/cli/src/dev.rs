@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 use crate::app::{self, RoleName};
-use crate::natsd::NatsChild;
+use chorus_bus::natsd::NatsProcess;
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -51,8 +51,10 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
     let child = match external_nats {
         true => None,
         false => {
-            let child = NatsChild::start(&args.dir.join("nats")).await?;
-            config.nats.url = child.url.clone();
+            let child = NatsProcess::start(&args.dir.join("nats"), "", Vec::new())
+                .await
+                .context("or set CHORUS_NATS_URL to use a running server")?;
+            config.nats.url = child.url();
             Some(child)
         }
     };
@@ -121,7 +123,7 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
         Ok(runtime.run_until(app::shutdown_signal()).await?)
     }
     .await;
-    if let Some(child) = child {
+    if let Some(mut child) = child {
         child.stop().await;
     }
     result

@@ -3,7 +3,6 @@
 //!
 //! Layout:
 //! - [`app`]: loading configuration, connecting, applying definitions, running a set of roles.
-//! - [`natsd`]: the `nats-server` child process of `chorus dev` and `chorus bench`.
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
 //! - [`keys`]: `chorus keys`, API keys in the database.
@@ -15,7 +14,7 @@
 //! Errors: this file's dispatch and the command modules it calls (`dev`, `bench`, `keys`,
 //! `check`, `healthcheck`, `job`, `batch`, `dlq`, `mock`) are the binary's top level, where errors
 //! are `anyhow` and end in one printed line. The library modules commands and tests share
-//! (`app`, `natsd`, `client`) return typed errors. `tests/code_rules.rs` holds this.
+//! (`app`, `client`) return typed errors. `tests/code_rules.rs` holds this.
 
 pub mod app;
 pub mod batch;
@@ -28,7 +27,6 @@ pub mod healthcheck;
 pub mod job;
 pub mod keys;
 pub mod mock;
-pub mod natsd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -613,20 +613,14 @@ impl Config {
     /// Checks values the types cannot; every problem names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if let Err(e) = crate::subjects::check_prefix(&self.nats.prefix) {
+            problems.push(e.to_string());
+        }
         let mut require = |ok: bool, problem: &str| {
             if !ok {
                 problems.push(problem.to_owned());
             }
         };
-        let token = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        require(
-            token(&self.nats.prefix),
-            "nats.prefix: use letters, digits, '_' or '-'",
-        );
         require(self.nats.replicas >= 1, "nats.replicas: must be at least 1");
         let nats = &self.nats;
         let methods = [
@@ -700,7 +694,6 @@ impl Config {
             "database.url: must start with sqlite:, postgres:// or postgresql://",
         );
         let mut names = HashSet::new();
-        let mut limited = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             if route.name.is_empty() || route.name.chars().any(char::is_whitespace) {
                 problems.push(format!(
@@ -726,15 +719,6 @@ impl Config {
                         "routes[{i}].{key}: must be at least 1 (leave it out for no limit)"
                     ));
                 }
-            }
-            let has_limits =
-                route.rpm.is_some() || route.tpm.is_some() || route.max_concurrency.is_some();
-            if has_limits && !limited.insert(crate::subjects::name_token(&route.name)) {
-                problems.push(format!(
-                    "routes[{i}].name: `{}` reads the same as another limited route once reduced to \
-                     letters, digits, '-' and '_'",
-                    route.name
-                ));
             }
             if route.api_key_env.is_some() && route.api_key_file.is_some() {
                 problems.push(format!(

@@ -1,7 +1,15 @@
-//! The one place that spells subjects, stream names and KV bucket names.
+//! The one place that spells every NATS name: subjects, stream, consumer and bucket names, and KV
+//! keys.
 //!
-//! Everything hangs off a configurable prefix (`chorus` by default), so several Chorus installations
-//! can share one NATS account. Stream and bucket names derive from the same prefix.
+//! Everything hangs off a configurable prefix (`chorus` by default, letters, digits, `_` and `-`:
+//! see [`check_prefix`]), so several Chorus installations can share one NATS account. Subjects use
+//! the prefix as it is; stream names upper-case it, bucket names keep its case, and both turn `-`
+//! into `_` (the names JetStream allows). The stream and consumer definitions in `nats/` spell the
+//! same names through placeholders (`${prefix}`, `${PREFIX}`, `${bucket}`) filled in from here.
+//!
+//! A name users choose (a route, a batch id) becomes part of a NATS name through [`token`], which
+//! keeps a name of letters, digits, `_` and `-` as it is and gives any other a readable form plus
+//! a hash of the original, so two names never share a consumer, a limit or a results subject.
 
 use crate::ids::{JobId, Tenant};
 
@@ -52,6 +60,7 @@ impl Stage {
 pub struct Subjects {
     prefix: String,
     streams: String,
+    buckets: String,
 }
 
 impl Subjects {
@@ -59,6 +68,7 @@ impl Subjects {
         Self {
             prefix: prefix.to_owned(),
             streams: prefix.to_ascii_uppercase().replace('-', "_"),
+            buckets: prefix.replace('-', "_"),
         }
     }
 
@@ -69,6 +79,20 @@ impl Subjects {
     /// Stream-name prefix: the subject prefix upper-cased (`CHORUS`).
     pub fn stream_prefix(&self) -> &str {
         &self.streams
+    }
+
+    /// Bucket-name prefix: the subject prefix with `-` as `_` (`chorus`).
+    pub fn bucket_prefix(&self) -> &str {
+        &self.buckets
+    }
+
+    /// Fills the placeholders of a stream or consumer definition: `${prefix}` (subjects),
+    /// `${PREFIX}` (stream names), `${bucket}` (bucket names and their streams).
+    pub fn fill(&self, definition: &str) -> String {
+        definition
+            .replace("${prefix}", &self.prefix)
+            .replace("${PREFIX}", &self.streams)
+            .replace("${bucket}", &self.buckets)
     }
 
     pub fn submit(&self, tenant: &Tenant) -> String {
@@ -85,13 +109,18 @@ impl Subjects {
 
     /// Calls of a route without shared limits: one consumer takes them all (`work.llm.*`).
     pub fn llm_work(&self, route: &str) -> String {
-        format!("{}.work.llm.{}", self.prefix, subject_token(route))
+        format!("{}.work.llm.{}", self.prefix, token(route))
     }
 
     /// Calls of a route with shared limits: a consumer of their own, so a route waiting for
     /// budget never holds up another's calls.
     pub fn limited_llm_work(&self, route: &str) -> String {
-        format!("{}.work.llm.limited.{}", self.prefix, name_token(route))
+        format!("{}.work.llm.limited.{}", self.prefix, token(route))
+    }
+
+    /// The durable consumer of a limited route's calls (made from the `llm` consumer).
+    pub fn limited_llm_consumer(&self, route: &str) -> String {
+        format!("llm-{}", token(route))
     }
 
     pub fn evaluator_work(&self) -> String {
@@ -121,16 +150,52 @@ impl Subjects {
 
     /// Results of a batch's lines, for JetStream submitters.
     pub fn results(&self, tenant: &Tenant, batch: &str) -> String {
-        format!(
-            "{}.results.{}.{}",
-            self.prefix,
-            tenant,
-            subject_token(batch)
-        )
+        format!("{}.results.{}.{}", self.prefix, tenant, token(batch))
     }
 
     pub fn cancels_bucket(&self) -> String {
-        format!("{}_cancels", self.prefix.replace('-', "_"))
+        format!("{}_cancels", self.buckets)
+    }
+
+    /// The cancels bucket's key of a cancelled job.
+    pub fn cancelled_job_key(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("job.{tenant}.{job}")
+    }
+
+    /// The cancels bucket's key of a cancelled batch.
+    pub fn cancelled_batch_key(&self, tenant: &Tenant, batch: &str) -> String {
+        format!("batch.{tenant}.{}", token(batch))
+    }
+
+    /// The bucket of route limits shared by every llm process.
+    pub fn limits_bucket(&self) -> String {
+        format!("{}_limits", self.buckets)
+    }
+
+    /// The limits bucket's key of a route's rate state.
+    pub fn rate_key(&self, route: &str) -> String {
+        format!("rate.{}", token(route))
+    }
+
+    /// The limits bucket's key of a route's `n`th concurrency slot.
+    pub fn slot_key(&self, route: &str, n: u32) -> String {
+        format!("slot.{}.{n}", token(route))
+    }
+
+    /// The stream behind a bucket: `KV_<bucket>`.
+    pub fn bucket_stream(bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
+    /// Whether a stream is one of this installation's: its own or one of its buckets'.
+    pub fn owns_stream(&self, stream: &str) -> bool {
+        let ours = |rest: Option<&str>| rest.is_some_and(|rest| rest.starts_with('_'));
+        ours(stream.strip_prefix(&self.streams))
+            || ours(
+                stream
+                    .strip_prefix("KV_")
+                    .and_then(|bucket| bucket.strip_prefix(&self.buckets)),
+            )
     }
 
     pub fn dlq(&self, stage: Stage) -> String {
@@ -142,43 +207,63 @@ impl Subjects {
     }
 
     pub fn jobs_bucket(&self) -> String {
-        format!("{}_jobs", self.prefix.replace('-', "_"))
+        format!("{}_jobs", self.buckets)
     }
 
     /// The stream behind the jobs bucket: one message per state version.
     pub fn jobs_stream(&self) -> String {
-        format!("KV_{}", self.jobs_bucket())
+        Self::bucket_stream(&self.jobs_bucket())
+    }
+
+    /// A job's key in the jobs bucket.
+    pub fn job_key(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("{tenant}.{job}")
     }
 
     /// The subject of a job's key in the jobs bucket.
-    pub fn job_key(&self, tenant: &Tenant, job: JobId) -> String {
-        format!("$KV.{}.{}.{}", self.jobs_bucket(), tenant, job)
+    pub fn job_key_subject(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("$KV.{}.{}", self.jobs_bucket(), self.job_key(tenant, job))
     }
 }
 
-/// Makes any route name usable as one subject token (`.`, `*`, `>` and whitespace become `_`).
-/// The token only steers routing and filtering; the route itself travels in the message body.
-pub fn subject_token(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '.' | '*' | '>' => '_',
-            c if c.is_whitespace() || c.is_control() => '_',
-            c => c,
-        })
-        .collect()
+/// A `nats.prefix` Chorus cannot build names from.
+#[derive(Debug, thiserror::Error)]
+#[error("nats.prefix: `{prefix}` must be 1-32 letters, digits, '_' or '-'")]
+pub struct InvalidPrefix {
+    pub prefix: String,
 }
 
-/// Makes a route name usable in consumer and key names: ASCII letters, digits, `-` and `_`.
-pub fn name_token(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// Checks a `nats.prefix`: 1-32 ASCII letters, digits, `_` or `-` (a subject token, and a
+/// stream or bucket name once `-` is `_`).
+pub fn check_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
+    let valid = (1..=32).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match valid {
+        true => Ok(()),
+        false => Err(InvalidPrefix {
+            prefix: prefix.to_owned(),
+        }),
+    }
+}
+
+/// A name a user chose (a route, a batch id) as part of a NATS name: a name of ASCII letters,
+/// digits, `_` and `-` as it is; any other with every other character as `_`, then `_` and a hash
+/// of the whole name, so two names never give the same token (`openai:gpt-4.1` →
+/// `openai_gpt-4_1_…`). A token is valid in a subject, a consumer name and a KV key.
+pub fn token(name: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !name.is_empty() && name.chars().all(plain) {
+        return name.to_owned();
+    }
+    let readable: String = name
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .collect();
+    let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    let hash = hash.simple().to_string();
+    format!("{readable}_{}", &hash[..12])
 }
 
 #[cfg(test)]
@@ -186,7 +271,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spells_every_subject_from_one_prefix() -> Result<(), Box<dyn std::error::Error>> {
+    fn spells_every_name_from_one_prefix() -> Result<(), Box<dyn std::error::Error>> {
         let s = Subjects::new("chorus");
         let tenant = Tenant::new("acme")?;
         let job: JobId = "0190f5c2-0000-7000-8000-000000000001".parse()?;
@@ -196,24 +281,67 @@ mod tests {
             Some(tenant.clone())
         );
         assert_eq!(s.tenant_of_submit("chorus.submit.a.b"), None);
-        assert_eq!(
-            s.llm_work("openai:gpt-4.1 mini"),
-            "chorus.work.llm.openai:gpt-4_1_mini"
-        );
+        assert_eq!(s.llm_work("fast"), "chorus.work.llm.fast");
         assert_eq!(
             s.event(&tenant, job, EventKind::Step),
             "chorus.events.acme.0190f5c2-0000-7000-8000-000000000001.step"
         );
         assert_eq!(s.stream("work"), "CHORUS_WORK");
         assert_eq!(
-            s.limited_llm_work("openai:gpt-4.1"),
-            "chorus.work.llm.limited.openai_gpt-4_1"
+            s.limited_llm_work("gpt-4o"),
+            "chorus.work.llm.limited.gpt-4o"
         );
+        assert_eq!(s.limited_llm_consumer("gpt-4o"), "llm-gpt-4o");
         assert_eq!(s.jobs_bucket(), "chorus_jobs");
+        assert_eq!(s.jobs_stream(), "KV_chorus_jobs");
         assert_eq!(
-            s.job_key(&tenant, job),
+            s.job_key_subject(&tenant, job),
             "$KV.chorus_jobs.acme.0190f5c2-0000-7000-8000-000000000001"
         );
+        assert_eq!(s.rate_key("gpt"), "rate.gpt");
+        assert_eq!(s.slot_key("gpt", 3), "slot.gpt.3");
+        assert_eq!(s.cancelled_batch_key(&tenant, "b_1"), "batch.acme.b_1");
         Ok(())
+    }
+
+    #[test]
+    fn a_prefix_with_a_dash_names_streams_and_buckets_with_an_underscore() {
+        let s = Subjects::new("team-a");
+        assert_eq!(s.stream("work"), "TEAM_A_WORK");
+        assert_eq!(s.jobs_bucket(), "team_a_jobs");
+        assert_eq!(s.limits_bucket(), "team_a_limits");
+        assert_eq!(s.cancels_bucket(), "team_a_cancels");
+        assert_eq!(s.evaluator_work(), "team-a.work.evaluator");
+        assert_eq!(
+            s.fill(r#"{"name": "KV_${bucket}_jobs", "subjects": ["$KV.${bucket}_jobs.>"], "s": "${PREFIX}_WORK", "f": "${prefix}.work.>"}"#),
+            r#"{"name": "KV_team_a_jobs", "subjects": ["$KV.team_a_jobs.>"], "s": "TEAM_A_WORK", "f": "team-a.work.>"}"#
+        );
+        assert!(s.owns_stream("TEAM_A_WORK") && s.owns_stream("KV_team_a_jobs"));
+        assert!(!s.owns_stream("TEAM_AB_WORK") && !s.owns_stream("KV_team_ab_jobs"));
+        assert!(check_prefix("team-a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", &"x".repeat(33)] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_name_gives_its_own_token_valid_in_subjects_consumers_and_keys() {
+        assert_eq!(token("gpt-4o_mini"), "gpt-4o_mini");
+        let names = [
+            "a@b", "a+b", "a.b", "a_b", "a b", "a:b", "a*b", "a>b", "", "ü",
+        ];
+        let tokens: Vec<String> = names.iter().map(|n| token(n)).collect();
+        let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{tokens:?}");
+        for t in &tokens {
+            assert!(
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{t}"
+            );
+        }
+        assert!(token("openai:gpt-4.1").starts_with("openai_gpt-4_1_"));
+        assert_eq!(token("a@b"), token("a@b"), "stable");
     }
 }

@@ -138,16 +138,10 @@ async fn dead_letters(bus: &Bus) {
 /// `chorus_consumer_pending` and `chorus_consumer_ack_pending` of every durable consumer on
 /// Chorus's streams (those named with its prefix, and its KV buckets').
 async fn consumers(bus: &Bus) {
-    let prefix = bus.subjects.stream_prefix();
-    let kv_prefix = format!("KV_{}_", bus.subjects.prefix());
     let mut listed = bus.js.stream_names();
     let mut streams = Vec::new();
     while let Some(Ok(name)) = listed.next().await {
-        let ours = name
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('_'))
-            || name.starts_with(&kv_prefix);
-        if ours {
+        if bus.subjects.owns_stream(&name) {
             streams.push(name);
         }
     }

@@ -30,7 +30,7 @@ use chorus_core::config::Config;
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::Envelope;
 use chorus_core::messages::JobAbort;
-use chorus_core::subjects::{EventKind, Stage, name_token};
+use chorus_core::subjects::{EventKind, Stage};
 use chorus_core::trace::TraceContext;
 use chorus_core::{JobId, Tenant};
 use chorus_llm::{RetryPolicy, Routes};
@@ -268,7 +268,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
     let mut sources = vec![source];
     for (name, route_limits) in limited_routes(&ctx.config) {
         let limiter = limits.route(&name, route_limits);
-        let consumer = format!("llm-{}", name_token(&name));
+        let consumer = ctx.bus.subjects.limited_llm_consumer(&name);
         template
             .derive(&consumer, &ctx.bus.subjects.limited_llm_work(&name))
             .apply(&ctx.bus, &work)

@@ -15,7 +15,7 @@ use clap::Subcommand;
 use tempfile::TempDir;
 
 use crate::app;
-use crate::natsd::NatsChild;
+use chorus_bus::natsd::NatsProcess;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -60,7 +60,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
 struct Bench {
     config: Config,
     database: &'static str,
-    nats: Option<NatsChild>,
+    nats: Option<NatsProcess>,
     scratch: TempDir,
 }
 
@@ -73,8 +73,9 @@ impl Bench {
                 None
             }
             None => {
-                let child = NatsChild::start(&scratch.path().join("nats")).await?;
-                config.nats.url = child.url.clone();
+                let child =
+                    NatsProcess::start(&scratch.path().join("nats"), "", Vec::new()).await?;
+                config.nats.url = child.url();
                 Some(child)
             }
         };
@@ -103,19 +104,18 @@ impl Bench {
     }
 
     fn nats_pid(&self) -> Option<u32> {
-        self.nats.as_ref().and_then(NatsChild::pid)
+        self.nats.as_ref().and_then(NatsProcess::pid)
     }
 
     /// Deletes the run's streams from a server that outlives it, or stops the child.
     async fn finish(self) {
         match self.nats {
-            Some(child) => child.stop().await,
+            Some(mut child) => child.stop().await,
             None => {
                 if let Ok(bus) = app::connect(&self.config, "chorus bench").await {
-                    let prefix = format!("{}_", self.config.nats.prefix.to_uppercase());
                     let mut names = bus.js.stream_names();
                     while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
-                        if name.to_uppercase().contains(&prefix) {
+                        if bus.subjects.owns_stream(&name) {
                             let _ = bus.js.delete_stream(&name).await;
                         }
                     }
