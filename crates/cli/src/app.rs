@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_actors::http::HttpRole;
 use chorus_actors::roles::{self, ActorsError, Context};
 use chorus_actors::{Role, Runtime, RuntimeError};
 use chorus_bus::cancels::Cancels;
@@ -18,9 +19,9 @@ use chorus_bus::{Bus, BusError};
 use chorus_core::Tenant;
 use chorus_core::config::{Config, ConfigError, DatabaseConfig, DatabaseUrlError, EdgeConfig};
 use chorus_core::ids::InvalidTenant;
+use chorus_edge::AppState;
 use chorus_edge::auth::{Auth, AuthMode};
 use chorus_edge::probes::ProbeState;
-use chorus_edge::{AppState, HttpRole};
 use chorus_llm::{Routes, RoutesError};
 use chorus_store::{Store, StoreError};
 use secrecy::ExposeSecret;
@@ -248,9 +249,10 @@ pub async fn start(
                             source,
                         })?,
                 };
-                Box::new(HttpRole::edge(
+                Box::new(HttpRole::new(
+                    "edge",
                     listener,
-                    AppState {
+                    chorus_edge::router(AppState {
                         bus: bus.clone(),
                         jobs: JobStore::open(&bus).await?,
                         store: store()?,
@@ -262,7 +264,7 @@ pub async fn start(
                         cancels: Cancels::open(&bus).await?,
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
-                    },
+                    }),
                     config.supervision.drain_timeout,
                 ))
             }
@@ -286,9 +288,10 @@ pub async fn start(
             bus: bus.clone(),
             store: store.clone(),
         };
-        started.push(Box::new(HttpRole::probes(
+        started.push(Box::new(HttpRole::new(
+            "probes",
             listener,
-            probes,
+            chorus_edge::probes::probe_router(probes),
             config.supervision.drain_timeout,
         )));
     }

@@ -216,6 +216,13 @@ impl FieldError {
     }
 }
 
+/// This installation's routes, as a spec's validation sees them.
+pub trait RouteCheck {
+    type Error: std::fmt::Display;
+    /// Checks that `model` names a route; the error lists the known ones.
+    fn check_route(&self, model: &str) -> Result<(), Self::Error>;
+}
+
 /// What validation needs from outside the spec: the installation's routes and its assertion
 /// compiler, each with its own error (shown as the field's problem).
 pub trait Validator {

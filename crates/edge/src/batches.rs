@@ -11,13 +11,13 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use chorus_actors::validation::SpecValidator;
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::batch::{self, BatchLine, Endpoint};
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
+use chorus_eval::SpecValidator;
 use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch, StoreError};
 use chrono::Utc;
 use serde::Deserialize;
@@ -97,9 +97,7 @@ pub async fn create(
             what: Missing::File,
             id: request.input_file_id.clone(),
         })?;
-    let validator = SpecValidator {
-        routes: &state.routes,
-    };
+    let validator = SpecValidator::new(&*state.routes);
     let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     check_endpoints(&lines, endpoint)?;

@@ -28,13 +28,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use chorus_actors::validation::SpecValidator;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::batch::{self, LineErrorCode, Streaming};
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, now_millis};
 use chorus_core::job::{JobState, JobStatus};
+use chorus_eval::SpecValidator;
 use chorus_store::{ChatCompletion, chat_completion};
 use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
@@ -157,9 +157,7 @@ pub async fn completions(
             _ => "invalid_value",
         },
     })?;
-    let errors = spec.validate(&SpecValidator {
-        routes: &state.routes,
-    });
+    let errors = spec.validate(&SpecValidator::new(&*state.routes));
     if !errors.is_empty() {
         return Err(ApiError::fields(&errors));
     }

@@ -13,9 +13,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chorus_actors::validation::SpecValidator;
 use chorus_core::auth::Caller;
 use chorus_core::batch;
+use chorus_eval::SpecValidator;
 use chorus_store::{FileObject, NewFile};
 
 use crate::error::{ApiError, Missing};
@@ -82,9 +82,7 @@ pub async fn upload(
         None => return Err(missing("purpose")),
     }
     let (filename, content) = file.ok_or_else(|| missing("file"))?;
-    let validator = SpecValidator {
-        routes: &state.routes,
-    };
+    let validator = SpecValidator::new(&*state.routes);
     let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     let new = NewFile {

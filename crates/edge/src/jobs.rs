@@ -13,7 +13,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_actors::validation::SpecValidator;
 use chorus_bus::jobs::Write;
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
@@ -24,6 +23,7 @@ use chorus_core::job::{Input, JobState, JobStatus, apply};
 use chorus_core::messages::Submission;
 use chorus_core::spec::{FieldError, FieldErrorKind, JobSpec};
 use chorus_core::trace::TraceContext;
+use chorus_eval::SpecValidator;
 use chorus_store::{JobRecord, StoreError};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -66,9 +66,7 @@ pub async fn create(
     request_headers: HeaderMap,
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
-    let mut errors = spec.validate(&SpecValidator {
-        routes: &state.routes,
-    });
+    let mut errors = spec.validate(&SpecValidator::new(&*state.routes));
     errors.extend(deadline_passed(&spec, now_millis()));
     if !errors.is_empty() {
         return Err(ApiError::fields(&errors));

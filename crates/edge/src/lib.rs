@@ -14,7 +14,6 @@
 //! - [`error`]: errors in OpenAI's error shape.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers, and [`contract`]: what it
 //!   states beyond the handlers' annotations (shared answers, combined rules, links, models).
-//! - [`server`]: an HTTP server (the edge, or a worker's probes) as a supervised role.
 //!
 //! Nothing invalid reaches a queue: a request is validated completely (types, fields, routes,
 //! templates, assertions) before anything is published.
@@ -31,7 +30,6 @@ pub mod files;
 pub mod jobs;
 pub mod openapi;
 pub mod probes;
-pub mod server;
 pub mod state;
 
 use axum::Router;
@@ -48,7 +46,6 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
-pub use server::HttpRole;
 pub use state::AppState;
 
 /// Every route, each registered with its OpenAPI description (the `routes!` macro reads the path

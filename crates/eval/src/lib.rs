@@ -20,7 +20,8 @@
 //! is marked errored and fails.
 //!
 //! [`check`] is the same compilation the evaluator runs, so a spec the edge accepts always
-//! compiles on the worker.
+//! compiles on the worker; [`SpecValidator`] is a spec's whole validation against an
+//! installation: its routes, and this compilation.
 
 mod answer;
 mod cache;
@@ -29,6 +30,7 @@ pub mod evaluator;
 mod similarity;
 
 use chorus_core::assertion::Assertion;
+use chorus_core::spec::{RouteCheck, Validator};
 
 pub use compiled::{CompileError, Compiled};
 pub use evaluator::Evaluator;
@@ -36,6 +38,31 @@ pub use evaluator::Evaluator;
 /// Compiles `assertion` fully and says what is wrong with it, for rejecting a submission.
 pub fn check(assertion: &Assertion) -> Result<(), CompileError> {
     Compiled::new(&assertion.check).map(drop)
+}
+
+/// Validates specs against an installation's `routes` and the assertion compiler the
+/// evaluator runs.
+pub struct SpecValidator<'a, R> {
+    routes: &'a R,
+}
+
+impl<'a, R: RouteCheck> SpecValidator<'a, R> {
+    pub fn new(routes: &'a R) -> Self {
+        Self { routes }
+    }
+}
+
+impl<R: RouteCheck> Validator for SpecValidator<'_, R> {
+    type RouteError = R::Error;
+    type AssertionError = CompileError;
+
+    fn check_route(&self, model: &str) -> Result<(), R::Error> {
+        self.routes.check_route(model)
+    }
+
+    fn check_assertion(&self, assertion: &Assertion) -> Result<(), CompileError> {
+        check(assertion)
+    }
 }
 
 #[cfg(test)]

@@ -214,6 +214,14 @@ impl Routes {
     }
 }
 
+impl chorus_core::spec::RouteCheck for Routes {
+    type Error = UnknownRoute;
+
+    fn check_route(&self, model: &str) -> Result<(), UnknownRoute> {
+        self.check(model)
+    }
+}
+
 impl fmt::Debug for Routes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Routes")

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dlq::{Failure, dead_letter};
 use crate::policy::{self, Class, Classified, GaveUp, Verdict};
 use crate::stage::{Handler, Next};
-use crate::validation::SpecValidator;
+use chorus_eval::SpecValidator;
 
 pub struct Shared {
     pub bus: Bus,
@@ -278,9 +278,7 @@ impl Orchestrator {
                     )
                 }
             };
-            let errors = spec.validate(&SpecValidator {
-                routes: &self.shared.routes,
-            });
+            let errors = spec.validate(&SpecValidator::new(&*self.shared.routes));
             if !errors.is_empty() {
                 return Err(Rejected::Invalid { problems: errors });
             }

@@ -1,7 +1,7 @@
 //! An HTTP server as a role: an actor that owns the server, so the root supervises it like any
 //! other role and drains it first on shutdown (stop accepting, finish in-flight requests). The
-//! edge is one ([`HttpRole::edge`]); a process without the edge serves its probes with another
-//! ([`HttpRole::probes`]).
+//! edge's API is one; a process without the edge serves its probes with another. The router comes
+//! from the caller (`chorus_edge::router`, `chorus_edge::probes::probe_router`).
 
 use std::time::Duration;
 
@@ -11,10 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use chorus_actors::{Role, RoleHandle};
-
-use crate::probes::{ProbeState, probe_router};
-use crate::state::AppState;
+use crate::runtime::{Role, RoleHandle};
 
 pub struct HttpRole {
     name: &'static str,
@@ -25,22 +22,18 @@ pub struct HttpRole {
 }
 
 impl HttpRole {
-    /// The API, on `listener`.
-    pub fn edge(listener: TcpListener, state: AppState, drain_timeout: Duration) -> Self {
+    /// The role `name` serving `router` on `listener`; a drain waits up to `drain_timeout` for
+    /// the requests in flight.
+    pub fn new(
+        name: &'static str,
+        listener: TcpListener,
+        router: axum::Router,
+        drain_timeout: Duration,
+    ) -> Self {
         Self {
-            name: "edge",
+            name,
             listener,
-            router: crate::router(state),
-            drain_timeout,
-        }
-    }
-
-    /// `/health`, `/ready` and `/metrics` alone, on `listener`.
-    pub fn probes(listener: TcpListener, state: ProbeState, drain_timeout: Duration) -> Self {
-        Self {
-            name: "probes",
-            listener,
-            router: probe_router(state),
+            router,
             drain_timeout,
         }
     }
