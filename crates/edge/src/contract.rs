@@ -300,6 +300,17 @@ fn request_rules(document: &mut Value) {
         {"properties": {"stream_options": {"type": "null"}}},
         {"required": ["stream"], "properties": {"stream": {"const": true}}},
     ]}]);
+    // Metadata of a batch or a chat completion: OpenAI's limits, as `check_openai_metadata`.
+    schemas["Metadata"] = json!({
+        "description": "OpenAI's metadata: at most 16 pairs, keys of up to 64 characters, values \
+            strings of up to 512.",
+        "type": "object",
+        "maxProperties": chorus_core::batch::MAX_METADATA_PAIRS,
+        "propertyNames": {"maxLength": chorus_core::batch::MAX_METADATA_KEY},
+        "additionalProperties": {"type": "string", "maxLength": chorus_core::batch::MAX_METADATA_VALUE},
+    });
+    schemas["ChatCompletionRequest"]["properties"]["metadata"] = nullable(schema_ref("Metadata"));
+    schemas["CreateBatch"]["properties"]["metadata"] = nullable(schema_ref("Metadata"));
     schemas["StreamOptions"]["additionalProperties"] = json!(false);
     schemas["FileUpload"]["additionalProperties"] = json!(false);
     schemas["StreamOptions"]["required"] = json!([]);
