@@ -41,7 +41,10 @@ async fn killing_the_llm_worker_mid_load_loses_nothing_and_stores_nothing_twice(
     wait_ready(&client, &base).await;
 
     let ids = submit_roundtables(&client, &base, "sim:echo?latency=100ms..600ms", 200).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let bus = chorus_bus::Bus::connect(&nats.url(), "chorus", "test", Duration::from_secs(5))
+        .await
+        .expect("connect");
+    wait_in_flight(&bus, "work", "llm").await;
     llm.kill();
     let store = chorus_store::Store::connect(db.url(), 2).await.expect("db");
     let finished_before = count(

@@ -224,6 +224,43 @@ pub async fn wait_done(base: &str, client: &reqwest::Client, id: &str, timeout: 
     .await
 }
 
+/// Waits until the pipeline is quiet: the submit, work and events streams hold nothing, and no
+/// durable consumer awaits an ack. From then on nothing moves unless something new is published,
+/// so what a test counts then is final.
+pub async fn wait_quiet(bus: &Bus) {
+    wait::until(
+        Duration::from_secs(60),
+        "the pipeline to be quiet",
+        || async {
+            for name in ["submit", "work", "events"] {
+                let mut stream = bus.js.get_stream(bus.subjects.stream(name)).await.ok()?;
+                if stream.info().await.ok()?.state.messages > 0 {
+                    return None;
+                }
+                let mut consumers = stream.consumers();
+                while let Some(info) = futures::StreamExt::next(&mut consumers).await {
+                    if info.ok()?.num_ack_pending > 0 {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until a durable consumer of `stream` has delivered messages it still awaits acks for:
+/// work is in flight.
+pub async fn wait_in_flight(bus: &Bus, stream: &str, consumer: &str) {
+    wait::until(Duration::from_secs(30), "work in flight", || async {
+        let stream = bus.js.get_stream(bus.subjects.stream(stream)).await.ok()?;
+        let info = stream.consumer_info(consumer).await.ok()?;
+        (info.num_ack_pending > 0).then_some(())
+    })
+    .await;
+}
+
 /// Messages a stream holds now and the last sequence it ever assigned.
 pub async fn stream_state(bus: &Bus, name: &str) -> (u64, u64) {
     let mut stream = bus

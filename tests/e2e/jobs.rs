@@ -259,7 +259,7 @@ async fn cancel_stops_dispatch_and_a_deadline_fails_calls_not_yet_made() {
     let at_ack = mock.stats("slow").requests;
     let cancelled: Value = response.json().await.expect("json");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_quiet(&app.bus).await;
     let requests = mock.stats("slow").requests;
     assert!(
         requests <= at_ack + 1,

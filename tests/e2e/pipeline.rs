@@ -113,7 +113,7 @@ async fn an_undecodable_work_message_is_dead_lettered_at_once() {
         "{}",
         letters[0].error
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_quiet(&app.bus).await;
     assert_eq!(dead_letters(&app.bus).await.len(), 1);
     assert_eq!(stream_state(&app.bus, "work").await.0, 0);
 }
@@ -196,7 +196,10 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         let body: Value = response.json().await.expect("json");
         ids.push(body["id"].as_str().expect("id").to_owned());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bus = chorus_bus::Bus::connect(&nats.url(), "chorus", "test", Duration::from_secs(5))
+        .await
+        .expect("connect");
+    wait_in_flight(&bus, "work", "llm").await;
     chorus.terminate();
     let status = chorus.exit(Duration::from_secs(30)).await;
     assert!(status.success(), "graceful exit, got {status}");

@@ -158,7 +158,10 @@ async fn secrets_never_reach_logs_or_error_bodies() {
         String::from_utf8_lossy(&check.stderr)
     );
     child.kill().await.expect("kill");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    child
+        .wait()
+        .await
+        .expect("the process ended, its logs complete");
     let logs = std::fs::read_to_string(&log_path).expect("logs");
     assert!(logs.lines().count() > 50, "debug logs were captured");
 

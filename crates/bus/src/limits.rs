@@ -393,6 +393,16 @@ mod tests {
     use super::*;
     use crate::definitions::Definitions;
 
+    /// How long a test waits for what must happen before it fails (not a bound on how fast).
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    impl RouteLimiter {
+        async fn state(&self) -> RateState {
+            let entry = self.inner.bucket.kv.entry(self.key()).await.expect("read");
+            serde_json::from_slice(&entry.expect("a rate state").value).expect("decode")
+        }
+    }
+
     async fn bucket(server: &NatsServer) -> Limits {
         let bus = Bus::connect(&server.url(), "chorus", "test", Duration::from_secs(5))
             .await
@@ -428,16 +438,11 @@ mod tests {
         .await;
         let mut at = admitted.into_inner().expect("lock");
         at.sort();
-        assert_eq!(at.len(), 30);
+        assert_eq!(at.len(), 30, "every request is admitted");
         // 1200 rpm is one request per 50 ms: thirty requests cannot all be admitted in less than
-        // 29 intervals, however the three processes interleave. (When each caller *observes* its
-        // admission depends on scheduling, so only the span is asserted.)
+        // 29 intervals, however the three processes interleave. (How soon they are admitted on
+        // a busy machine is `chorus bench ratelimit`'s to measure, not a test's.)
         assert!(at[29] >= Duration::from_millis(29 * 50), "{:?}", at[29]);
-        assert!(
-            at[29] < Duration::from_millis(29 * 50 + 1000),
-            "{:?}",
-            at[29]
-        );
     }
 
     #[tokio::test]
@@ -451,17 +456,20 @@ mod tests {
                 ..RouteLimits::default()
             },
         );
-        a.pause_until(now_millis() + 700).await.expect("pause");
-        let started = Instant::now();
-        a.admit_request().await.expect("admit without rpm");
-        assert!(
-            started.elapsed() >= Duration::from_millis(650),
-            "{:?}",
-            started.elapsed()
+        let until = now_millis() + 700;
+        a.pause_until(until).await.expect("pause");
+        let (without_rpm, with_rpm) = futures::join!(
+            async {
+                a.admit_request().await.expect("admit without rpm");
+                now_millis()
+            },
+            async {
+                b.admit_request().await.expect("admit with rpm");
+                now_millis()
+            }
         );
-        let started = Instant::now();
-        b.admit_request().await.expect("admit with rpm");
-        assert!(started.elapsed() < Duration::from_millis(200));
+        assert!(without_rpm >= until, "{} ms early", until - without_rpm);
+        assert!(with_rpm >= until, "{} ms early", until - with_rpm);
     }
 
     #[tokio::test]
@@ -480,17 +488,16 @@ mod tests {
             let limiter = limiter.clone();
             async move { limiter.admit_request().await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = Instant::now();
+        chorus_testkit::wait::until(Duration::from_secs(10), "a caller waiting", || async {
+            limiter.inner.serial.try_lock().is_err().then_some(())
+        })
+        .await;
         limiter
             .pause_until(now_millis() + 2_000)
             .await
             .expect("pause");
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "the pause queued behind a waiter: {:?}",
-            started.elapsed()
-        );
+        // Had the pause queued behind the waiter, the waiter would have been admitted first.
+        assert!(!waiting.is_finished(), "the pause queued behind a waiter");
         let waited = waiting.await.expect("join").expect("admitted");
         assert!(waited >= Duration::from_millis(1_800), "{waited:?}");
     }
@@ -517,19 +524,14 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        // Used far fewer than reserved: the budget is given back.
+        // Used far fewer than reserved: the budget is given back, 990 tokens of 1 ms each.
         limiter.reserve_tokens(1_000).await.expect("third");
+        let reserved = limiter.state().await.tokens;
         limiter
             .reconcile_tokens(1_000, 10)
             .await
             .expect("reconcile");
-        let started = Instant::now();
-        limiter.reserve_tokens(10).await.expect("fourth");
-        assert!(
-            started.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_eq!(limiter.state().await.tokens, reserved - 990_000);
     }
 
     #[tokio::test]
@@ -548,7 +550,7 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(300), a.acquire_slot()).await;
         assert!(third.is_err(), "both slots are held");
         drop(first);
-        let third = tokio::time::timeout(Duration::from_secs(2), a.acquire_slot()).await;
+        let third = tokio::time::timeout(DEADLINE, a.acquire_slot()).await;
         assert!(
             matches!(third, Ok(Ok(Some(_)))),
             "a released slot is free again"
@@ -557,7 +559,7 @@ mod tests {
         // A holder that dies stops renewing: its lease expires with its TTL.
         second.renew.abort();
         std::mem::forget(second);
-        let taken = tokio::time::timeout(Duration::from_secs(6), b.acquire_slot()).await;
+        let taken = tokio::time::timeout(DEADLINE, b.acquire_slot()).await;
         assert!(
             matches!(taken, Ok(Ok(Some(_)))),
             "an abandoned lease expires"
