@@ -14,16 +14,15 @@
 use chorus_core::config::RouteConfig;
 use chorus_core::messages::Usage;
 use chorus_core::spec::Role;
-use futures::future::BoxFuture;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::ProviderError;
-use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
+use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
 pub const PROVIDER_NAME: &str = "anthropic";
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -102,21 +101,22 @@ impl Anthropic {
                 stream: Some(true),
                 ..body
             };
-            let mut stream = Stream::default();
-            self.http
-                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
-                    stream.line(line, sink)
-                })
-                .await?;
-            return stream.finish();
+            let url = self.url.clone();
+            return self
+                .http
+                .streamed::<Stream>(url, headers, &body, read_error, sink)
+                .await;
         }
-        let body = self
-            .http
-            .post(self.url.clone(), headers, &body, read_error)
-            .await?;
-        completion(decode(&body, "a Messages API message")?)
+        let url = self.url.clone();
+        completion(
+            self.http
+                .answer(url, headers, &body, read_error, "a Messages API message")
+                .await?,
+        )
     }
 }
+
+super::provider!(Anthropic);
 
 /// A streamed message (Server-Sent Events: `message_start`, `content_block_delta`s,
 /// `message_delta`, `message_stop`; `error` when it fails midway), gathered as it arrives.
@@ -177,7 +177,7 @@ struct OutputUsage {
     output_tokens: u32,
 }
 
-impl Stream {
+impl LineStream for Stream {
     fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
         let Some(data) = sse_data(line) else {
             return Ok(());
@@ -223,19 +223,6 @@ impl Stream {
             stop_reason: self.stop_reason,
             usage,
         })
-    }
-}
-
-impl Provider for Anthropic {
-    fn name(&self) -> &str {
-        PROVIDER_NAME
-    }
-
-    fn complete<'a>(
-        &'a self,
-        request: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
-        Box::pin(self.call(request))
     }
 }
 

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::ProviderError;
 use crate::error::{ErrorKind, LlmError};
+use crate::provider::{Completion, DeltaSink};
 
 /// A route's API key, from the variable named by `api_key_env` or the file `api_key_file`.
 #[derive(Clone, Debug)]
@@ -261,6 +262,45 @@ pub(crate) fn ended_early() -> LlmError {
 }
 
 /// Decodes a success body; anything else than the expected shape is [`ErrorKind::Malformed`].
+/// How a provider's streamed answer is read: line by line as it arrives (each line's text goes
+/// to the sink), then finished into the whole answer.
+pub(crate) trait LineStream: Default {
+    fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError>;
+    fn finish(self) -> Result<Completion, LlmError>;
+}
+
+impl Http {
+    /// Posts `body` and reads the answer streamed back through `S`.
+    pub(crate) async fn streamed<S: LineStream>(
+        &self,
+        url: Url,
+        headers: HeaderMap,
+        body: &impl Serialize,
+        read_error: fn(&[u8]) -> ErrorBody,
+        sink: &DeltaSink,
+    ) -> Result<Completion, LlmError> {
+        let mut stream = S::default();
+        self.post_lines(url, headers, body, read_error, |line| {
+            stream.line(line, sink)
+        })
+        .await?;
+        stream.finish()
+    }
+
+    /// Posts `body` and decodes the whole answer, which should be `what`.
+    pub(crate) async fn answer<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        headers: HeaderMap,
+        body: &impl Serialize,
+        read_error: fn(&[u8]) -> ErrorBody,
+        what: &str,
+    ) -> Result<T, LlmError> {
+        let body = self.post(url, headers, body, read_error).await?;
+        decode(&body, what)
+    }
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, LlmError> {
     serde_json::from_slice(body).map_err(|e| {
         LlmError::new(

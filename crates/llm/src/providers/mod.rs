@@ -8,6 +8,26 @@
 //! and error bodies. Finish reasons are reported in OpenAI's words (`stop`, `length`,
 //! `tool_calls`, `content_filter`) whichever provider answered, so results compare across routes.
 
+/// Implements [`Provider`] for a provider module's type: its `PROVIDER_NAME`, and its inherent
+/// `call`.
+macro_rules! provider {
+    ($provider:ty) => {
+        impl crate::provider::Provider for $provider {
+            fn name(&self) -> &str {
+                PROVIDER_NAME
+            }
+
+            fn complete<'a>(
+                &'a self,
+                request: &'a crate::provider::CompletionRequest,
+            ) -> futures::future::BoxFuture<'a, Result<crate::provider::Completion, LlmError>> {
+                Box::pin(self.call(request))
+            }
+        }
+    };
+}
+use provider;
+
 pub mod anthropic;
 mod http;
 pub mod ollama;

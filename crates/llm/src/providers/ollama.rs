@@ -13,16 +13,15 @@
 use chorus_core::config::RouteConfig;
 use chorus_core::messages::Usage;
 use chorus_core::spec::{ChatMessage, Role};
-use futures::future::BoxFuture;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::ProviderError;
-use super::http::{ErrorBody, Http, decode, ended_early, endpoint};
+use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint};
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
 pub const PROVIDER_NAME: &str = "ollama";
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:11434";
@@ -67,35 +66,22 @@ impl Ollama {
         };
         let mut headers = HeaderMap::new();
         self.http.auth(&mut headers, AUTHORIZATION, "Bearer ")?;
+        let url = self.url.clone();
         if let Some(sink) = sink {
-            let mut stream = Stream::default();
-            self.http
-                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
-                    stream.line(line, sink)
-                })
-                .await?;
-            return stream.finish();
+            return self
+                .http
+                .streamed::<Stream>(url, headers, &body, read_error, sink)
+                .await;
         }
-        let body = self
-            .http
-            .post(self.url.clone(), headers, &body, read_error)
-            .await?;
-        Ok(completion(decode(&body, "an Ollama chat response")?))
+        Ok(completion(
+            self.http
+                .answer(url, headers, &body, read_error, "an Ollama chat response")
+                .await?,
+        ))
     }
 }
 
-impl Provider for Ollama {
-    fn name(&self) -> &str {
-        PROVIDER_NAME
-    }
-
-    fn complete<'a>(
-        &'a self,
-        request: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
-        Box::pin(self.call(request))
-    }
-}
+super::provider!(Ollama);
 
 #[derive(Serialize)]
 struct ChatRequest<'a> {
@@ -165,7 +151,7 @@ struct StreamLine {
     done: bool,
 }
 
-impl Stream {
+impl LineStream for Stream {
     fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
         if line.trim().is_empty() {
             return Ok(());

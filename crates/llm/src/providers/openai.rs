@@ -16,16 +16,15 @@
 use chorus_core::config::RouteConfig;
 use chorus_core::messages::Usage;
 use chorus_core::spec::ChatMessage;
-use futures::future::BoxFuture;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ProviderError;
-use super::http::{ErrorBody, Http, decode, ended_early, endpoint, sse_data};
+use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint, sse_data};
 use crate::error::{ErrorKind, LlmError};
-use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, Provider};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
 pub const PROVIDER_NAME: &str = "openai";
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -84,21 +83,22 @@ impl OpenAi {
                 }),
                 ..body
             };
-            let mut stream = Stream::default();
-            self.http
-                .post_lines(self.url.clone(), headers, &body, read_error, |line| {
-                    stream.line(line, sink)
-                })
-                .await?;
-            return stream.finish();
+            let url = self.url.clone();
+            return self
+                .http
+                .streamed::<Stream>(url, headers, &body, read_error, sink)
+                .await;
         }
-        let body = self
-            .http
-            .post(self.url.clone(), headers, &body, read_error)
-            .await?;
-        completion(decode(&body, "a chat completion")?)
+        let url = self.url.clone();
+        completion(
+            self.http
+                .answer(url, headers, &body, read_error, "a chat completion")
+                .await?,
+        )
     }
 }
+
+super::provider!(OpenAi);
 
 /// A streamed chat completion (Server-Sent Events of `chat.completion.chunk` objects, then
 /// `data: [DONE]`), gathered into the answer as it arrives.
@@ -136,7 +136,7 @@ struct ChunkDelta {
     refusal: Option<String>,
 }
 
-impl Stream {
+impl LineStream for Stream {
     fn line(&mut self, line: &str, sink: &DeltaSink) -> Result<(), LlmError> {
         let Some(data) = sse_data(line) else {
             return Ok(());
@@ -187,19 +187,6 @@ impl Stream {
             }],
             usage: self.usage,
         })
-    }
-}
-
-impl Provider for OpenAi {
-    fn name(&self) -> &str {
-        PROVIDER_NAME
-    }
-
-    fn complete<'a>(
-        &'a self,
-        request: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Completion, LlmError>> {
-        Box::pin(self.call(request))
     }
 }
 
