@@ -103,17 +103,13 @@ pub async fn dead_letter(
             );
             let _ = delivery.ack().await;
         }
-        Err(GaveUp {
-            verdict: Verdict::Redeliver(delay),
-            ..
-        }) => {
-            let _ = delivery.nak(Some(delay)).await;
-        }
-        Err(GaveUp { error, .. }) => {
-            tracing::error!(stage = stage.as_str(), %error, subject = delivery.subject(),
-                "cannot file a dead letter even without its body; redelivering it until its consumer's max_deliver");
-            let delay = policy::redelivery(info.delivered);
-            let _ = delivery.nak(Some(delay)).await;
+        Err(gave_up) => {
+            if let Some((delivery, error)) = gave_up.give_back(delivery).await {
+                tracing::error!(stage = stage.as_str(), %error, subject = delivery.subject(),
+                    "cannot file a dead letter even without its body; redelivering it until its consumer's max_deliver");
+                let delay = policy::redelivery(info.delivered);
+                let _ = delivery.nak(Some(delay)).await;
+            }
         }
     }
 }

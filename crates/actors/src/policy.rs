@@ -179,6 +179,21 @@ pub struct GaveUp<E> {
     pub verdict: Verdict,
 }
 
+impl<E> GaveUp<E> {
+    /// Gives `delivery` back when the verdict is [`Verdict::Redeliver`] (a NAK with its delay)
+    /// and answers `None`; on [`Verdict::Fail`], hands the delivery and the error back to fail
+    /// with.
+    pub async fn give_back(self, delivery: Delivery) -> Option<(Delivery, E)> {
+        match self.verdict {
+            Verdict::Redeliver(delay) => {
+                let _ = delivery.nak(Some(delay)).await;
+                None
+            }
+            Verdict::RetryHere(_) | Verdict::Fail => Some((delivery, self.error)),
+        }
+    }
+}
+
 /// Runs `action` until it succeeds or the policy gives up on its failure. Failures to retry here
 /// are retried after the policy's delay, touching `delivery` at each try so its stage keeps it;
 /// once `stop` is cancelled (the role is draining) a failure is given up as

@@ -12,7 +12,7 @@ use chorus_eval::Evaluator;
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
-use crate::policy::{GaveUp, Verdict};
+
 use crate::stage::{Handler, Next};
 
 /// Compiled assertions each worker keeps.
@@ -65,15 +65,11 @@ impl Handler for EvalWorker {
             Ok(()) => {
                 let _ = delivery.ack().await;
             }
-            Err(GaveUp {
-                verdict: Verdict::Redeliver(delay),
-                ..
-            }) => {
-                let _ = delivery.nak(Some(delay)).await;
-            }
-            Err(GaveUp { error, .. }) => {
-                let at = (job, tenant, None);
-                super::abort_job(bus, Stage::Evaluator, stop, delivery, at, &error).await;
+            Err(gave_up) => {
+                if let Some((delivery, error)) = gave_up.give_back(delivery).await {
+                    let at = (job, tenant, None);
+                    super::abort_job(bus, Stage::Evaluator, stop, delivery, at, &error).await;
+                }
             }
         }
         Next::Done

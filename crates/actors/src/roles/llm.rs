@@ -509,16 +509,12 @@ impl LlmWorker {
     async fn settle(&self, delivery: Delivery, result: &StepResult, keep: Option<Failure>) {
         let (bus, stop) = (&self.shared.bus, &self.shared.stop);
         let published = self.publish(&delivery, result).await;
-        let kept = match published {
-            Ok(()) => keep,
-            Err(GaveUp {
-                verdict: Verdict::Redeliver(delay),
-                ..
-            }) => {
-                let _ = delivery.nak(Some(delay)).await;
-                return;
-            }
-            Err(GaveUp { error, .. }) => {
+        let (delivery, kept) = match published {
+            Ok(()) => (delivery, keep),
+            Err(gave_up) => {
+                let Some((delivery, error)) = gave_up.give_back(delivery).await else {
+                    return;
+                };
                 let failed = StepResult {
                     outcome: StepOutcome::Failed(StepError {
                         kind: policy::Classified::failure_kind(&error).to_owned(),
@@ -536,7 +532,8 @@ impl LlmWorker {
                     let _ = delivery.nak(Some(delay)).await;
                     return;
                 }
-                Some(Failure::of(&error).on_route(Some(&result.route)))
+                let failure = Failure::of(&error).on_route(Some(&result.route));
+                (delivery, Some(failure))
             }
         };
         match kept {

@@ -129,14 +129,15 @@ async fn abort_job(
         &abort,
     )
     .await;
-    match aborted {
-        Err(GaveUp {
-            verdict: Verdict::Redeliver(delay),
-            ..
-        }) => {
-            let _ = answering.nak(Some(delay)).await;
-        }
-        _ => dead_letter(bus, stage, answering, Failure::of(error), stop).await,
+    let answering = match aborted {
+        Ok(()) => Some(answering),
+        Err(gave_up) => gave_up
+            .give_back(answering)
+            .await
+            .map(|(answering, _)| answering),
+    };
+    if let Some(answering) = answering {
+        dead_letter(bus, stage, answering, Failure::of(error), stop).await;
     }
 }
 

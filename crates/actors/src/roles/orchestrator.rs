@@ -165,19 +165,15 @@ impl Handler for Orchestrator {
             self.process(&event)
         })
         .await;
-        let error = match applied {
+        let (delivery, error) = match applied {
             Ok(()) => {
                 let _ = delivery.ack().await;
                 return Next::Done;
             }
-            Err(GaveUp {
-                verdict: Verdict::Redeliver(delay),
-                ..
-            }) => {
-                let _ = delivery.nak(Some(delay)).await;
-                return Next::Done;
-            }
-            Err(GaveUp { error, .. }) => error,
+            Err(gave_up) => match gave_up.give_back(delivery).await {
+                Some(failed) => failed,
+                None => return Next::Done,
+            },
         };
         // The event can never be applied. An orphan has no job to fail; anything else (a state
         // or a call too large for the bus) fails its job, and the event is kept in the DLQ.
