@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use bytesize::ByteSize;
 use chorus_core::config::RouteConfig;
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{Behaviour, MockLlm};
+use chorus_mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
 use futures::StreamExt;

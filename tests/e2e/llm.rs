@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use chorus_core::config::{Config, RouteConfig};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{
+use chorus_mock_llm::{
     Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window,
 };
 use chorus_testkit::nats::NatsServer;
