@@ -369,7 +369,7 @@ async fn jetstream_submissions_are_deduplicated_and_malformed_ones_answered() {
 async fn cancelling_a_batch_stops_its_calls_and_the_counts_add_up() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "slow",
         Behaviour::answer("ok").with_latency(Duration::from_millis(100)),

@@ -77,7 +77,7 @@ fn user(model: &str, text: &str) -> Value {
 async fn chat_completions_answer_plain_and_streamed_and_are_stored() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "streamer",
         Behaviour::answer("Streams arrive one word after another.")

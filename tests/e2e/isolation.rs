@@ -117,7 +117,7 @@ async fn a_database_outage_mid_load_loses_and_fails_nothing() {
 async fn a_step_whose_result_publish_fails_is_not_called_again() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("paid", Behaviour::answer("worth every cent"));
     let mut config = test_config(&nats, &db);
     config.routes.push(mock_route("paid", &mock, "paid"));

@@ -90,7 +90,9 @@ pub(super) async fn run(config: Config, args: RatelimitArgs) -> anyhow::Result<(
 }
 
 async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> {
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start()
+        .await
+        .context("cannot start the mock LLM provider")?;
     mock.script(ROUTE, Behaviour::answer("ok").with_latency(args.latency));
     let mut config = bench.config.clone();
     config.routes.push(RouteConfig {

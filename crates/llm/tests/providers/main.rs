@@ -33,7 +33,7 @@ impl Setup {
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
         Self {
-            mock: MockLlm::start().await,
+            mock: MockLlm::start().await.unwrap(),
             key_file,
             _dir: dir,
         }
