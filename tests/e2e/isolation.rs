@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chorus_testkit::database::{Backend, TestDatabase};
 use chorus_mock_llm::{Behaviour, MockLlm};
+use chorus_testkit::database::{Backend, TestDatabase};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::proxy::Proxy;
 use chorus_testkit::wait;

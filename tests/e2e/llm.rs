@@ -5,10 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use chorus_core::config::{Config, RouteConfig};
+use chorus_mock_llm::{Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window};
 use chorus_testkit::database::TestDatabase;
-use chorus_mock_llm::{
-    Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window,
-};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
 use serde_json::{Value, json};

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chorus_core::config::RouteConfig;
-use chorus_testkit::database::TestDatabase;
 use chorus_mock_llm::{Behaviour, Fault, MockLlm};
+use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
 use serde_json::{Value, json};
 
