@@ -9,8 +9,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use bytesize::ByteSize;
 use chorus_core::config::RouteConfig;
+use chorus_mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
 use futures::StreamExt;
@@ -369,7 +369,7 @@ async fn jetstream_submissions_are_deduplicated_and_malformed_ones_answered() {
 async fn cancelling_a_batch_stops_its_calls_and_the_counts_add_up() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "slow",
         Behaviour::answer("ok").with_latency(Duration::from_millis(100)),

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chorus_core::config::RouteConfig;
+use chorus_mock_llm::{Behaviour, Fault, MockLlm};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{Behaviour, Fault, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use serde_json::{Value, json};
 
@@ -77,7 +77,7 @@ fn user(model: &str, text: &str) -> Value {
 async fn chat_completions_answer_plain_and_streamed_and_are_stored() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "streamer",
         Behaviour::answer("Streams arrive one word after another.")

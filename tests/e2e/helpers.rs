@@ -316,11 +316,7 @@ pub fn roundtable(model: &str) -> Value {
 }
 
 /// A route to `model` on the mock, through the OpenAI-compatible provider.
-pub fn mock_route(
-    name: &str,
-    mock: &chorus_testkit::mock_llm::MockLlm,
-    model: &str,
-) -> RouteConfig {
+pub fn mock_route(name: &str, mock: &chorus_mock_llm::MockLlm, model: &str) -> RouteConfig {
     RouteConfig {
         base_url: Some(format!("{}/v1", mock.url())),
         timeout: Duration::from_millis(800),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use chorus_mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::database::{Backend, TestDatabase};
-use chorus_testkit::mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::proxy::Proxy;
 use chorus_testkit::wait;
@@ -117,7 +117,7 @@ async fn a_database_outage_mid_load_loses_and_fails_nothing() {
 async fn a_step_whose_result_publish_fails_is_not_called_again() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("paid", Behaviour::answer("worth every cent"));
     let mut config = test_config(&nats, &db);
     config.routes.push(mock_route("paid", &mock, "paid"));

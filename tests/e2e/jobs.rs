@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chorus_core::config::{Price, RouteConfig};
+use chorus_mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{Behaviour, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ fn assertion<'a>(job: &'a Value, kind: &str) -> &'a Value {
 async fn judges_run_through_the_llm_stage_and_garbage_is_an_errored_assertion() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "answer",
         Behaviour::answer("Paris is the capital of France."),
@@ -172,7 +172,7 @@ async fn judges_run_through_the_llm_stage_and_garbage_is_an_errored_assertion() 
 async fn a_backlog_serves_high_priority_first() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "one-at-a-time",
         Behaviour::answer("ok").with_latency(Duration::from_millis(100)),
@@ -226,7 +226,7 @@ async fn a_backlog_serves_high_priority_first() {
 async fn cancel_stops_dispatch_and_a_deadline_fails_calls_not_yet_made() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "slow",
         Behaviour::answer("ok").with_latency(Duration::from_millis(300)),

@@ -5,10 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use chorus_core::config::{Config, RouteConfig};
+use chorus_mock_llm::{Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{
-    Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window,
-};
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
 use serde_json::{Value, json};
@@ -32,7 +30,7 @@ async fn submit(app: &TestApp, model: &str, text: &str) -> String {
 async fn with_30_percent_faults_every_job_succeeds() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "flaky",
         Behaviour::answer("fine")
@@ -66,7 +64,7 @@ async fn with_30_percent_faults_every_job_succeeds() {
 async fn a_permanent_error_fails_the_job_at_once_with_the_providers_message() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("strict", Behaviour::always(Fault::status(400)));
     let mut config = test_config(&nats, &db);
     config.routes.push(mock_route("strict", &mock, "strict"));
@@ -94,7 +92,7 @@ async fn a_permanent_error_fails_the_job_at_once_with_the_providers_message() {
 async fn always_503_ends_in_the_dlq_and_a_replay_after_healing_succeeds() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("down", Behaviour::always(Fault::status(503)));
     let mut config = test_config(&nats, &db);
     config.routes.push(mock_route("down", &mock, "down"));
@@ -151,7 +149,7 @@ async fn always_503_ends_in_the_dlq_and_a_replay_after_healing_succeeds() {
 async fn a_fallback_answers_when_the_route_always_fails_and_the_step_records_both() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("primary-model", Behaviour::always(Fault::status(503)));
     mock.script("backup-model", Behaviour::answer("from the backup"));
     let mut config = test_config(&nats, &db);
@@ -250,7 +248,7 @@ async fn three_llm_pods(config: Config) -> (TestApp, Vec<Chorus>, Processes) {
 async fn a_429_pauses_its_route_on_every_pod_while_another_route_flows() {
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "throttled",
         Behaviour::answer("ok")
@@ -307,7 +305,7 @@ async fn three_llm_pods_share_one_rate_limit() {
     const WINDOW: Duration = Duration::from_secs(15);
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script(
         "capped",
         Behaviour::answer("ok").with_latency(Duration::from_millis(30)),

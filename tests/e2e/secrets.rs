@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chorus_core::config::RouteConfig;
+use chorus_mock_llm::{Behaviour, Fault, MockLlm};
 use chorus_testkit::database::TestDatabase;
-use chorus_testkit::mock_llm::{Behaviour, Fault, MockLlm};
 use chorus_testkit::nats::NatsServer;
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ async fn secrets_never_reach_logs_or_error_bodies() {
     // Postgres with trust auth accepts any password, so the password's path can be exercised.
     let db = TestDatabase::postgres().unwrap_or_else(TestDatabase::sqlite);
     let on_postgres = db.url().starts_with("postgres");
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start().await.unwrap();
     mock.script("good", Behaviour::answer("fine"));
     mock.script(
         "echoes-the-key",

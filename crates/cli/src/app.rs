@@ -135,6 +135,7 @@ impl FromStr for RoleName {
 pub fn load_config(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
     let config = Config::load(file)?;
     chorus_telemetry::init(&config.log);
+    #[cfg(feature = "faults")]
     if config.faults.is_enabled() {
         tracing::warn!(faults = ?config.faults, "FAULT INJECTION IS ON: this configuration is for tests only");
     }
@@ -233,7 +234,10 @@ pub async fn start(
         let store = || store.clone().ok_or(StartError::NoDatabase);
         started.push(match role {
             RoleName::Persister => {
-                Box::new(roles::persister(&ctx, store()?.with_faults(&config.faults)))
+                let store = store()?;
+                #[cfg(feature = "faults")]
+                let store = store.with_faults(&config.faults);
+                Box::new(roles::persister(&ctx, store))
             }
             RoleName::Evaluator => Box::new(roles::evaluator(&ctx)),
             RoleName::Llm => Box::new(roles::llm(&ctx).await?),

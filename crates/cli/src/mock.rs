@@ -1,11 +1,10 @@
-//! `chorus mock-llm`: the testkit's mock provider server ([`chorus_testkit::mock_llm`]) as a
-//! command, for demos and load tests. It speaks the OpenAI, Azure OpenAI, Anthropic and Ollama wire
-//! formats and is scripted over HTTP (`PUT /_mock/models/{model}`); it holds no state but memory.
+//! `chorus mock-llm`: the tests' mock provider server ([`chorus_mock_llm`]) as a command, for
+//! demos and load tests. It speaks the OpenAI, Azure OpenAI, Anthropic and Ollama wire formats
+//! and is scripted over HTTP (`PUT /_mock/models/{model}`); it holds no state but memory.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use chorus_testkit::mock_llm;
 use tokio::net::TcpListener;
 
 use crate::app;
@@ -37,7 +36,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     println!("  curl {url}/_mock/stats");
     println!("  curl -X POST {url}/_mock/reset");
     println!("\nPress ctrl-c to stop.");
-    mock_llm::serve(listener, app::shutdown_signal())
+    chorus_mock_llm::serve(listener, app::shutdown_signal())
         .await
         .context("mock LLM server")
 }

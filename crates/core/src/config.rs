@@ -28,7 +28,13 @@ pub struct Config {
     pub persister: PersisterConfig,
     pub supervision: SupervisionConfig,
     pub log: LogConfig,
+    #[cfg(feature = "faults")]
     pub faults: FaultConfig,
+    /// A build without the `faults` feature has no fault hooks: a `[faults]` section (or a
+    /// `CHORUS_FAULTS_…` variable) is read only for [`Config::validate`] to refuse it by name.
+    #[cfg(not(feature = "faults"))]
+    #[serde(skip_serializing)]
+    faults: Option<serde::de::IgnoredAny>,
     pub dlq: DlqConfig,
     pub routes: Vec<RouteConfig>,
 }
@@ -431,6 +437,10 @@ impl Default for DlqConfig {
 /// `spec.metadata` has the key `store_reject_metadata`, as if the database had rejected it. Off
 /// unless set; start-up logs a warning whenever it is on. No request can trigger any of them
 /// otherwise.
+///
+/// Only in builds with the `faults` feature, which the tests turn on (the root package's
+/// dev-dependencies ask for it); a release build has neither the hooks nor this section.
+#[cfg(feature = "faults")]
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
@@ -442,6 +452,7 @@ pub struct FaultConfig {
     pub store_reject_metadata: Option<String>,
 }
 
+#[cfg(feature = "faults")]
 impl FaultConfig {
     pub fn is_enabled(&self) -> bool {
         self.llm_panic_route.is_some()
@@ -622,6 +633,12 @@ impl Config {
             }
         };
         require(self.nats.replicas >= 1, "nats.replicas: must be at least 1");
+        #[cfg(not(feature = "faults"))]
+        require(
+            self.faults.is_none(),
+            "faults: this build has no fault injection (only test builds do, with the `faults` \
+             feature): remove the [faults] section and any CHORUS_FAULTS_… variable",
+        );
         let nats = &self.nats;
         let methods = [
             nats.credentials_file.is_some(),
@@ -838,6 +855,55 @@ mod tests {
             assert!(err.contains("llm.workers"), "{err}");
             Ok(())
         });
+    }
+
+    #[cfg(feature = "faults")]
+    #[test]
+    fn a_test_build_reads_its_fault_hooks() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[faults]\nllm_panic_route = \"crash\"\n")?;
+            jail.set_env("CHORUS_FAULTS_STORE_REJECT_METADATA", "poison");
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.faults.llm_panic_route.as_deref(), Some("crash"));
+            assert_eq!(
+                config.faults.store_reject_metadata.as_deref(),
+                Some("poison")
+            );
+            assert!(config.faults.is_enabled());
+            Ok(())
+        });
+    }
+
+    #[cfg(not(feature = "faults"))]
+    #[test]
+    fn a_build_without_fault_hooks_refuses_them_by_name() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[faults]\nllm_panic_route = \"crash\"\n")?;
+            let err = Config::load(Some(Path::new("c.toml")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("faults: this build has no fault injection"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("CHORUS_FAULTS_LLM_PUBLISH_FAILURES", "3");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("faults: this build has no fault injection"),
+                "{err}"
+            );
+            Ok(())
+        });
+        // Nor does it print one (`chorus config check`).
+        let shown = serde_json::to_value(Config::default()).unwrap_or_default();
+        assert!(shown.get("faults").is_none(), "{shown}");
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub enum StoreError {
         #[source]
         source: rand::rand_core::OsError,
     },
-    /// Refused by `faults.store_reject_metadata`, as if the database had refused the data.
+    /// Refused by `faults.store_reject_metadata`, as if the database had refused the data
+    /// (only in builds with the `faults` feature).
+    #[cfg(feature = "faults")]
     #[error(
         "refused by fault injection: job {job}: its metadata has `{key}` (faults.store_reject_metadata)"
     )]
@@ -97,8 +99,9 @@ impl StoreError {
             | Self::Json { .. }
             | Self::BadTenant { .. }
             | Self::BadScopes { .. }
-            | Self::NoScope
-            | Self::InjectedFault { .. } => StoreErrorKind::Rejected,
+            | Self::NoScope => StoreErrorKind::Rejected,
+            #[cfg(feature = "faults")]
+            Self::InjectedFault { .. } => StoreErrorKind::Rejected,
             Self::Randomness { .. } => StoreErrorKind::Broken,
             Self::CreateDir { .. } => StoreErrorKind::Broken,
         }

@@ -8,11 +8,12 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+#[cfg(feature = "faults")]
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "faults")]
 use chorus_core::config::FaultConfig;
-
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -36,6 +37,7 @@ pub struct Store {
     pub(crate) db: DatabaseConnection,
     /// `faults.store_reject_metadata`: [`Store::write_batch`] refuses snapshots whose metadata
     /// has this key.
+    #[cfg(feature = "faults")]
     pub(crate) reject_metadata: Option<Arc<str>>,
 }
 
@@ -66,12 +68,14 @@ impl Store {
         let db = Database::connect(options).await?;
         Ok(Store {
             db,
+            #[cfg(feature = "faults")]
             reject_metadata: None,
         })
     }
 
     /// This store with the test-only faults of `faults` that concern it
-    /// (`store_reject_metadata`).
+    /// (`store_reject_metadata`); only in builds with the `faults` feature.
+    #[cfg(feature = "faults")]
     pub fn with_faults(mut self, faults: &FaultConfig) -> Store {
         self.reject_metadata = faults.store_reject_metadata.as_deref().map(Arc::from);
         self

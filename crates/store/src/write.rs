@@ -56,6 +56,7 @@ impl Store {
     #[tracing::instrument(name = "store.write_batch", skip_all, fields(snapshots = states.len()))]
     pub async fn write_batch(&self, states: Vec<JobState>) -> Result<Vec<Committed>, StoreError> {
         let latest = latest_per_job(states);
+        #[cfg(feature = "faults")]
         if let Some(key) = self.reject_metadata.as_deref()
             && let Some(state) = latest.values().find(|s| s.spec.metadata.contains_key(key))
         {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use chorus_bus::{BusError, BusErrorKind};
+use chorus_bus::BusError;
 
 use bytes::Bytes;
 use chorus_bus::cancels::CancelSet;
@@ -26,7 +26,7 @@ use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::RouteLimiter;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};
-use chorus_core::config::{FaultConfig, LlmConfig};
+use chorus_core::config::LlmConfig;
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::judge;
 use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput, StepResult};
@@ -44,6 +44,11 @@ use crate::dlq::{Failure, dead_letter};
 use crate::policy::{self, GaveUp, Verdict};
 use crate::stage::{Handler, Next};
 
+#[cfg(feature = "faults")]
+mod faults;
+#[cfg(feature = "faults")]
+pub use faults::Faults;
+
 /// How often a running call touches its message, so its consumer keeps it alive.
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
 
@@ -58,6 +63,7 @@ pub struct Shared {
     pub config: LlmConfig,
     /// The consumer's max deliveries: the delivery that dead-letters instead of NAKing.
     pub max_deliver: u64,
+    #[cfg(feature = "faults")]
     pub faults: Faults,
     /// For the check that a redelivered call's step is not already settled.
     pub jobs: JobStore,
@@ -65,61 +71,6 @@ pub struct Shared {
     pub limiters: HashMap<String, RouteLimiter>,
     /// Cancelled jobs and batches, checked before each call is sent.
     pub cancels: CancelSet,
-}
-
-/// The test-only fault hook (see `FaultConfig`).
-#[derive(Default)]
-pub struct Faults {
-    route: Option<String>,
-    remaining: Option<AtomicU32>,
-    abort_route: Option<String>,
-    publish_failures: AtomicU32,
-}
-
-impl Faults {
-    pub fn new(config: &FaultConfig) -> Self {
-        Self {
-            route: config.llm_panic_route.clone(),
-            remaining: (config.llm_panic_times > 0).then(|| AtomicU32::new(config.llm_panic_times)),
-            abort_route: config.llm_abort_route.clone(),
-            publish_failures: AtomicU32::new(config.llm_publish_failures),
-        }
-    }
-
-    /// A step-result publish that fails as if NATS had not answered, while the fault lasts.
-    fn publish(&self) -> Result<(), BusError> {
-        let fail = self
-            .publish_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        match fail {
-            true => Err(BusError::new(
-                "publish a step result",
-                BusErrorKind::Unavailable,
-                "fault injection: the publish is not acknowledged",
-            )),
-            false => Ok(()),
-        }
-    }
-
-    fn strike(&self, route: &str) {
-        if self.abort_route.as_deref() == Some(route) {
-            tracing::error!(%route, "fault injection: aborting the process on a call to this route");
-            std::process::abort();
-        }
-        if self.route.as_deref() != Some(route) {
-            return;
-        }
-        let armed = match &self.remaining {
-            None => true,
-            Some(left) => left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok(),
-        };
-        if armed {
-            panic!("fault injection: llm worker panics on a call to `{route}`");
-        }
-    }
 }
 
 pub struct LlmWorker {
@@ -220,6 +171,7 @@ impl Handler for LlmWorker {
                 return Next::Done;
             }
         };
+        #[cfg(feature = "faults")]
         shared.faults.strike(&call.route);
         let started_at = now_millis();
         let delivered = delivery.info().delivered.max(1);
@@ -569,6 +521,7 @@ impl LlmWorker {
         policy::persist("llm", what, &[delivery], &shared.stop, || {
             let message = message.clone();
             async move {
+                #[cfg(feature = "faults")]
                 shared.faults.publish()?;
                 shared.bus.publish_all(vec![message]).await
             }

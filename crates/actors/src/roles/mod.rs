@@ -291,6 +291,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         retry: RetryPolicy::new(config),
         config: config.clone(),
         max_deliver,
+        #[cfg(feature = "faults")]
         faults: llm::Faults::new(&ctx.config.faults),
         jobs: JobStore::open(&ctx.bus).await?,
         limiters,

@@ -1,7 +1,7 @@
 //! `chorus bench ratelimit`: several `chorus serve --roles llm` processes share one route limited
-//! in requests per minute, calling the testkit's mock provider, with a backlog larger than the
-//! limit can serve. The mock timestamps every call; the report gives the busiest 60-second window
-//! beside the most the design can allow, and how much of the limit was served.
+//! in requests per minute, calling the mock provider (`chorus-mock-llm`), with a backlog larger
+//! than the limit can serve. The mock timestamps every call; the report gives the busiest
+//! 60-second window beside the most the design can allow, and how much of the limit was served.
 //!
 //! The limiter spaces a route's requests at least 60 s / rpm apart (GCRA without burst, state in
 //! NATS KV), so a window of W seconds can see at most ⌊W·rpm/60⌋ + 1 calls: 601 for 600 rpm over
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, ensure};
 use chorus_core::Tenant;
 use chorus_core::config::{Config, RouteConfig};
-use chorus_testkit::mock_llm::{Behaviour, MockLlm, most_in_window};
+use chorus_mock_llm::{Behaviour, MockLlm, most_in_window};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::process::{Child, Command};
@@ -90,7 +90,9 @@ pub(super) async fn run(config: Config, args: RatelimitArgs) -> anyhow::Result<(
 }
 
 async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> {
-    let mock = MockLlm::start().await;
+    let mock = MockLlm::start()
+        .await
+        .context("cannot start the mock LLM provider")?;
     mock.script(ROUTE, Behaviour::answer("ok").with_latency(args.latency));
     let mut config = bench.config.clone();
     config.routes.push(RouteConfig {

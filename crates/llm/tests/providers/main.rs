@@ -1,5 +1,6 @@
-//! Wire-format tests of the real providers against the testkit's mock provider server: what each
-//! sends (URL, headers, body), how it reads answers, and how every failure is classified.
+//! Wire-format tests of the real providers against the mock provider server (`chorus-mock-llm`):
+//! what each sends (URL, headers, body), how it reads answers, and how every failure is
+//! classified.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly on purpose
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use chorus_core::config::RouteConfig;
 use chorus_core::spec::{ChatMessage, Params, Role};
 use chorus_llm::{Completion, LlmError, Route, Routes};
-use chorus_testkit::mock_llm::{MockLlm, RecordedRequest};
+use chorus_mock_llm::{MockLlm, RecordedRequest};
 
 pub const KEY: &str = "sk-test-key-0123";
 
@@ -32,7 +33,7 @@ impl Setup {
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
         Self {
-            mock: MockLlm::start().await,
+            mock: MockLlm::start().await.unwrap(),
             key_file,
             _dir: dir,
         }

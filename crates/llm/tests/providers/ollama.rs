@@ -3,7 +3,7 @@
 use chorus_core::messages::Usage;
 use chorus_core::spec::Params;
 use chorus_llm::ErrorKind;
-use chorus_testkit::mock_llm::{Behaviour, Fault};
+use chorus_mock_llm::{Behaviour, Fault};
 use serde_json::json;
 
 use super::{Setup, call, route};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chorus_core::messages::Usage;
 use chorus_core::spec::Params;
 use chorus_llm::ErrorKind;
-use chorus_testkit::mock_llm::{Behaviour, Fault, RetryAfter};
+use chorus_mock_llm::{Behaviour, Fault, RetryAfter};
 use serde_json::json;
 
 use super::{KEY, Setup, call, route};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chorus_core::spec::{Params, Role};
 use chorus_llm::{Completion, Delta, DeltaSink, ErrorKind, LlmError, Route};
-use chorus_testkit::mock_llm::{Behaviour, Fault};
+use chorus_mock_llm::{Behaviour, Fault};
 use serde_json::json;
 
 use super::{Setup, messages};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chorus_core::spec::Params;
 use chorus_llm::ErrorKind;
-use chorus_testkit::mock_llm::{Behaviour, Fault};
+use chorus_mock_llm::{Behaviour, Fault};
 use tokio::time::Instant;
 
 use super::{KEY, Setup, call, route};
