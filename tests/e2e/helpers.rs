@@ -13,7 +13,7 @@ use chorus_testkit::wait;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-pub use chorus_cli::app::RoleName;
+pub use chorus_app::RoleName;
 
 /// A configuration for tests: fast retries, short drains, small pools.
 pub fn test_config(nats: &NatsServer, db: &TestDatabase) -> Config {
@@ -148,7 +148,7 @@ impl TestApp {
             .await
             .expect("connect to NATS");
         let database_url = config.database.url.clone();
-        let runtime = chorus_cli::app::start(config, roles, Some(listener))
+        let runtime = chorus_app::start(config, roles, Some(listener))
             .await
             .expect("start chorus");
         let (client, key) = admin_client(&database_url).await;

@@ -15,7 +15,7 @@ use chorus_store::Store;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::app::{self, RoleName};
+use chorus_app::{self, RoleName};
 use chorus_bus::natsd::NatsProcess;
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +42,7 @@ const EXAMPLE: &str = r#"{
 }"#;
 
 pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()> {
-    let mut config = app::load_config(config_file)?;
+    let mut config = chorus_app::load_config(config_file)?;
     let providers = env_routes(&mut config.routes, |name| std::env::var(name).ok());
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
@@ -75,10 +75,10 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
     let database_config = config.database.clone();
     let edge = config.edge.clone();
     let result = async {
-        let runtime = app::start(config, &RoleName::ALL, Some(listener)).await?;
+        let runtime = chorus_app::start(config, &RoleName::ALL, Some(listener)).await?;
         let key = match edge.auth {
             true => {
-                let store = app::open_store(&database_config, false).await?;
+                let store = chorus_app::open_store(&database_config, false).await?;
                 Some(dev_key(&store, &edge.tenant, &args.dir.join(KEY_FILE)).await?)
             }
             false => None,
@@ -120,7 +120,7 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
             "curl -s '{url}/v1/jobs?wait=30'{auth_header} -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
         );
         println!("Press ctrl-c to stop.");
-        Ok(runtime.run_until(app::shutdown_signal()).await?)
+        Ok(runtime.run_until(chorus_app::shutdown_signal()).await?)
     }
     .await;
     if let Some(mut child) = child {

@@ -15,8 +15,6 @@ use chorus_store::{AuditAction, Store};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::app;
-
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
     #[command(subcommand)]
@@ -155,8 +153,8 @@ pub(crate) fn default_actor() -> String {
 }
 
 pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow::Result<()> {
-    let config = app::load_config(config_file)?;
-    let bus = app::connect(&config, "chorus dlq").await?;
+    let config = chorus_app::load_config(config_file)?;
+    let bus = chorus_app::connect(&config, "chorus dlq").await?;
     let dead_letters = DeadLetters::new(bus);
     match args.command {
         DlqCommand::List {
@@ -203,7 +201,7 @@ pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow
             };
             let store = audit_store(&config, change.dry_run).await?;
             let report = dead_letters
-                .replay(&filter, options, app::shutdown_signal())
+                .replay(&filter, options, chorus_app::shutdown_signal())
                 .await?;
             let audit_id = match &store {
                 Some(store) => Some(
@@ -252,7 +250,7 @@ async fn audit_store(config: &Config, dry_run: bool) -> anyhow::Result<Option<St
     if dry_run {
         return Ok(None);
     }
-    let store = app::open_store(&config.database, false).await?;
+    let store = chorus_app::open_store(&config.database, false).await?;
     store.audit_entries(None, 1).await.context(
         "the audit log is not readable (has `chorus migrate` run?); nothing was changed",
     )?;

@@ -10,7 +10,6 @@ use chorus_store::{AuditAction, KeyInfo};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::app;
 use crate::client::{self, or_dash};
 use crate::dlq::default_actor;
 
@@ -62,8 +61,8 @@ enum KeysCommand {
 }
 
 pub async fn run(config_file: Option<&std::path::Path>, args: KeysArgs) -> anyhow::Result<()> {
-    let config = app::load_config(config_file)?;
-    let store = app::open_store(&config.database, false).await?;
+    let config = chorus_app::load_config(config_file)?;
+    let store = chorus_app::open_store(&config.database, false).await?;
     match args.command {
         KeysCommand::Create {
             tenant,

@@ -1,8 +1,7 @@
-//! The `chorus` command line. Parses arguments and wires roles together; the roles themselves live
-//! in the library crates.
+//! The `chorus` command line: parses arguments and runs the command. A process's roles are wired by
+//! `chorus-app`; the roles themselves live in the library crates.
 //!
 //! Layout:
-//! - [`app`]: loading configuration, connecting, applying definitions, running a set of roles.
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
 //! - [`keys`]: `chorus keys`, API keys in the database.
@@ -13,10 +12,9 @@
 //!
 //! Errors: this file's dispatch and the command modules it calls (`dev`, `bench`, `keys`,
 //! `check`, `healthcheck`, `job`, `batch`, `dlq`, `mock`) are the binary's top level, where errors
-//! are `anyhow` and end in one printed line. The library modules commands and tests share
-//! (`app`, `client`) return typed errors. `tests/code_rules.rs` holds this.
+//! are `anyhow` and end in one printed line. The library module commands and tests share
+//! (`client`) returns typed errors. `tests/code_rules.rs` holds this.
 
-pub mod app;
 pub mod batch;
 pub mod bench;
 pub mod check;
@@ -31,6 +29,7 @@ pub mod mock;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chorus_app as app;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

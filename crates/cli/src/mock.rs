@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::app;
-
 #[derive(Debug, clap::Args)]
 pub struct MockArgs {
     /// Address to listen on.
@@ -36,7 +34,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     println!("  curl {url}/_mock/stats");
     println!("  curl -X POST {url}/_mock/reset");
     println!("\nPress ctrl-c to stop.");
-    chorus_mock_llm::serve(listener, app::shutdown_signal())
+    chorus_mock_llm::serve(listener, chorus_app::shutdown_signal())
         .await
         .context("mock LLM server")
 }

@@ -14,7 +14,6 @@ use chorus_core::config::Config;
 use clap::Subcommand;
 use tempfile::TempDir;
 
-use crate::app;
 use chorus_bus::natsd::NatsProcess;
 
 #[derive(Debug, clap::Args)]
@@ -47,7 +46,7 @@ struct Target {
 }
 
 pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<()> {
-    let config = app::load_config(config_file)?;
+    let config = chorus_app::load_config(config_file)?;
     match args.scenario {
         None => pipeline::run(config, args.pipeline).await,
         Some(Scenario::Pipeline(args)) => pipeline::run(config, args).await,
@@ -112,7 +111,7 @@ impl Bench {
         match self.nats {
             Some(mut child) => child.stop().await,
             None => {
-                if let Ok(bus) = app::connect(&self.config, "chorus bench").await {
+                if let Ok(bus) = chorus_app::connect(&self.config, "chorus bench").await {
                     let mut names = bus.js.stream_names();
                     while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
                         if bus.subjects.owns_stream(&name) {

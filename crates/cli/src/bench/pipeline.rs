@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::{Bench, Target, peak_rss_mib};
-use crate::app::{self, RoleName};
+use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct PipelineArgs {
@@ -91,7 +91,7 @@ async fn measure(
     database: &'static str,
     nats_pid: Option<u32>,
 ) -> anyhow::Result<Report> {
-    let bus = app::connect(&config, "chorus bench").await?;
+    let bus = chorus_app::connect(&config, "chorus bench").await?;
     let (raw_publish, raw_consume) = raw_rates(&bus, args.raw_messages).await?;
 
     let roles = [
@@ -100,7 +100,7 @@ async fn measure(
         RoleName::Llm,
         RoleName::Orchestrator,
     ];
-    let runtime = app::start(config, &roles, None).await?;
+    let runtime = chorus_app::start(config, &roles, None).await?;
     let tenant = Tenant::new("bench")?;
     let before = stored_messages(&bus).await?;
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use super::{Bench, Target};
-use crate::app::{self, RoleName};
+use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct RatelimitArgs {
@@ -106,7 +106,7 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
         RoleName::Evaluator,
         RoleName::Orchestrator,
     ];
-    let runtime = app::start(config.clone(), &roles, None).await?;
+    let runtime = chorus_app::start(config.clone(), &roles, None).await?;
     let config_path = bench.scratch.path().join("chorus.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     let mut workers = Vec::with_capacity(args.processes);
@@ -116,7 +116,7 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
 
     // A backlog the limit cannot drain within the measurement.
     let backlog = (f64::from(args.rpm) * (args.duration.as_secs_f64() + 30.0) / 60.0).ceil();
-    let bus = app::connect(&config, "chorus bench").await?;
+    let bus = chorus_app::connect(&config, "chorus bench").await?;
     submit(&bus, backlog as usize).await?;
     eprintln!(
         "{backlog} jobs queued for route {ROUTE} ({} rpm) on {} llm processes; measuring {:?} from the first call",

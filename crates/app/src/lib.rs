@@ -1,8 +1,9 @@
-//! Running roles: configuration, connections, definitions, and the supervision tree.
+//! The process wiring: a Chorus process built from its configuration — the configuration loaded,
+//! NATS connected and its definitions applied, the database opened (and migrated), and the roles
+//! asked for started under one supervision tree ([`start`], [`serve`]).
 //!
-//! This is the CLI's library part, shared by several commands and by the tests, so its errors
-//! are typed ([`StartError`], [`DatabaseError`]); the commands (`lib.rs` and the command modules)
-//! are the binary's top level, where they become `anyhow` errors and are printed.
+//! The composition root: the only crate that knows every role. The `chorus` command line calls
+//! it, and so do the tests that run Chorus in-process.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
