@@ -15,7 +15,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
 use chorus_core::auth::Caller;
-use chorus_core::batch;
+use chorus_core::batch::file;
 use chorus_store::{FileObject, NewFile};
 
 use crate::error::{ApiError, Missing};
@@ -85,7 +85,7 @@ pub async fn upload(
     let validator = SpecValidator {
         routes: &state.routes,
     };
-    let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
+    let lines = file::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     let new = NewFile {
         purpose: "batch".into(),

@@ -92,7 +92,7 @@ pub struct ErrorDetail {
     pub code: String,
     /// A refused batch file: each bad line, by number.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lines: Option<Vec<chorus_core::batch::LineError>>,
+    pub lines: Option<Vec<chorus_core::batch::file::LineError>>,
     /// A refused batch file: bad lines found but not listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub omitted: Option<u64>,

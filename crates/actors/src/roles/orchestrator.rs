@@ -527,6 +527,6 @@ fn parse_external(delivery: &Delivery, endpoint: Endpoint) -> Result<JobSpec, Re
         serde_json::from_slice(delivery.payload())
             .map_err(|source| Rejected::NotJson { what, source })?
     };
-    chorus_core::batch::spec_from_body(endpoint, body)
+    chorus_core::batch::body::spec_from_body(endpoint, body)
         .map_err(|e| Rejected::Invalid { problems: vec![e] })
 }
