@@ -14,13 +14,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_actors::validation::SpecValidator;
-use chorus_bus::jobs::Write;
+use chorus_bus::jobs::{Start, Write};
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, msg_id, now_millis};
-use chorus_core::job::{Input, JobState, JobStatus, apply};
+use chorus_core::job::{Input, JobState, JobStatus};
 use chorus_core::messages::Submission;
 use chorus_core::spec::{FieldError, FieldErrorKind, JobSpec};
 use chorus_core::trace::TraceContext;
@@ -396,30 +396,20 @@ pub async fn cancel(
         .cancel_job(&tenant, job)
         .await
         .map_err(|e| ApiError::unavailable("the cancels bucket", e))?;
-    let live = loop {
-        let current = state
-            .jobs
-            .get(&tenant, job)
-            .await
-            .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
-        let Some((current, revision)) = current else {
-            // Only in the database: the state has expired from the bucket, so it is final.
-            return Ok(Json(record));
-        };
-        let input = Input::Cancel {
-            at: now_millis(),
-            reason: "cancelled by request".into(),
-        };
-        let transition = apply(&current, input);
-        if !transition.changed {
-            break transition.state;
-        }
-        match state.jobs.update(&transition.state, revision).await {
-            Ok(Write::Stored(_)) => break transition.state,
-            Ok(Write::Conflict) => continue,
-            Err(e) => return Err(ApiError::unavailable("the job-state bucket", e)),
-        }
+    let input = Input::Cancel {
+        at: now_millis(),
+        reason: "cancelled by request".into(),
     };
+    let applied = state
+        .jobs
+        .apply(&tenant, job, Start::default(), &input)
+        .await
+        .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
+    // Only in the database: the state has expired from the bucket, so it is final.
+    let Some(applied) = applied else {
+        return Ok(Json(record));
+    };
+    let live = applied.transition.state;
     // Answer with the stored record when the persister commits it promptly.
     let stored = tokio::time::timeout(CANCEL_COMMIT_WAIT, committed_signal.next()).await;
     if stored.is_ok()
