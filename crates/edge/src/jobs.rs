@@ -179,15 +179,24 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: Missing::Job,
-        id: id.clone(),
-    };
-    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let job = job_id(&id)?;
     read(&state, &caller.tenant, job)
         .await?
         .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(|| no_job(&id))
+}
+
+/// The job a path names; [`no_job`] when it is not a job id.
+pub(crate) fn job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| no_job(id))
+}
+
+/// `404`: no job `id` for this tenant.
+pub(crate) fn no_job(id: &str) -> ApiError {
+    ApiError::NotFound {
+        what: Missing::Job,
+        id: id.to_owned(),
+    }
 }
 
 /// A job as a reader should see it: the stored record once final; before that the live state in
@@ -365,15 +374,11 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: Missing::Job,
-        id: id.clone(),
-    };
-    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let job = job_id(&id)?;
     let tenant = caller.tenant.clone();
     let record = read(&state, &caller.tenant, job)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| no_job(&id))?;
     match record.summary.status {
         JobStatus::Cancelled => return Ok(Json(record)),
         status if status.is_terminal() => {
