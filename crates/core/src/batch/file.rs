@@ -45,7 +45,8 @@ impl BatchLine {
 }
 
 /// What kind of problem a [`LineError`] is; the codes of OpenAI's batch errors where one fits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LineErrorCode {
     /// Not UTF-8, not JSON, not an object, or a field of the wrong type or unknown.
@@ -67,9 +68,8 @@ pub enum LineErrorCode {
 }
 
 /// One problem with an input file: `line 7: body.messages[0].role: unknown role "robot"`.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LineError {
     /// From 1; `None` for the file as a whole.
     pub line: Option<u64>,
