@@ -1,9 +1,10 @@
-//! `chorus dlq list|show|replay|purge`: dead letters for ops.
+//! `chorus dlq list|show|replay|purge`: dead letters for ops, through the DLQ service
+//! ([`chorus_dlq::service`], which `/v1/admin/dlq` uses too); here the arguments and the printing.
 //!
 //! Replays and purges that are not dry runs are written to the audit log as `--actor` (by default
-//! `$USER@<hostname>`); dry runs change nothing and are not audited. The database is checked
-//! before anything changes. Ctrl-C stops a paced replay after the message in flight, and what was
-//! done by then is audited.
+//! `$USER@<hostname>`); dry runs change nothing, are not audited and need no database. The
+//! database is opened and checked before anything changes. Ctrl-C stops a paced replay after the
+//! message in flight, and what was done by then is audited.
 
 use anyhow::Context as _;
 use chorus_bus::dlq::Filter;

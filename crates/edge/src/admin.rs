@@ -1,11 +1,13 @@
 //! `/v1/admin/dlq`: list, show, replay and purge dead letters over HTTP.
 //!
-//! These are the operator's routes (the `admin` scope): dead letters of every tenant. Every
-//! replay and purge that is not a dry run is written to the audit log, with the caller recorded
-//! as `key:<key id>@<tenant>` (`http:<peer address>` when authentication is off); dry runs change
-//! nothing and are not audited. The database is checked before anything changes, so an unaudited change is
-//! unlikely; a replay or purge then runs in a task of its own, so a client that disconnects
-//! mid-way (a paced replay can take a while) neither cuts it short nor skips its audit row.
+//! These are the operator's routes (the `admin` scope): dead letters of every tenant, through the
+//! DLQ service ([`chorus_dlq::service`], which `chorus dlq` uses too). Every replay and purge that
+//! is not a dry run is written to the audit log, with the caller recorded as
+//! `key:<key id>@<tenant>` (`http:<peer address>` when authentication is off); dry runs change
+//! nothing and are not audited. The database is checked before anything changes, so an
+//! unaudited change is unlikely. A replay or purge runs in a task of its own, so a client that
+//! disconnects mid-way (a paced replay can take a while) neither cuts it short nor skips its
+//! audit row.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
