@@ -493,3 +493,55 @@ fn print_purge(report: &PurgeReport, audit_id: Option<i64>, as_json: bool) -> an
     println!("{}", audit_note(audit_id));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chorus_testkit::database::TestDatabase;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_audit_log_opens_only_when_asked_and_refuses_a_database_behind() {
+        let db = TestDatabase::sqlite();
+        let config = DatabaseConfig {
+            url: db.url().into(),
+            ..DatabaseConfig::default()
+        };
+        let behind = Database::new(&config);
+        assert!(behind.store.get().is_none(), "nothing is opened up front");
+        let error = behind.ready().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AuditLogError::Open(DatabaseError::NotMigrated { .. })
+            ),
+            "{error}"
+        );
+
+        Store::connect(db.url(), 1)
+            .await
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap();
+        let log = Database::new(&config);
+        log.ready().await.unwrap();
+        let id = log
+            .record("ops@test", AuditAction::DlqPurge, json!({"matched": 0}))
+            .await
+            .unwrap();
+        let rows = log
+            .store()
+            .await
+            .unwrap()
+            .audit_entries(None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.id, r.actor.as_str()))
+                .collect::<Vec<_>>(),
+            [(id, "ops@test")]
+        );
+    }
+}
