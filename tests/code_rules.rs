@@ -7,11 +7,11 @@
 //! struct) whose only field is a message string; `anyhow` appears only at the CLI's top level,
 //! and only `chorus-cli` depends on it.
 //!
-//! Every `crates/*/src/**/*.rs` is parsed with `syn`; `#[cfg(test)]` items and `#[test]`
-//! functions are skipped (tests may use `anyhow` and boxed errors). A finding names its file,
-//! line and item. An allow-list entry is a file, a folder (ending in `/`) or one item of a file
-//! (`path: Type::item`); an entry that no longer excuses anything fails the test too, so the
-//! lists only ever shrink.
+//! Every `crates/*/src/**/*.rs` is parsed with `syn`; `#[cfg(test)]` items (an out-of-line
+//! `#[cfg(test)] mod tests;` skips its file) and `#[test]` functions are skipped (tests may use
+//! `anyhow` and boxed errors). A finding names its file, line and item. An allow-list entry is a
+//! file, a folder (ending in `/`) or one item of a file (`path: Type::item`); an entry that no
+//! longer excuses anything fails the test too, so the lists only ever shrink.
 //!
 //! Why a test and not clippy's `disallowed-types`: clippy reads one `clippy.toml` for the whole
 //! workspace, so allowing `anyhow` in the CLI's top level would take an `#[allow]` in each of its
@@ -32,7 +32,7 @@ use syn::visit::{self, Visit};
 /// return typed errors.
 const ANYHOW_ALLOWED: &[&str] = &[
     "crates/cli/src/lib.rs",
-    "crates/cli/src/batch.rs",
+    "crates/cli/src/batch/",
     "crates/cli/src/bench/",
     "crates/cli/src/check.rs",
     "crates/cli/src/dev.rs",
@@ -192,8 +192,20 @@ mod tests {
 #[tokio::test]
 async fn a_test() -> Result<(), Box<dyn std::error::Error>> { Ok(()) }
 "#;
-    let file = syn::parse_file(sample).expect("the sample parses");
-    let found: Vec<(usize, String, Rule)> = check(&[("sample.rs".into(), file)])
+    let parse = |text: &str| syn::parse_file(text).expect("the sample parses");
+    // An out-of-line test module is test code too.
+    let files = [
+        ("crates/x/src/sample.rs".into(), parse(sample)),
+        (
+            "crates/x/src/batch/mod.rs".into(),
+            parse("#[cfg(test)]\nmod tests;"),
+        ),
+        (
+            "crates/x/src/batch/tests.rs".into(),
+            parse("fn helper() -> Result<(), String> { Ok(()) }"),
+        ),
+    ];
+    let found: Vec<(usize, String, Rule)> = check(&files)
         .into_iter()
         .map(|f| (f.line, f.item, f.rule))
         .collect();
@@ -222,8 +234,9 @@ async fn a_test() -> Result<(), Box<dyn std::error::Error>> { Ok(()) }
 /// What the rules find in `files`, before any allow-list.
 fn check(files: &[(String, syn::File)]) -> Vec<Finding> {
     let aliases = string_aliases(files.iter().map(|(_, file)| file));
+    let tests = test_module_files(files);
     let mut findings = Vec::new();
-    for (name, file) in files {
+    for (name, file) in files.iter().filter(|(name, _)| !tests.contains(name)) {
         let mut checker = Checker {
             file: name,
             aliases: &aliases,
@@ -234,6 +247,30 @@ fn check(files: &[(String, syn::File)]) -> Vec<Finding> {
     }
     findings.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     findings
+}
+
+/// The files of the out-of-line `#[cfg(test)] mod name;` declarations in `files` (test code,
+/// skipped like an inline test module): `name.rs` or `name/mod.rs` beside a `lib.rs`, `main.rs`
+/// or `mod.rs`, and in the folder named after any other file.
+fn test_module_files(files: &[(String, syn::File)]) -> BTreeSet<String> {
+    let mut tests = BTreeSet::new();
+    for (path, file) in files {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let folder = match name {
+            "lib.rs" | "main.rs" | "mod.rs" => dir.to_owned(),
+            other => format!("{dir}/{}", other.trim_end_matches(".rs")),
+        };
+        for item in &file.items {
+            if let syn::Item::Mod(module) = item
+                && module.content.is_none()
+                && is_test(&module.attrs)
+            {
+                tests.insert(format!("{folder}/{}.rs", module.ident));
+                tests.insert(format!("{folder}/{}/mod.rs", module.ident));
+            }
+        }
+    }
+    tests
 }
 
 /// The allow-list entry that excuses `finding`, if any.

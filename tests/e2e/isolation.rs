@@ -188,10 +188,13 @@ async fn a_refused_snapshot_fails_its_job_alone(backend: Backend) {
     // The cause is fixed: the replayed snapshot is stored in full.
     config.faults.store_reject_metadata = None;
     let app = TestApp::start(config).await;
-    let report = chorus_bus::dlq::DeadLetters::new(app.bus.clone())
+    let store = chorus_store::Store::connect(db.url(), 1).await.expect("db");
+    let report = chorus_dlq::service::Dlq::new(app.bus.clone())
         .replay(
+            &store,
+            "test",
             &chorus_bus::dlq::Filter::default(),
-            chorus_bus::dlq::ReplayOptions {
+            chorus_dlq::report::ReplayOptions {
                 max_replays: 3,
                 rate: 50.0,
                 dry_run: false,
@@ -199,7 +202,8 @@ async fn a_refused_snapshot_fails_its_job_alone(backend: Backend) {
             std::future::pending(),
         )
         .await
-        .expect("replay");
+        .expect("replay")
+        .report;
     assert_eq!(report.replayed.len(), 1, "{report:#?}");
     let job = wait::until(
         Duration::from_secs(60),

@@ -7,7 +7,7 @@
 //! stream is filed without its body (its size and the reason say why), and the original is
 //! acknowledged only once an entry is stored.
 
-use chorus_bus::dlq::dead_letter_message;
+use chorus_bus::dlq::filing::dead_letter_message;
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::ids::now_millis;

@@ -101,7 +101,7 @@ impl Classified for chorus_bus::dlq::DlqError {
         match self {
             Self::Bus(e) => e.class(),
             Self::NotADeadLetter { .. } => Class::Poison,
-            Self::BadRate { .. } | Self::BadSequence { .. } => Class::Unknown,
+            Self::BadSequence { .. } => Class::Unknown,
         }
     }
 
@@ -109,7 +109,7 @@ impl Classified for chorus_bus::dlq::DlqError {
         match self {
             Self::Bus(e) => e.failure_kind(),
             Self::NotADeadLetter { .. } => "undecodable",
-            Self::BadRate { .. } | Self::BadSequence { .. } => "dlq_error",
+            Self::BadSequence { .. } => "dlq_error",
         }
     }
 }

@@ -327,7 +327,7 @@ impl Delivery {
     /// Every header as `(name, value)` pairs, for dead letters.
     pub fn header_pairs(&self) -> Vec<(String, String)> {
         self.headers()
-            .map(crate::dlq::header_pairs)
+            .map(crate::dlq::filing::header_pairs)
             .unwrap_or_default()
     }
 

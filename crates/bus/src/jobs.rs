@@ -2,6 +2,9 @@
 //!
 //! Any orchestrator pod can take any event of any job: it writes with the revision it read, and a
 //! concurrent writer makes the write fail with [`Write::Conflict`] instead of losing an update.
+//! [`JobStore::apply`] is the one read → apply → compare-and-set loop every writer of a job's
+//! state goes through (the orchestrator, the edge's cancel): on a conflict it reads again and
+//! re-applies.
 //! Writes go straight to the key's subject with `Nats-Expected-Last-Subject-Sequence` (what a KV
 //! update is) so they can carry the usual headers: the bucket's stream is then a stream of typed
 //! job snapshots, which the persister consumes like any other.
@@ -10,7 +13,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{Operation, Store};
 use chorus_core::codec::{self, headers};
-use chorus_core::job::JobState;
+use chorus_core::job::{self, Input, JobState, Transition};
 use chorus_core::{JobId, Tenant};
 use futures::{Stream, StreamExt};
 
@@ -28,6 +31,28 @@ impl std::fmt::Debug for JobStore {
             .field("bucket", &self.kv.name)
             .finish()
     }
+}
+
+/// Where [`JobStore::apply`] starts from, when not from a fresh read.
+#[derive(Debug, Default)]
+pub struct Start<'a> {
+    /// A copy of the state and its revision the caller kept (a cache): applied to without a
+    /// read. An input that changes nothing on it is checked against the bucket before that is
+    /// believed, since the copy may be stale and the input a duplicate of one applied elsewhere.
+    pub cached: Option<(JobState, u64)>,
+    /// The state to create when the job has none (a submission's queued state).
+    pub new: Option<&'a JobState>,
+    /// Create `new` without reading first (nothing else has stored it, in the common case); a
+    /// conflict reads.
+    pub assume_new: bool,
+}
+
+/// An input applied: the transition and the revision that holds its state (the one written,
+/// or the one read when nothing changed).
+#[derive(Debug)]
+pub struct Applied {
+    pub transition: Transition,
+    pub revision: u64,
 }
 
 /// The outcome of a conditional write.
@@ -98,9 +123,58 @@ impl JobStore {
         self.write(state, 0).await
     }
 
-    /// Replaces the state stored at `revision`.
-    pub async fn update(&self, state: &JobState, revision: u64) -> Result<Write, BusError> {
-        self.write(state, revision).await
+    /// Applies `input` to the job's state with [`job::apply`] and writes the result by
+    /// compare-and-set, reading and re-applying after a conflict until it is stored: one KV write
+    /// and no read in the common case with a [`Start::cached`] copy. A state that `input` does not
+    /// change is not written (unless it is the new state to create). `None` when the job has no
+    /// state and `start` none to create.
+    pub async fn apply(
+        &self,
+        tenant: &Tenant,
+        id: JobId,
+        start: Start<'_>,
+        input: &Input,
+    ) -> Result<Option<Applied>, BusError> {
+        let Start {
+            mut cached,
+            new,
+            mut assume_new,
+        } = start;
+        let mut reloaded = false;
+        loop {
+            let from_cache = cached.is_some();
+            let current = match cached.take() {
+                Some(entry) => Some(entry),
+                None if std::mem::take(&mut assume_new) => None,
+                None => self.get(tenant, id).await?,
+            };
+            let (state, revision) = match (current, new) {
+                (Some(current), _) => current,
+                (None, Some(new)) => (new.clone(), 0),
+                (None, None) => return Ok(None),
+            };
+            let transition = job::apply(&state, input.clone());
+            if !transition.changed && from_cache && !reloaded {
+                // Possibly a duplicate seen against a stale copy: check the bucket first.
+                reloaded = true;
+                continue;
+            }
+            if !transition.changed && revision != 0 {
+                return Ok(Some(Applied {
+                    transition,
+                    revision,
+                }));
+            }
+            match self.write(&transition.state, revision).await? {
+                Write::Stored(revision) => {
+                    return Ok(Some(Applied {
+                        transition,
+                        revision,
+                    }));
+                }
+                Write::Conflict => reloaded = true,
+            }
+        }
     }
 
     async fn write(&self, state: &JobState, revision: u64) -> Result<Write, BusError> {

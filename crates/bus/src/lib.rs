@@ -6,7 +6,7 @@
 //! - [`definitions`]: streams and consumers as data (`nats/`), applied idempotently.
 //! - [`publish`]: building messages with their headers and publishing them pipelined.
 //! - [`delivery`]: a pulled message that must be settled; NAKed if dropped unsettled.
-//! - [`dlq`]: dead letters: filing, listing, reading, replaying and purging them.
+//! - [`dlq`]: dead letters: filing them, and reading, replaying and deleting single entries.
 //! - [`source`]: the pull loop that feeds a role within its in-flight budget.
 //! - [`jobs`]: job state in the KV bucket, with compare-and-set.
 //! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).

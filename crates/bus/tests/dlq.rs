@@ -1,4 +1,4 @@
-//! The DLQ stream on a real nats-server: filing, listing, reading, replaying and purging.
+//! The DLQ stream on a real nats-server: filing, selecting, reading, replaying and deleting entries.
 
 #![allow(clippy::expect_used, clippy::panic)] // test helpers fail loudly on purpose
 
@@ -7,9 +7,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use chorus_bus::Bus;
 use chorus_bus::definitions::Definitions;
-use chorus_bus::dlq::{
-    self, DeadLetters, DlqError, Filter, ReplayOptions, dead_letter_message, replay_message,
-};
+use chorus_bus::dlq::filing::{dead_letter_message, replay_message};
+use chorus_bus::dlq::{self, DeadLetters, DlqError, Entry, Filter};
 use chorus_core::ids::now_millis;
 use chorus_core::messages::DeadLetter;
 use chorus_core::subjects::Stage;
@@ -55,22 +54,22 @@ async fn file(bus: &Bus, letter: &DeadLetter) {
     bus.publish_all(vec![message]).await.expect("publish");
 }
 
-fn seqs(entries: &[dlq::Summary]) -> Vec<u64> {
+fn seqs(entries: &[Entry]) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
 }
 
+async fn selected(dlq: &DeadLetters, filter: &Filter, limit: usize) -> (Vec<u64>, bool) {
+    let (entries, more) = dlq.select(filter, limit).await.expect("select");
+    (seqs(&entries), more)
+}
+
 #[tokio::test]
-async fn lists_filters_reads_and_purges() {
+async fn selects_filters_reads_and_deletes() {
     let server = NatsServer::start_new().await;
     let bus = bus(&server).await;
     let dlq = DeadLetters::new(bus.clone());
-    assert!(
-        dlq.list(&Filter::default(), 10)
-            .await
-            .expect("list")
-            .entries
-            .is_empty()
-    );
+    let everything = Filter::default();
+    assert_eq!(selected(&dlq, &everything, 10).await, (vec![], false));
 
     file(&bus, &letter("server_error", "a", 1, 0)).await;
     file(&bus, &letter("timeout", "b", 2, 0)).await;
@@ -82,43 +81,31 @@ async fn lists_filters_reads_and_purges() {
     bus.client.flush().await.expect("flush");
     file(&bus, &letter("server_error", "b", 3, 1)).await;
 
-    let all = dlq.list(&Filter::default(), 10).await.expect("list");
-    assert_eq!(seqs(&all.entries), [1, 2, 4], "{all:?}");
-    assert!(!all.more);
-    let first_two = dlq.list(&Filter::default(), 2).await.expect("list");
     assert_eq!(
-        (seqs(&first_two.entries), first_two.more),
-        (vec![1, 2], true)
+        selected(&dlq, &everything, 10).await,
+        (vec![1, 2, 4], false)
     );
+    assert_eq!(selected(&dlq, &everything, 2).await, (vec![1, 2], true));
     let kind = Filter {
         kind: Some("server_error".into()),
         ..Filter::default()
     };
-    assert_eq!(
-        seqs(&dlq.list(&kind, 10).await.expect("list").entries),
-        [1, 4]
-    );
+    assert_eq!(selected(&dlq, &kind, 10).await.0, [1, 4]);
     let route = Filter {
         route: Some("b".into()),
         ..kind.clone()
     };
-    assert_eq!(
-        seqs(&dlq.list(&route, 10).await.expect("list").entries),
-        [4]
-    );
+    assert_eq!(selected(&dlq, &route, 10).await.0, [4]);
     let stage = Filter {
         stage: Some(Stage::Evaluator),
         ..Filter::default()
     };
-    assert!(dlq.list(&stage, 10).await.expect("list").entries.is_empty());
+    assert!(selected(&dlq, &stage, 10).await.0.is_empty());
     let chosen = Filter {
         sequences: vec![4, 2, 99],
         ..Filter::default()
     };
-    assert_eq!(
-        seqs(&dlq.list(&chosen, 10).await.expect("list").entries),
-        [2, 4]
-    );
+    assert_eq!(selected(&dlq, &chosen, 10).await.0, [2, 4]);
 
     let entry = dlq.get(2).await.expect("get").expect("entry 2");
     assert_eq!(entry.letter.error_kind, "timeout");
@@ -128,33 +115,11 @@ async fn lists_filters_reads_and_purges() {
         Err(DlqError::NotADeadLetter { sequence: 3, .. })
     ));
 
-    let dry = dlq.purge(&kind, true).await.expect("dry purge");
-    assert_eq!(
-        (seqs(&dry.purged), dry.matched, dry.dry_run),
-        (vec![1, 4], 2, true)
-    );
-    assert_eq!(
-        dlq.list(&Filter::default(), 10)
-            .await
-            .expect("list")
-            .entries
-            .len(),
-        3
-    );
-    let purged = dlq.purge(&kind, false).await.expect("purge");
-    assert_eq!(seqs(&purged.purged), [1, 4]);
-    assert!(purged.failed.is_empty());
-    assert_eq!(
-        seqs(
-            &dlq.list(&Filter::default(), 10)
-                .await
-                .expect("list")
-                .entries
-        ),
-        [2]
-    );
+    dlq.delete(1).await.expect("delete");
+    assert_eq!(selected(&dlq, &everything, 10).await.0, [2, 4]);
 
     // Deleting what is already gone, or never was, is fine.
+    dlq.delete(1).await.expect("already deleted");
     let stream = bus.subjects.stream("dlq");
     dlq::delete_message(&bus, &stream, 1)
         .await
@@ -171,73 +136,18 @@ async fn lists_filters_reads_and_purges() {
 }
 
 #[tokio::test]
-async fn replays_republish_the_original_within_the_cap_and_can_be_stopped() {
+async fn a_replay_republishes_the_original_under_a_fresh_id_and_leaves_the_dlq() {
     let server = NatsServer::start_new().await;
     let bus = bus(&server).await;
     let dlq = DeadLetters::new(bus.clone());
     file(&bus, &letter("server_error", "a", 1, 0)).await;
-    file(&bus, &letter("server_error", "b", 2, 2)).await;
-    file(&bus, &letter("server_error", "c", 3, 0)).await;
-    let options = ReplayOptions {
-        max_replays: 2,
-        rate: 1_000.0,
-        dry_run: false,
-    };
+    file(&bus, &letter("server_error", "b", 2, 0)).await;
 
-    // Stopped before the first: nothing happens, and the report says so.
-    let stopped = dlq
-        .replay(&Filter::default(), options, async {})
-        .await
-        .expect("replay");
-    assert!(stopped.replayed.is_empty());
-    assert_eq!(
-        seqs(
-            &stopped
-                .refused
-                .iter()
-                .map(|s| s.entry.clone())
-                .collect::<Vec<_>>()
-        ),
-        [2]
-    );
-    assert_eq!(stopped.not_attempted, 2);
-    assert_eq!(
-        dlq.list(&Filter::default(), 10)
-            .await
-            .expect("list")
-            .entries
-            .len(),
-        3
-    );
+    let entry = dlq.get(1).await.expect("get").expect("entry 1");
+    dlq.replay(&entry).await.expect("replay");
+    assert_eq!(selected(&dlq, &Filter::default(), 10).await.0, [2]);
 
-    let bad_rate = ReplayOptions {
-        rate: 0.0,
-        ..options
-    };
-    assert!(matches!(
-        dlq.replay(&Filter::default(), bad_rate, std::future::pending())
-            .await,
-        Err(DlqError::BadRate { .. })
-    ));
-
-    let report = dlq
-        .replay(&Filter::default(), options, std::future::pending())
-        .await
-        .expect("replay");
-    assert_eq!((seqs(&report.replayed), report.matched), (vec![1, 3], 3));
-    assert_eq!(report.refused.len(), 1);
-    assert!(report.refused[0].reason.contains("cap is 2"));
-    assert_eq!(
-        seqs(
-            &dlq.list(&Filter::default(), 10)
-                .await
-                .expect("list")
-                .entries
-        ),
-        [2]
-    );
-
-    // The originals are back on their work subjects, marked as replays under fresh ids.
+    // The original is back on its work subject, marked as a replay under a fresh id.
     let work = bus
         .js
         .get_stream(bus.subjects.stream("work"))
@@ -261,5 +171,5 @@ async fn replays_republish_the_original_within_the_cap_and_can_be_stopped() {
     let again = replay_message(&bus.subjects, &letter("server_error", "a", 1, 0), 1);
     bus.publish_all(vec![again]).await.expect("publish");
     let mut work = work;
-    assert_eq!(work.info().await.expect("info").state.messages, 2);
+    assert_eq!(work.info().await.expect("info").state.messages, 1);
 }

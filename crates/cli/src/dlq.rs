@@ -1,19 +1,26 @@
-//! `chorus dlq list|show|replay|purge`: dead letters for ops.
+//! `chorus dlq list|show|replay|purge`: dead letters for ops, through the DLQ service
+//! ([`chorus_dlq::service`], which `/v1/admin/dlq` uses too); here the arguments and the printing.
 //!
 //! Replays and purges that are not dry runs are written to the audit log as `--actor` (by default
-//! `$USER@<hostname>`); dry runs change nothing and are not audited. The database is checked
-//! before anything changes. Ctrl-C stops a paced replay after the message in flight, and what was
-//! done by then is audited.
+//! `$USER@<hostname>`); dry runs change nothing, are not audited and need no database. The
+//! database is opened and checked before anything changes. Ctrl-C stops a paced replay after the
+//! message in flight, and what was done by then is audited.
 
 use anyhow::Context as _;
-use chorus_bus::dlq::{
-    self, DeadLetters, Filter, PurgeReport, ReplayOptions, ReplayReport, Skipped, Summary,
-};
-use chorus_core::config::Config;
+use chorus_bus::dlq::Filter;
+use chorus_core::config::DatabaseConfig;
 use chorus_core::subjects::Stage;
-use chorus_store::{AuditAction, Store};
+use chorus_dlq::audit::AuditLog;
+use chorus_dlq::report::{PurgeReport, ReplayOptions, ReplayReport, Skipped};
+use chorus_dlq::select::{parse_stage, parse_time};
+use chorus_dlq::service::{ChangeError, Dlq};
+use chorus_dlq::view::{Detail, Summary};
+use chorus_store::{AuditAction, Store, StoreError};
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use chorus_app::{self as app, DatabaseError};
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
@@ -68,7 +75,7 @@ enum DlqCommand {
 #[derive(Debug, clap::Args)]
 struct Select {
     /// orchestrator, llm, evaluator or persister.
-    #[arg(long, value_parser = dlq::parse_stage)]
+    #[arg(long, value_parser = parse_stage)]
     stage: Option<Stage>,
     /// The route of the failed call.
     #[arg(long)]
@@ -106,7 +113,7 @@ impl Select {
     fn filter(&self, sequences: Vec<u64>) -> anyhow::Result<Filter> {
         let time = |flag: &str, text: &Option<String>| {
             text.as_deref()
-                .map(|t| dlq::parse_time(t).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+                .map(|t| parse_time(t).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
                 .transpose()
         };
         Ok(Filter {
@@ -153,18 +160,17 @@ pub(crate) fn default_actor() -> String {
 }
 
 pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow::Result<()> {
-    let config = chorus_app::load_config(config_file)?;
-    let bus = chorus_app::connect(&config, "chorus dlq").await?;
-    let dead_letters = DeadLetters::new(bus);
+    let config = app::load_config(config_file)?;
+    let bus = app::connect(&config, "chorus dlq").await?;
+    let dlq = Dlq::new(bus);
+    let audit_log = Database::new(&config.database);
     match args.command {
         DlqCommand::List {
             select,
             limit,
             json,
         } => {
-            let listing = dead_letters
-                .list(&select.filter(Vec::new())?, limit)
-                .await?;
+            let listing = dlq.list(&select.filter(Vec::new())?, limit).await?;
             if json {
                 let body = json!({"data": listing.entries, "has_more": listing.more});
                 println!("{}", serde_json::to_string_pretty(&body)?);
@@ -176,11 +182,10 @@ pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow
             }
         }
         DlqCommand::Show { seq, json } => {
-            let entry = dead_letters
-                .get(seq)
+            let detail = dlq
+                .show(seq)
                 .await?
                 .with_context(|| format!("no dead letter at sequence {seq}"))?;
-            let detail = entry.detail();
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
@@ -199,45 +204,24 @@ pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow
                 rate: rate.unwrap_or(config.dlq.replay_rate),
                 dry_run: change.dry_run,
             };
-            let store = audit_store(&config, change.dry_run).await?;
-            let report = dead_letters
-                .replay(&filter, options, chorus_app::shutdown_signal())
-                .await?;
-            let audit_id = match &store {
-                Some(store) => Some(
-                    record(
-                        store,
-                        &change.actor(),
-                        AuditAction::DlqReplay,
-                        report.audit_detail(&filter, options),
-                    )
-                    .await?,
-                ),
-                None => None,
-            };
-            print_replay(&report, options, audit_id, change.json)?;
-            if !report.failed.is_empty() {
+            let stop = app::shutdown_signal();
+            let done = dlq
+                .replay(&audit_log, &change.actor(), &filter, options, stop)
+                .await
+                .map_err(unrecorded)?;
+            print_replay(&done.report, options, done.audit_id, change.json)?;
+            if !done.report.failed.is_empty() {
                 anyhow::bail!("the replay stopped at a failure");
             }
         }
         DlqCommand::Purge { select, change } => {
             let filter = change.filter(&select)?;
-            let store = audit_store(&config, change.dry_run).await?;
-            let report = dead_letters.purge(&filter, change.dry_run).await?;
-            let audit_id = match &store {
-                Some(store) => Some(
-                    record(
-                        store,
-                        &change.actor(),
-                        AuditAction::DlqPurge,
-                        report.audit_detail(&filter),
-                    )
-                    .await?,
-                ),
-                None => None,
-            };
-            print_purge(&report, audit_id, change.json)?;
-            if !report.failed.is_empty() {
+            let done = dlq
+                .purge(&audit_log, &change.actor(), &filter, change.dry_run)
+                .await
+                .map_err(unrecorded)?;
+            print_purge(&done.report, done.audit_id, change.json)?;
+            if !done.report.failed.is_empty() {
                 anyhow::bail!("some entries could not be purged");
             }
         }
@@ -245,31 +229,71 @@ pub async fn run(config_file: Option<&std::path::Path>, args: DlqArgs) -> anyhow
     Ok(())
 }
 
-/// The database for the audit log, checked before anything changes; none for dry runs.
-async fn audit_store(config: &Config, dry_run: bool) -> anyhow::Result<Option<Store>> {
-    if dry_run {
-        return Ok(None);
-    }
-    let store = chorus_app::open_store(&config.database, false).await?;
-    store.audit_entries(None, 1).await.context(
-        "the audit log is not readable (has `chorus migrate` run?); nothing was changed",
-    )?;
-    Ok(Some(store))
+/// The audit log in the configured database, opened when a change is about to be made: a dry
+/// run needs no database.
+struct Database<'a> {
+    config: &'a DatabaseConfig,
+    store: OnceCell<Store>,
 }
 
-async fn record(
-    store: &Store,
-    actor: &str,
-    action: AuditAction,
-    detail: serde_json::Value,
-) -> anyhow::Result<i64> {
-    match store.record_audit(actor, action, detail.clone()).await {
-        Ok(row) => Ok(row.id),
-        Err(e) => {
-            eprintln!("the audit row that could not be written: {detail}");
-            Err(e).context("done, but the audit log could not be written")
+/// Why the audit log could not be used.
+#[derive(Debug, thiserror::Error)]
+enum AuditLogError {
+    #[error(transparent)]
+    Open(#[from] DatabaseError),
+    #[error("the audit log is not readable (has `chorus migrate` run?); nothing was changed")]
+    Unreadable(#[source] StoreError),
+    #[error(transparent)]
+    Write(StoreError),
+}
+
+impl<'a> Database<'a> {
+    fn new(config: &'a DatabaseConfig) -> Self {
+        Self {
+            config,
+            store: OnceCell::new(),
         }
     }
+
+    async fn store(&self) -> Result<&Store, DatabaseError> {
+        self.store
+            .get_or_try_init(|| app::open_store(self.config, false))
+            .await
+    }
+}
+
+impl AuditLog for Database<'_> {
+    type Error = AuditLogError;
+
+    async fn ready(&self) -> Result<(), AuditLogError> {
+        let store = self.store().await?;
+        store
+            .audit_entries(None, 1)
+            .await
+            .map_err(AuditLogError::Unreadable)?;
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        detail: Value,
+    ) -> Result<i64, AuditLogError> {
+        let store = self.store().await?;
+        store
+            .record(actor, action, detail)
+            .await
+            .map_err(AuditLogError::Write)
+    }
+}
+
+/// A change's error for printing; one done but not audited prints the row it would have been.
+fn unrecorded(error: ChangeError<AuditLogError>) -> anyhow::Error {
+    if let ChangeError::Unrecorded { detail, .. } = &error {
+        eprintln!("the audit row that could not be written: {detail}");
+    }
+    error.into()
 }
 
 fn print_table(entries: &[Summary]) {
@@ -332,7 +356,7 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-fn print_detail(detail: &dlq::Detail) {
+fn print_detail(detail: &Detail) {
     let s = &detail.summary;
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for (name, value) in [
@@ -390,6 +414,14 @@ fn audit_note(audit_id: Option<i64>) -> String {
     )
 }
 
+/// A report as JSON, with the audit row that records it (`null` for a dry run).
+fn print_json(report: &impl serde::Serialize, audit_id: Option<i64>) -> anyhow::Result<()> {
+    let mut body = serde_json::to_value(report)?;
+    body["audit_id"] = json!(audit_id);
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
 fn print_replay(
     report: &ReplayReport,
     options: ReplayOptions,
@@ -397,10 +429,7 @@ fn print_replay(
     as_json: bool,
 ) -> anyhow::Result<()> {
     if as_json {
-        let mut body = serde_json::to_value(report)?;
-        body["audit_id"] = json!(audit_id);
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        return Ok(());
+        return print_json(report, audit_id);
     }
     let verb = if report.dry_run {
         "would replay"
@@ -440,10 +469,7 @@ fn print_replay(
 
 fn print_purge(report: &PurgeReport, audit_id: Option<i64>, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        let mut body = serde_json::to_value(report)?;
-        body["audit_id"] = json!(audit_id);
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        return Ok(());
+        return print_json(report, audit_id);
     }
     let verb = if report.dry_run {
         "would purge"
@@ -466,4 +492,56 @@ fn print_purge(report: &PurgeReport, audit_id: Option<i64>, as_json: bool) -> an
     }
     println!("{}", audit_note(audit_id));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_testkit::database::TestDatabase;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_audit_log_opens_only_when_asked_and_refuses_a_database_behind() {
+        let db = TestDatabase::sqlite();
+        let config = DatabaseConfig {
+            url: db.url().into(),
+            ..DatabaseConfig::default()
+        };
+        let behind = Database::new(&config);
+        assert!(behind.store.get().is_none(), "nothing is opened up front");
+        let error = behind.ready().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AuditLogError::Open(DatabaseError::NotMigrated { .. })
+            ),
+            "{error}"
+        );
+
+        Store::connect(db.url(), 1)
+            .await
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap();
+        let log = Database::new(&config);
+        log.ready().await.unwrap();
+        let id = log
+            .record("ops@test", AuditAction::DlqPurge, json!({"matched": 0}))
+            .await
+            .unwrap();
+        let rows = log
+            .store()
+            .await
+            .unwrap()
+            .audit_entries(None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.id, r.actor.as_str()))
+                .collect::<Vec<_>>(),
+            [(id, "ops@test")]
+        );
+    }
 }

@@ -30,7 +30,8 @@ impl Assertion {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Check {
     /// The whole answer equals `value` (a string compares as text after trimming; any other JSON
@@ -115,7 +116,8 @@ fn default_judge_threshold() -> f64 {
     0.5
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SimilarityMethod {
     /// 1 − edit distance ÷ the longer length, over characters.
@@ -173,6 +175,7 @@ impl Check {
 const SHARED: [&str; 3] = ["weight", "metric", "not"];
 
 /// One object: a [`Check`] (its `type` and fields) and the fields every type shares.
+#[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Assertion {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
@@ -210,6 +213,7 @@ impl utoipa::PartialSchema for Assertion {
     }
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::ToSchema for Assertion {
     fn schemas(
         schemas: &mut Vec<(

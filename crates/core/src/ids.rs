@@ -14,21 +14,10 @@ use uuid::Uuid;
 /// Namespace for ids derived from client-supplied keys (UUIDv5).
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_6f72_7573_4000_8000_0000_0000_0001);
 
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = String, format = Uuid)]
+#[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
 pub struct JobId(Uuid);
 
 impl JobId {
@@ -74,11 +63,10 @@ impl FromStr for JobId {
 }
 
 /// A tenant name: 1–64 characters of `[a-z0-9_-]`, usable as one subject token.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "String", into = "String")]
-#[schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+#[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$"))]
 pub struct Tenant(String);
 
 #[derive(Debug, thiserror::Error)]

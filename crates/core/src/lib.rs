@@ -7,6 +7,7 @@
 //! - [`assertion`]: the shape of evaluation assertions.
 //! - [`judge`]: the calls LLM judges make and how their answers are read.
 //! - [`batch`]: batch lines (OpenAI Batch API shape) and where a job came from.
+//! - [`openai`]: OpenAI's chat completion request as a job spec.
 //! - [`template`]: prompt templates (minijinja).
 //! - [`job`]: a job's state and its pure, idempotent transitions.
 //! - [`messages`]: the versioned message bodies roles exchange.
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod job;
 pub mod judge;
 pub mod messages;
+pub mod openai;
 pub mod spec;
 pub mod subjects;
 pub mod template;

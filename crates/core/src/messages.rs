@@ -132,7 +132,8 @@ pub struct StepError {
 }
 
 /// One provider call made for a step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     pub route: String,
     pub started_at: UnixMillis,

@@ -1,11 +1,13 @@
 //! `/v1/admin/dlq`: list, show, replay and purge dead letters over HTTP.
 //!
-//! These are the operator's routes (the `admin` scope): dead letters of every tenant. Every
-//! replay and purge that is not a dry run is written to the audit log, with the caller recorded
-//! as `key:<key id>@<tenant>` (`http:<peer address>` when authentication is off); dry runs change
-//! nothing and are not audited. The database is checked before anything changes, so an unaudited change is
-//! unlikely; a replay or purge then runs in a task of its own, so a client that disconnects
-//! mid-way (a paced replay can take a while) neither cuts it short nor skips its audit row.
+//! These are the operator's routes (the `admin` scope): dead letters of every tenant, through the
+//! DLQ service ([`chorus_dlq::service`], which `chorus dlq` uses too). Every replay and purge that
+//! is not a dry run is written to the audit log, with the caller recorded as
+//! `key:<key id>@<tenant>` (`http:<peer address>` when authentication is off); dry runs change
+//! nothing and are not audited. The database is checked before anything changes, so an
+//! unaudited change is unlikely. A replay or purge runs in a task of its own, so a client that
+//! disconnects mid-way (a paced replay can take a while) neither cuts it short nor skips its
+//! audit row.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -13,12 +15,15 @@ use std::sync::LazyLock;
 use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
-use chorus_bus::dlq::{self, DeadLetters, DlqError, DlqErrorKind, Filter, ReplayOptions};
+use chorus_bus::dlq::{DlqError, DlqErrorKind, Filter};
 use chorus_core::auth::Caller;
-use chorus_store::AuditAction;
+use chorus_dlq::report::ReplayOptions;
+use chorus_dlq::select::{self, BadTime};
+use chorus_dlq::service::{ChangeError, Dlq};
+use chorus_dlq::view::Detail;
+use chorus_store::StoreError;
 use regex::Regex;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::error::{ApiError, Missing};
 use crate::extract::{JsonBody, Path, Query};
@@ -31,7 +36,7 @@ const MAX_LIMIT: usize = 1_000;
 pub const MIN_RATE: f64 = 0.001;
 pub const MAX_RATE: f64 = 1_000.0;
 /// The durations ago `since` and `until` are documented to take (`90s`, `2h`, `1h 30m`): whole
-/// numbers with units up to weeks, at most four of them. `dlq::parse_time` takes every form
+/// numbers with units up to weeks, at most four of them. `select::parse_time` takes every form
 /// `humantime` reads; these are the ones the document promises.
 pub const DURATION_AGO: &str = "^([0-9]{1,6} ?(nanos|nsec|ns|usec|us|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w) ?){1,4}$";
 
@@ -96,7 +101,7 @@ fn filter(
     };
     Ok(Filter {
         stage: stage
-            .map(|s| dlq::parse_stage(s).map_err(|e| invalid("stage", e)))
+            .map(|s| select::parse_stage(s).map_err(|e| invalid("stage", e)))
             .transpose()?,
         route: route.map(str::to_owned),
         kind: kind.map(str::to_owned),
@@ -125,16 +130,16 @@ fn dlq_error(e: DlqError) -> ApiError {
 }
 
 /// `since` or `until`, in the forms the document promises ([`DURATION_AGO`]).
-fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, dlq::BadTime> {
+fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, BadTime> {
     static DURATION: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(DURATION_AGO).ok());
     let documented = chrono::DateTime::parse_from_rfc3339(text).is_ok()
         || DURATION.as_ref().is_some_and(|d| d.is_match(text));
     if !documented {
-        return Err(dlq::BadTime {
+        return Err(BadTime {
             input: text.to_owned(),
         });
     }
-    dlq::parse_time(text)
+    select::parse_time(text)
 }
 
 /// Who the audit log names: the API key (`key:<id>@<tenant>`), or the peer address when
@@ -174,7 +179,7 @@ pub async fn list(
         params.until.as_deref(),
         Vec::new(),
     )?;
-    let listing = DeadLetters::new(state.bus.clone())
+    let listing = Dlq::new(state.bus.clone())
         .list(&filter, limit)
         .await
         .map_err(dlq_error)?;
@@ -190,7 +195,7 @@ pub async fn list(
     get, path = "/v1/admin/dlq/{seq}", operation_id = "getDeadLetter", tag = "admin",
     params(("seq" = u64, Path, minimum = 1, description = "The entry's sequence in the DLQ stream")),
     responses(
-        (status = 200, description = "The dead letter with the original headers and body", body = dlq::Detail),
+        (status = 200, description = "The dead letter with the original headers and body", body = Detail),
         (status = 400, description = "Not a sequence number (a whole number from 1)", body = ErrorBody),
         (status = 404, description = "No dead letter there", body = ErrorBody),
     )
@@ -198,7 +203,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Path(seq): Path<String>,
-) -> Result<Json<dlq::Detail>, ApiError> {
+) -> Result<Json<Detail>, ApiError> {
     let seq: u64 =
         seq.parse()
             .ok()
@@ -210,8 +215,8 @@ pub async fn show(
                 param: Some("seq".into()),
                 code: "invalid_value",
             })?;
-    match DeadLetters::new(state.bus.clone()).get(seq).await {
-        Ok(Some(entry)) => Ok(Json(entry.detail())),
+    match Dlq::new(state.bus.clone()).show(seq).await {
+        Ok(Some(detail)) => Ok(Json(detail)),
         Ok(None) => Err(ApiError::NotFound {
             what: Missing::DeadLetter,
             id: seq.to_string(),
@@ -243,34 +248,24 @@ impl Selection {
     }
 }
 
-/// Checks the audit log can be written before anything changes.
-async fn audit_ready(state: &AppState, dry_run: bool) -> Result<(), ApiError> {
-    match dry_run {
-        true => Ok(()),
-        false => state
-            .store
-            .ping()
-            .await
-            .map_err(|e| ApiError::unavailable("the database (for the audit log)", e)),
-    }
-}
-
-/// Writes the audit row, or says loudly what went unaudited.
-async fn audit(
-    state: &AppState,
-    actor: &str,
-    action: AuditAction,
-    detail: Value,
-) -> Result<i64, ApiError> {
-    match state
-        .store
-        .record_audit(actor, action, detail.clone())
-        .await
-    {
-        Ok(row) => Ok(row.id),
-        Err(e) => {
-            tracing::error!(%actor, action = action.as_str(), %detail, error = %e, "cannot write the audit log");
-            Err(ApiError::unavailable("the audit log", e))
+/// A replay's or purge's error as an answer; a change done but not audited is logged loudly
+/// with the row that could not be written.
+fn change_error(actor: &str, e: ChangeError<StoreError>) -> ApiError {
+    match e {
+        ChangeError::Dlq(e) => dlq_error(e),
+        e @ ChangeError::BadRate { .. } => ApiError::Invalid {
+            message: e.to_string(),
+            param: None,
+            code: "invalid_value",
+        },
+        ChangeError::Unready(e) => ApiError::unavailable("the database (for the audit log)", e),
+        ChangeError::Unrecorded {
+            action,
+            detail,
+            source,
+        } => {
+            tracing::error!(%actor, action = action.as_str(), %detail, error = %source, "cannot write the audit log");
+            ApiError::unavailable("the audit log", source)
         }
     }
 }
@@ -302,21 +297,18 @@ pub async fn replay(
             format!("must be between {MIN_RATE} and {MAX_RATE} replays per second"),
         ));
     }
-    audit_ready(&state, options.dry_run).await?;
     let actor = actor(&caller, peer);
     let task = tokio::spawn(async move {
-        let report = DeadLetters::new(state.bus.clone())
-            .replay(&filter, options, std::future::pending())
+        let dlq = Dlq::new(state.bus.clone());
+        let stop = std::future::pending();
+        let done = dlq
+            .replay(&state.store, &actor, &filter, options, stop)
             .await
-            .map_err(dlq_error)?;
-        let audit_id = match options.dry_run {
-            true => None,
-            false => {
-                let detail = report.audit_detail(&filter, options);
-                Some(audit(&state, &actor, AuditAction::DlqReplay, detail).await?)
-            }
-        };
-        Ok(Json(ReplayAnswer { report, audit_id }))
+            .map_err(|e| change_error(&actor, e))?;
+        Ok(Json(ReplayAnswer {
+            report: done.report,
+            audit_id: done.audit_id,
+        }))
     });
     task.await
         .map_err(|e| ApiError::unavailable("the replay", e))?
@@ -341,21 +333,16 @@ pub async fn purge(
     }
     let filter = selection.filter()?;
     let dry_run = selection.dry_run;
-    audit_ready(&state, dry_run).await?;
     let actor = actor(&caller, peer);
     let task = tokio::spawn(async move {
-        let report = DeadLetters::new(state.bus.clone())
-            .purge(&filter, dry_run)
+        let done = Dlq::new(state.bus.clone())
+            .purge(&state.store, &actor, &filter, dry_run)
             .await
-            .map_err(dlq_error)?;
-        let audit_id = match dry_run {
-            true => None,
-            false => {
-                let detail = report.audit_detail(&filter);
-                Some(audit(&state, &actor, AuditAction::DlqPurge, detail).await?)
-            }
-        };
-        Ok(Json(PurgeAnswer { report, audit_id }))
+            .map_err(|e| change_error(&actor, e))?;
+        Ok(Json(PurgeAnswer {
+            report: done.report,
+            audit_id: done.audit_id,
+        }))
     });
     task.await
         .map_err(|e| ApiError::unavailable("the purge", e))?

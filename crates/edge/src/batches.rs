@@ -14,9 +14,11 @@ use axum::extract::State;
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
-use chorus_core::batch::{self, BatchLine, Endpoint};
+use chorus_core::batch::Endpoint;
+use chorus_core::batch::file::{self, BatchLine};
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
+use chorus_core::openai;
 use chorus_eval::SpecValidator;
 use chorus_store::{BatchList, BatchObject, BatchReport, BatchStatus, NewBatch, StoreError};
 use chrono::Utc;
@@ -81,7 +83,7 @@ pub async fn create(
         });
     }
     if let Some(metadata) = &request.metadata {
-        batch::check_openai_metadata(metadata).map_err(|e| ApiError::BadRequest {
+        openai::check_metadata(metadata).map_err(|e| ApiError::BadRequest {
             message: e.to_string(),
             param: Some(e.field),
             code: "invalid_value",
@@ -98,7 +100,7 @@ pub async fn create(
             id: request.input_file_id.clone(),
         })?;
     let validator = SpecValidator::new(&*state.routes);
-    let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
+    let lines = file::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     check_endpoints(&lines, endpoint)?;
 
@@ -189,7 +191,7 @@ fn check_endpoints(lines: &[BatchLine], endpoint: Endpoint) -> Result<(), ApiErr
     let wrong: Vec<String> = lines
         .iter()
         .filter(|l| l.endpoint != endpoint)
-        .take(batch::MAX_REPORTED)
+        .take(file::MAX_REPORTED)
         .map(|l| format!("line {}: url `{}`", l.line, l.endpoint.as_str()))
         .collect();
     if wrong.is_empty() {

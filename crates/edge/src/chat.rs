@@ -30,10 +30,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
-use chorus_core::batch::{self, LineErrorCode, Streaming};
+use chorus_core::batch::file::LineErrorCode;
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, now_millis};
 use chorus_core::job::{JobState, JobStatus};
+use chorus_core::openai::{self, Streaming};
 use chorus_eval::SpecValidator;
 use chorus_store::{ChatCompletion, chat_completion};
 use futures::{Stream, StreamExt, stream};
@@ -149,7 +150,7 @@ pub async fn completions(
     request_headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let (spec, streaming) = batch::chat_request(body).map_err(|e| ApiError::Invalid {
+    let (spec, streaming) = openai::chat_request(body).map_err(|e| ApiError::Invalid {
         message: e.message,
         param: e.param,
         code: match e.code {

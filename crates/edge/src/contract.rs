@@ -305,9 +305,9 @@ fn request_rules(document: &mut Value) {
         "description": "OpenAI's metadata: at most 16 pairs, keys of up to 64 characters, values \
             strings of up to 512.",
         "type": "object",
-        "maxProperties": chorus_core::batch::MAX_METADATA_PAIRS,
-        "propertyNames": {"maxLength": chorus_core::batch::MAX_METADATA_KEY},
-        "additionalProperties": {"type": "string", "maxLength": chorus_core::batch::MAX_METADATA_VALUE},
+        "maxProperties": chorus_core::openai::MAX_METADATA_PAIRS,
+        "propertyNames": {"maxLength": chorus_core::openai::MAX_METADATA_KEY},
+        "additionalProperties": {"type": "string", "maxLength": chorus_core::openai::MAX_METADATA_VALUE},
     });
     schemas["ChatCompletionRequest"]["properties"]["metadata"] = nullable(schema_ref("Metadata"));
     schemas["CreateBatch"]["properties"]["metadata"] = nullable(schema_ref("Metadata"));

@@ -181,7 +181,7 @@ impl ApiError {
     }
 
     /// A refused batch input file: the message lists the bad lines, `lines` holds them.
-    pub fn refused_file(errors: chorus_core::batch::FileErrors) -> Self {
+    pub fn refused_file(errors: chorus_core::batch::file::FileErrors) -> Self {
         Self::BadLines {
             message: format!("the file was refused: {errors}"),
             details: json!({"lines": errors.errors, "omitted": errors.omitted}),

@@ -35,8 +35,9 @@ use chorus_store::JobRecord;
 use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 
-use crate::error::{ApiError, Missing};
+use crate::error::ApiError;
 use crate::extract::Path;
+use crate::jobs::{job_id, no_job};
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
@@ -60,11 +61,7 @@ pub async fn events(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: Missing::Job,
-        id: id.clone(),
-    };
-    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let job = job_id(&id)?;
     let tenant = &caller.tenant;
 
     let notify = state
@@ -98,7 +95,7 @@ pub async fn events(
             .await
             .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
         if live.is_none() {
-            return Err(not_found());
+            return Err(no_job(&id));
         }
     }
 

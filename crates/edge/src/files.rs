@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chorus_core::auth::Caller;
-use chorus_core::batch;
+use chorus_core::batch::file;
 use chorus_eval::SpecValidator;
 use chorus_store::{FileObject, NewFile};
 
@@ -83,7 +83,7 @@ pub async fn upload(
     }
     let (filename, content) = file.ok_or_else(|| missing("file"))?;
     let validator = SpecValidator::new(&*state.routes);
-    let lines = batch::parse_file(&content, state.batch_max_lines, &validator)
+    let lines = file::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     let new = NewFile {
         purpose: "batch".into(),

@@ -13,13 +13,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_bus::jobs::Write;
+use chorus_bus::jobs::{Start, Write};
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::codec::headers;
 use chorus_core::ids::{JobId, msg_id, now_millis};
-use chorus_core::job::{Input, JobState, JobStatus, apply};
+use chorus_core::job::{Input, JobState, JobStatus};
 use chorus_core::messages::Submission;
 use chorus_core::spec::{FieldError, FieldErrorKind, JobSpec};
 use chorus_core::trace::TraceContext;
@@ -177,15 +177,24 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: Missing::Job,
-        id: id.clone(),
-    };
-    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let job = job_id(&id)?;
     read(&state, &caller.tenant, job)
         .await?
         .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(|| no_job(&id))
+}
+
+/// The job a path names; [`no_job`] when it is not a job id.
+pub(crate) fn job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| no_job(id))
+}
+
+/// `404`: no job `id` for this tenant.
+pub(crate) fn no_job(id: &str) -> ApiError {
+    ApiError::NotFound {
+        what: Missing::Job,
+        id: id.to_owned(),
+    }
 }
 
 /// A job as a reader should see it: the stored record once final; before that the live state in
@@ -363,15 +372,11 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: Missing::Job,
-        id: id.clone(),
-    };
-    let job: JobId = id.parse().map_err(|_| not_found())?;
+    let job = job_id(&id)?;
     let tenant = caller.tenant.clone();
     let record = read(&state, &caller.tenant, job)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| no_job(&id))?;
     match record.summary.status {
         JobStatus::Cancelled => return Ok(Json(record)),
         status if status.is_terminal() => {
@@ -394,30 +399,20 @@ pub async fn cancel(
         .cancel_job(&tenant, job)
         .await
         .map_err(|e| ApiError::unavailable("the cancels bucket", e))?;
-    let live = loop {
-        let current = state
-            .jobs
-            .get(&tenant, job)
-            .await
-            .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
-        let Some((current, revision)) = current else {
-            // Only in the database: the state has expired from the bucket, so it is final.
-            return Ok(Json(record));
-        };
-        let input = Input::Cancel {
-            at: now_millis(),
-            reason: "cancelled by request".into(),
-        };
-        let transition = apply(&current, input);
-        if !transition.changed {
-            break transition.state;
-        }
-        match state.jobs.update(&transition.state, revision).await {
-            Ok(Write::Stored(_)) => break transition.state,
-            Ok(Write::Conflict) => continue,
-            Err(e) => return Err(ApiError::unavailable("the job-state bucket", e)),
-        }
+    let input = Input::Cancel {
+        at: now_millis(),
+        reason: "cancelled by request".into(),
     };
+    let applied = state
+        .jobs
+        .apply(&tenant, job, Start::default(), &input)
+        .await
+        .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
+    // Only in the database: the state has expired from the bucket, so it is final.
+    let Some(applied) = applied else {
+        return Ok(Json(record));
+    };
+    let live = applied.transition.state;
     // Answer with the stored record when the persister commits it promptly.
     let stored = tokio::time::timeout(CANCEL_COMMIT_WAIT, committed_signal.next()).await;
     if stored.is_ok()

@@ -92,7 +92,7 @@ pub struct ErrorDetail {
     pub code: String,
     /// A refused batch file: each bad line, by number.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lines: Option<Vec<chorus_core::batch::LineError>>,
+    pub lines: Option<Vec<chorus_core::batch::file::LineError>>,
     /// A refused batch file: bad lines found but not listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub omitted: Option<u64>,
@@ -190,7 +190,7 @@ pub struct Accepted {
 pub struct DeadLetterList {
     /// `list`.
     pub object: String,
-    pub data: Vec<chorus_bus::dlq::Summary>,
+    pub data: Vec<chorus_dlq::view::Summary>,
     pub has_more: bool,
 }
 
@@ -198,7 +198,7 @@ pub struct DeadLetterList {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReplayAnswer {
     #[serde(flatten)]
-    pub report: chorus_bus::dlq::ReplayReport,
+    pub report: chorus_dlq::report::ReplayReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_id: Option<i64>,
 }
@@ -207,7 +207,7 @@ pub struct ReplayAnswer {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PurgeAnswer {
     #[serde(flatten)]
-    pub report: chorus_bus::dlq::PurgeReport,
+    pub report: chorus_dlq::report::PurgeReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_id: Option<i64>,
 }

@@ -14,7 +14,8 @@
 
 use std::collections::HashMap;
 
-use chorus_core::batch::{Endpoint, FileErrors};
+use chorus_core::batch::Endpoint;
+use chorus_core::batch::file::FileErrors;
 use chorus_core::ids::{Tenant, UnixMillis};
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::prelude::DateTimeUtc;

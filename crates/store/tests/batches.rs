@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use chorus_core::assertion::Assertion;
-use chorus_core::batch::{BatchLine, Endpoint, FileErrors, parse_file};
+use chorus_core::batch::Endpoint;
+use chorus_core::batch::file::{BatchLine, FileErrors, parse_file};
 use chorus_core::job::{Input, JobState, JobStatus, apply};
 use chorus_core::messages::{
     AssertionResult, EvaluationResult, StepError, StepOutcome, StepOutput, StepResult,

@@ -388,10 +388,10 @@ async fn files_batches_keys_and_the_audit_log_keep_any_text(backend: Backend) {
                 metadata: Some(metadata.clone()),
                 status: BatchStatus::Failed,
                 total: 1,
-                errors: Some(chorus_core::batch::FileErrors {
-                    errors: vec![chorus_core::batch::LineError {
+                errors: Some(chorus_core::batch::file::FileErrors {
+                    errors: vec![chorus_core::batch::file::LineError {
                         line: Some(1),
-                        code: chorus_core::batch::LineErrorCode::DuplicateCustomId,
+                        code: chorus_core::batch::file::LineErrorCode::DuplicateCustomId,
                         param: Some("custom_id".into()),
                         message: "\"a\0\" is already used".into(),
                     }],

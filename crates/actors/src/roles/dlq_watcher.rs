@@ -20,7 +20,8 @@
 //! after all. NATS failures are retried in place by the failure policy.
 
 use async_nats::jetstream::message::StreamMessage;
-use chorus_bus::dlq::{self, MaxDeliveries, header_pairs};
+use chorus_bus::dlq;
+use chorus_bus::dlq::filing::{MaxDeliveries, header_pairs};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};

@@ -4,7 +4,8 @@
 //! them to the job's state with [`chorus_core::job::apply`], writes the state back to the KV bucket
 //! with compare-and-set (which is also what the persister stores), and publishes the effects. Each
 //! worker caches the states it wrote with their revision, so the common case is one KV write per
-//! event and no read; a conflict (another pod wrote first) reloads and re-applies.
+//! event and no read; a conflict (another pod wrote first) reloads and re-applies (the loop is
+//! [`JobStore::apply`]'s).
 //!
 //! Failures go through the failure policy: NATS unavailable is retried in place; a job whose
 //! state or calls grew larger than the bus carries is aborted (failed with the reason, the event
@@ -16,13 +17,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use chorus_bus::cancels::CancelSet;
-use chorus_bus::jobs::{JobStore, Write};
+use chorus_bus::jobs::{Applied, JobStore, Start};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::batch::{Endpoint, Origin};
 use chorus_core::codec::{self, headers};
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
-use chorus_core::job::{Effect, Input, JobState, apply};
+use chorus_core::job::{Effect, Input, JobState};
 use chorus_core::messages::{EvaluationResult, JobAbort, StepResult, Submission};
 use chorus_core::spec::{FieldError, JobSpec};
 use chorus_core::subjects::Stage;
@@ -330,51 +331,26 @@ impl Orchestrator {
     }
 
     async fn process(&self, event: &Event) -> Result<(), Failed> {
-        let jobs = &self.shared.jobs;
-        let mut cached = self.cache().pop(&event.job);
-        let mut reloaded = false;
-        // A new job from a JetStream submitter is created without reading first; a conflict reloads.
-        let mut assume_new = event.new_state.is_some() && !event.state_created;
-        loop {
-            let from_cache = cached.is_some();
-            let current = match cached.take() {
-                Some(entry) => Some(entry),
-                None if std::mem::take(&mut assume_new) => None,
-                None => jobs.get(&event.tenant, event.job).await?,
-            };
-            let (state, revision) = match (current, &event.new_state) {
-                (Some(current), _) => current,
-                (None, Some(new)) => ((**new).clone(), 0),
-                (None, None) => return Err(Failed::Orphan(event.job)),
-            };
-            let transition = apply(&state, event.input.clone());
-            if !transition.changed && from_cache && !reloaded {
-                // Possibly a duplicate seen against a stale copy: check the bucket before re-publishing.
-                reloaded = true;
-                continue;
-            }
-            let revision = if transition.changed || revision == 0 {
-                let write = if revision == 0 {
-                    jobs.create(&transition.state).await?
-                } else {
-                    jobs.update(&transition.state, revision).await?
-                };
-                match write {
-                    Write::Stored(revision) => revision,
-                    Write::Conflict => {
-                        reloaded = true;
-                        continue;
-                    }
-                }
-            } else {
-                revision
-            };
-            self.publish(&transition.state, transition.effects).await?;
-            if !transition.state.status.is_terminal() {
-                self.cache().put(event.job, (transition.state, revision));
-            }
-            return Ok(());
+        let start = Start {
+            cached: self.cache().pop(&event.job),
+            new: event.new_state.as_deref(),
+            // A new job from a JetStream submitter is created without reading first.
+            assume_new: event.new_state.is_some() && !event.state_created,
+        };
+        let Applied {
+            transition,
+            revision,
+        } = self
+            .shared
+            .jobs
+            .apply(&event.tenant, event.job, start, &event.input)
+            .await?
+            .ok_or(Failed::Orphan(event.job))?;
+        self.publish(&transition.state, transition.effects).await?;
+        if !transition.state.status.is_terminal() {
+            self.cache().put(event.job, (transition.state, revision));
         }
+        Ok(())
     }
 
     async fn publish(&self, state: &JobState, effects: Vec<Effect>) -> Result<(), BusError> {
@@ -521,6 +497,6 @@ fn parse_external(delivery: &Delivery, endpoint: Endpoint) -> Result<JobSpec, Re
         serde_json::from_slice(delivery.payload())
             .map_err(|source| Rejected::NotJson { what, source })?
     };
-    chorus_core::batch::spec_from_body(endpoint, body)
+    chorus_core::batch::body::spec_from_body(endpoint, body)
         .map_err(|e| Rejected::Invalid { problems: vec![e] })
 }
