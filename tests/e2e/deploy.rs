@@ -158,19 +158,14 @@ fn the_prometheus_rule_carries_the_alert_file_unchanged() {
 /// The definition of a consumer a KEDA trigger names: one of `nats/`, or `llm-<route>`, which the
 /// llm role makes from `nats/consumers/work/llm.json` for each route with shared limits.
 fn consumer_definition(config: &Config, stream: &str, consumer: &str) -> Option<Value> {
-    let prefix = &config.nats.prefix;
+    let names = Subjects::new(&config.nats.prefix);
     let dir = std::fs::read_dir(repo("nats/streams"))
         .expect("nats/streams")
         .map(|entry| entry.expect("entry").path())
         .find(|path| {
             let stream_file: Value =
                 serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
-            stream_file["name"]
-                .as_str()
-                .expect("name")
-                .replace("${PREFIX}", &prefix.to_uppercase())
-                .replace("${prefix}", prefix)
-                == stream
+            names.fill(stream_file["name"].as_str().expect("name")) == stream
         })?
         .file_stem()
         .expect("stem")

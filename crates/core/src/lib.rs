@@ -12,7 +12,7 @@
 //! - [`job`]: a job's state and its pure, idempotent transitions.
 //! - [`messages`]: the versioned message bodies roles exchange.
 //! - [`codec`]: MessagePack encoding and the headers every message carries.
-//! - [`subjects`]: subject, stream and bucket names.
+//! - [`subjects`]: every NATS name: subjects, streams, consumers, buckets, keys.
 //! - [`trace`]: W3C trace context.
 //! - [`config`]: typed configuration, loaded from a TOML file and `CHORUS_…` variables.
 
