@@ -155,8 +155,7 @@ fn the_prometheus_rule_carries_the_alert_file_unchanged() {
     assert_eq!(rules[0]["spec"]["groups"], alert_groups());
 }
 
-/// The definition of a consumer a KEDA trigger names: one of `nats/`, or `llm-<route>`, which the
-/// llm role makes from `nats/consumers/work/llm.json` for each route with shared limits.
+/// The definition of a consumer a KEDA trigger names, from `nats/`.
 fn consumer_definition(config: &Config, stream: &str, consumer: &str) -> Option<Value> {
     let names = Subjects::new(&config.nats.prefix);
     let dir = std::fs::read_dir(repo("nats/streams"))
@@ -171,16 +170,17 @@ fn consumer_definition(config: &Config, stream: &str, consumer: &str) -> Option<
         .expect("stem")
         .to_string_lossy()
         .into_owned();
-    let file = if dir == "work" && llm_consumers(config).contains(consumer) {
-        "llm"
-    } else {
-        consumer
-    };
-    let text = std::fs::read_to_string(repo(&format!("nats/consumers/{dir}/{file}.json"))).ok()?;
+    let text =
+        std::fs::read_to_string(repo(&format!("nats/consumers/{dir}/{consumer}.json"))).ok()?;
     Some(serde_json::from_str(&text).expect("json"))
 }
 
-/// Checks the triggers of a ScaledObject against `config`; gives the consumers it scales on.
+/// The Prometheus query the llm role scales on: the calls waiting in every flow set of the work
+/// stream (`llm`, `llm-<route>`), as chorus_consumer_pending sums them.
+const LLM_BACKLOG: &str = r#"sum(max by (consumer) (chorus_consumer_pending{stream="CHORUS_WORK",consumer=~"llm|llm-.+"}))"#;
+
+/// Checks the triggers of a ScaledObject against `config`; gives the consumers it scales on
+/// (`llm flows` for the llm role's Prometheus trigger).
 fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
     let target = object["spec"]["scaleTargetRef"]["name"]
         .as_str()
@@ -188,12 +188,22 @@ fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
         .expect("target");
     let mut consumers = BTreeSet::new();
     for trigger in object["spec"]["triggers"].as_array().expect("triggers") {
+        if trigger["type"] == "prometheus" {
+            assert_eq!(trigger["metadata"]["query"], LLM_BACKLOG, "{target}");
+            let threshold: u64 = trigger["metadata"]["threshold"]
+                .as_str()
+                .expect("threshold")
+                .parse()
+                .expect("a number");
+            assert!(threshold >= 1, "{target}");
+            consumers.insert("llm flows".to_owned());
+            continue;
+        }
         assert_eq!(trigger["type"], "nats-jetstream", "{target}");
         let stream = trigger["metadata"]["stream"].as_str().expect("stream");
         let consumer = trigger["metadata"]["consumer"].as_str().expect("consumer");
-        let definition = consumer_definition(config, stream, consumer).unwrap_or_else(|| {
-            panic!("{target} scales on {stream}/{consumer}, which nats/ and the routes lack")
-        });
+        let definition = consumer_definition(config, stream, consumer)
+            .unwrap_or_else(|| panic!("{target} scales on {stream}/{consumer}, which nats/ lacks"));
         let lag: u64 = trigger["metadata"]["lagThreshold"]
             .as_str()
             .expect("lagThreshold")
@@ -211,13 +221,21 @@ fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
     consumers
 }
 
-/// The consumers of the llm role under `config`: `llm`, and one per route with shared limits.
-fn llm_consumers(config: &Config) -> BTreeSet<String> {
+/// The flow sets of the llm role under `config`, as chorus_consumer_pending names them: `llm`,
+/// and `llm-<route>` per route with shared limits.
+fn llm_flow_sets(config: &Config) -> BTreeSet<String> {
     let subjects = Subjects::new(&config.nats.prefix);
+    let tenant = chorus_core::Tenant::new("acme").expect("tenant");
+    let band = chorus_core::fair::Band::Batch;
     limited_routes(config)
         .into_keys()
-        .map(|route| subjects.limited_llm_consumer(&route))
-        .chain(["llm".to_owned()])
+        .map(|route| {
+            subjects
+                .limited_llm_flows(&route)
+                .subject(None, band, &tenant)
+        })
+        .chain([subjects.llm_flows().subject(Some("any"), band, &tenant)])
+        .map(|subject| subjects.flow_set_of(&subject).expect("a flow set"))
         .collect()
 }
 
@@ -230,15 +248,21 @@ fn every_keda_trigger_scales_on_a_defined_consumer() {
     for object in scaled {
         let consumers = check_triggers(object, &base);
         if object["metadata"]["name"] == "chorus-llm" {
-            assert_eq!(consumers, llm_consumers(&base), "the llm role's backlog");
+            assert_eq!(consumers, BTreeSet::from(["llm flows".to_owned()]));
         }
     }
-    // Production's routes have shared limits, so their calls queue on consumers of their own: the llm
-    // role must scale on each of those too, or a backlog there would never add a pod.
+    // Production's routes have shared limits, so their calls wait in flows of their own: the
+    // llm role's query must count those too, or a backlog there would never add a pod. Its
+    // patch keeps the base's trigger.
     let prod = Config::load(Some(&repo("deploy/k8s/overlays/prod/chorus.toml"))).expect("loads");
+    let sets = llm_flow_sets(&prod);
+    assert!(sets.len() > 1, "prod has limited routes: {sets:?}");
+    for set in &sets {
+        assert!(set == "llm" || set.starts_with("llm-"), "{set} is counted");
+    }
     let patch = &yaml_documents("deploy/k8s/overlays/prod/llm-scaling.yaml")[0];
     assert_eq!(patch["kind"], "ScaledObject");
-    assert_eq!(check_triggers(patch, &prod), llm_consumers(&prod));
+    assert!(patch["spec"]["triggers"].is_null(), "the base's trigger");
 }
 
 /// `ENV` values of the image, which set the listen addresses the probes must ask.

@@ -126,7 +126,13 @@ async fn a_message_that_crashes_its_worker_every_time_is_dead_lettered_through_t
     assert_eq!(letter.deliveries, 3);
     assert_eq!(letter.route.as_deref(), Some(CRASH));
     assert_eq!(letter.tenant.as_ref().map(|t| t.as_str()), Some("default"));
-    assert_eq!(letter.subject, app.bus.subjects.llm_work(CRASH));
+    // A REST job without `wait` is the standard band's; the call waited in its tenant's flow.
+    let flow = app.bus.subjects.llm_flows().subject(
+        Some(CRASH),
+        chorus_core::fair::Band::Standard,
+        &chorus_core::Tenant::new("default").expect("tenant"),
+    );
+    assert_eq!(letter.subject, flow);
     assert_eq!(header(&entry, "Chorus-Type"), Some("llm.call/1"));
     assert!(!letter.payload.is_empty());
 

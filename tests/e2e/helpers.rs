@@ -92,6 +92,16 @@ pub fn llm_consumer_with(dir: &Path, edit: impl Fn(String) -> String) {
 
 /// Makes a key with `scopes` for `tenant` in the database at `url` (migrating it first).
 pub async fn create_key(url: &str, tenant: &str, scopes: &str) -> String {
+    create_limited_key(url, tenant, scopes, chorus_store::KeyLimits::default()).await
+}
+
+/// [`create_key`] with the key's own limits (its rate, its highest band).
+pub async fn create_limited_key(
+    url: &str,
+    tenant: &str,
+    scopes: &str,
+    limits: chorus_store::KeyLimits,
+) -> String {
     let store = chorus_store::Store::connect(url, 1)
         .await
         .expect("database");
@@ -99,7 +109,7 @@ pub async fn create_key(url: &str, tenant: &str, scopes: &str) -> String {
     let scopes = chorus_core::auth::Scopes::parse(scopes).expect("scopes");
     let tenant = chorus_core::Tenant::new(tenant).expect("tenant");
     let created = store
-        .create_key(&tenant, "e2e", scopes, None)
+        .create_key(&tenant, "e2e", scopes, limits)
         .await
         .expect("create a key");
     secrecy::ExposeSecret::expose_secret(&created.key).to_owned()
@@ -250,13 +260,20 @@ pub async fn wait_quiet(bus: &Bus) {
     .await;
 }
 
-/// Waits until a durable consumer of `stream` has delivered messages it still awaits acks for:
-/// work is in flight.
+/// Waits until a durable consumer of `stream` (or, for a flow set's name such as `llm`, one of
+/// its flows' consumers) has delivered messages it still awaits acks for: work is in flight.
 pub async fn wait_in_flight(bus: &Bus, stream: &str, consumer: &str) {
     wait::until(Duration::from_secs(30), "work in flight", || async {
         let stream = bus.js.get_stream(bus.subjects.stream(stream)).await.ok()?;
-        let info = stream.consumer_info(consumer).await.ok()?;
-        (info.num_ack_pending > 0).then_some(())
+        let mut consumers = stream.consumers();
+        while let Some(Ok(info)) = futures::StreamExt::next(&mut consumers).await {
+            let named = bus.subjects.flow_set_of(&info.config.filter_subject);
+            let ours = named.as_deref().unwrap_or(&info.name) == consumer;
+            if ours && info.num_ack_pending > 0 {
+                return Some(());
+            }
+        }
+        None
     })
     .await;
 }
@@ -342,6 +359,22 @@ pub async fn python_has(module: &str) -> bool {
         );
     }
     found
+}
+
+/// Chorus with every role but llm in this process, and three `chorus serve --roles llm` children.
+pub async fn three_llm_pods(config: Config) -> (TestApp, Vec<Chorus>, Processes) {
+    let roles = [
+        RoleName::Edge,
+        RoleName::Orchestrator,
+        RoleName::Evaluator,
+        RoleName::Persister,
+    ];
+    let processes = Processes::new(&config);
+    let app = TestApp::start_roles(config, &roles).await;
+    let pods = (0..3)
+        .map(|_| processes.spawn(&["serve", "--roles", "llm"]))
+        .collect();
+    (app, pods, processes)
 }
 
 /// A simple one-call job.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use chorus_core::config::{Config, RouteConfig};
+use chorus_core::config::RouteConfig;
 use chorus_mock_llm::{Behaviour, Fault, MockLlm, RecordedRequest, RetryAfter, most_in_window};
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
@@ -226,22 +226,6 @@ fn arrivals(mock: &MockLlm, model: &str) -> Vec<RecordedRequest> {
 
 fn since(at: SystemTime, origin: SystemTime) -> Duration {
     at.duration_since(origin).unwrap_or_default()
-}
-
-/// Chorus with every role but llm in this process, and three `chorus serve --roles llm` children.
-async fn three_llm_pods(config: Config) -> (TestApp, Vec<Chorus>, Processes) {
-    let roles = [
-        RoleName::Edge,
-        RoleName::Orchestrator,
-        RoleName::Evaluator,
-        RoleName::Persister,
-    ];
-    let processes = Processes::new(&config);
-    let app = TestApp::start_roles(config, &roles).await;
-    let pods = (0..3)
-        .map(|_| processes.spawn(&["serve", "--roles", "llm"]))
-        .collect();
-    (app, pods, processes)
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod deploy;
 mod dlq;
 mod drain;
 mod examples;
+mod fairness;
 mod faults;
 mod isolation;
 mod jobs;

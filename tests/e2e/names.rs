@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use chorus_core::config::RouteConfig;
-use chorus_core::subjects::{Subjects, token};
+use chorus_core::fair::Band;
+use chorus_core::subjects::{Flow, Subjects, token};
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
 use futures::StreamExt;
@@ -44,7 +45,7 @@ async fn a_dashed_prefix_and_routes_named_with_at_and_plus_each_get_their_own_na
         assert_eq!(job["steps"][0]["answered_by"], *route);
     }
 
-    // Streams and buckets under the prefix, `-` as `_`; one consumer and one rate state per route.
+    // Streams and buckets under the prefix, `-` as `_`; one flow consumer and one rate state per route.
     let subjects = Subjects::new("team-a");
     let mut streams = Vec::new();
     let mut names = app.bus.js.stream_names();
@@ -75,8 +76,16 @@ async fn a_dashed_prefix_and_routes_named_with_at_and_plus_each_get_their_own_na
         .expect("limits bucket");
     let (at, plus) = (token("claude@vertex"), token("claude+vertex"));
     assert_ne!(at, plus);
+    let tenant = chorus_core::Tenant::new("default").expect("tenant");
     for route in ["claude@vertex", "claude+vertex"] {
-        let consumer = subjects.limited_llm_consumer(route);
+        // The route's calls waited in the default tenant's standard flow, behind its gate.
+        let flows = subjects.limited_llm_flows(route);
+        let flow = Flow {
+            lane: None,
+            band: Band::Standard,
+            tenant: tenant.clone(),
+        };
+        let consumer = flows.consumer(&flow);
         work.consumer_info(&consumer)
             .await
             .unwrap_or_else(|e| panic!("consumer {consumer}: {e}"));

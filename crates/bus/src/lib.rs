@@ -8,6 +8,7 @@
 //! - [`delivery`]: a pulled message that must be settled; NAKed if dropped unsettled.
 //! - [`dlq`]: dead letters: filing them, and reading, replaying and deleting single entries.
 //! - [`source`]: the pull loop that feeds a role within its in-flight budget.
+//! - [`fair`]: the pull loop of work split into flows (band × tenant), handed on in fair order.
 //! - [`jobs`]: job state in the KV bucket, with compare-and-set.
 //! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).
 //! - [`cancels`]: cancelled jobs and batches, mirrored in every process that dispatches work.
@@ -19,6 +20,7 @@ pub mod definitions;
 pub mod delivery;
 pub mod dlq;
 pub mod error;
+pub mod fair;
 pub mod jobs;
 pub mod limits;
 pub mod natsd;

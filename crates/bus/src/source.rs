@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{Holding, Ticket};
+use crate::fair::Flows;
 use crate::{Bus, BusError, BusErrorKind, Delivery};
 
 /// Admission of a fetched message before it is handed on.
@@ -34,8 +35,12 @@ pub struct Pull {
     pub stream: String,
     pub consumer: String,
     /// Messages requested per pull request.
+    /// Messages requested per pull request; for flows, what each flow's window holds.
     pub batch: usize,
     pub gate: Option<Arc<dyn Gate>>,
+    /// The consumer's work split into flows, each pulled from a consumer of its own and handed
+    /// on in fair order ([`crate::fair`]); `consumer` then names the flows' template.
+    pub flows: Option<Arc<Flows>>,
 }
 
 impl std::fmt::Debug for Pull {
@@ -44,6 +49,7 @@ impl std::fmt::Debug for Pull {
             .field("stream", &self.stream)
             .field("consumer", &self.consumer)
             .field("gated", &self.gate.is_some())
+            .field("flows", &self.flows.as_ref().map(|f| f.subjects.name()))
             .finish()
     }
 }
@@ -55,6 +61,7 @@ impl Pull {
             consumer: consumer.into(),
             batch,
             gate: None,
+            flows: None,
         }
     }
 }
@@ -92,6 +99,9 @@ impl Bus {
         stop: CancellationToken,
         mut deliver: impl FnMut(Delivery) -> bool,
     ) -> Result<(), BusError> {
+        if let Some(flows) = &pull.flows {
+            return self.pull_flows(pull, flows, permits, stop, deliver).await;
+        }
         let mut consumer = self.consumer(&pull.stream, &pull.consumer).await?;
         let ack_wait = consumer
             .info()
@@ -104,30 +114,22 @@ impl Bus {
         let mut window = Window::default();
         let mut request: Option<pull::Batch> = None;
         let mut stopping = false;
-        let mut permit: Option<OwnedSemaphorePermit> = None;
-        let mut ticket: Option<Ticket> = None;
-        let mut admission: Option<BoxFuture<'_, Result<Ticket, BusError>>> = None;
+        let mut room = Room::new(pull, permits);
         loop {
-            let ready = permit.is_some() && (pull.gate.is_none() || ticket.is_some());
             if !stopping
-                && ready
-                && let Some(mut delivery) = window.pop()
+                && room.ready()
+                && let Some(delivery) = window.pop()
             {
-                delivery = delivery.with_permit(permit.take());
-                if let Some(ticket) = ticket.take() {
-                    delivery = delivery.with_ticket(ticket);
-                }
-                delivery.queued();
-                stopping = !deliver(delivery);
+                stopping = !deliver(room.fill(delivery));
                 continue;
             }
             // Ask again once the window has room for half a batch, so a busy role asks for many
             // messages at a time rather than one each time a worker frees up.
-            let room = capacity - window.len();
-            if !stopping && request.is_none() && room * 2 >= capacity {
+            let free = capacity - window.len();
+            if !stopping && request.is_none() && free * 2 >= capacity {
                 let asked = consumer
                     .batch()
-                    .max_messages(room)
+                    .max_messages(free)
                     .expires(REQUEST_EXPIRES)
                     .messages()
                     .await;
@@ -147,33 +149,10 @@ impl Bus {
                 window.release().await;
                 break;
             }
-            if let Some(gate) = &pull.gate
-                && !stopping
-                && permit.is_some()
-                && ticket.is_none()
-                && admission.is_none()
-                && !window.is_empty()
-            {
-                admission = Some(gate.admit());
-            }
+            let waiting = !window.is_empty();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
-                acquired = permits.clone().acquire_owned(), if !stopping && permit.is_none() && !window.is_empty() => {
-                    permit = Some(acquired.map_err(|e| {
-                        BusError::new("take an in-flight permit", BusErrorKind::Refused, e)
-                    })?);
-                }
-                admitted = async { admission.as_mut()?.await.into() }, if !stopping && admission.is_some() => {
-                    admission = None;
-                    match admitted {
-                        Some(Ok(granted)) => ticket = Some(granted),
-                        Some(Err(e)) => {
-                            tracing::warn!(consumer = %pull.consumer, error = %e, "admission failed; retrying");
-                            stopping = pause(&stop).await;
-                        }
-                        None => {}
-                    }
-                }
+                made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
                 next = async { request.as_mut()?.next().await }, if request.is_some() => match next {
                     Some(Ok(message)) => window.push(Delivery::new(message, &holding)),
                     Some(Err(e)) => {
@@ -192,12 +171,85 @@ impl Bus {
     }
 }
 
+/// A role's room for one more message: a permit from its in-flight semaphore and, for a source
+/// with a [`Gate`], the gate's admission. Made one step at a time, and only while messages wait,
+/// so waiting for budget never holds a permit another source could use for nothing.
+pub(crate) struct Room<'a> {
+    consumer: &'a str,
+    gate: Option<&'a dyn Gate>,
+    permits: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+    ticket: Option<Ticket>,
+    admission: Option<BoxFuture<'a, Result<Ticket, BusError>>>,
+}
+
+impl<'a> Room<'a> {
+    pub(crate) fn new(pull: &'a Pull, permits: Arc<Semaphore>) -> Self {
+        Self {
+            consumer: &pull.consumer,
+            gate: pull.gate.as_deref(),
+            permits,
+            permit: None,
+            ticket: None,
+            admission: None,
+        }
+    }
+
+    /// A message can be handed on now.
+    pub(crate) fn ready(&self) -> bool {
+        self.permit.is_some() && (self.gate.is_none() || self.ticket.is_some())
+    }
+
+    /// `delivery`, holding the room until it is settled, marked as handed to the workers.
+    pub(crate) fn fill(&mut self, delivery: Delivery) -> Delivery {
+        let mut delivery = delivery.with_permit(self.permit.take());
+        if let Some(ticket) = self.ticket.take() {
+            delivery = delivery.with_ticket(ticket);
+        }
+        delivery.queued();
+        delivery
+    }
+
+    /// Whether [`Self::make`] has a step to take, given whether messages wait.
+    pub(crate) fn wanted(&self, waiting: bool) -> bool {
+        waiting && !self.ready()
+    }
+
+    /// Takes the next step: a permit, then the gate's admission. True if `stop` came while
+    /// pausing after a failed admission.
+    pub(crate) async fn make(&mut self, stop: &CancellationToken) -> Result<bool, BusError> {
+        if self.permit.is_none() {
+            let permit =
+                self.permits.clone().acquire_owned().await.map_err(|e| {
+                    BusError::new("take an in-flight permit", BusErrorKind::Refused, e)
+                })?;
+            self.permit = Some(permit);
+            return Ok(false);
+        }
+        let Some(gate) = self.gate else {
+            return Ok(false);
+        };
+        let admitted = self.admission.get_or_insert_with(|| gate.admit()).await;
+        self.admission = None;
+        match admitted {
+            Ok(ticket) => {
+                self.ticket = Some(ticket);
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.consumer, error = %e, "admission failed; retrying");
+                Ok(pause(stop).await)
+            }
+        }
+    }
+}
+
 /// How long the server keeps one pull request open: how often an idle role asks again, and the
 /// longest a stop waits for its last request to end.
 pub const REQUEST_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Waits before retrying after a failure; true if `stop` came meanwhile.
-async fn pause(stop: &CancellationToken) -> bool {
+pub(crate) async fn pause(stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = stop.cancelled() => true,
         _ = tokio::time::sleep(Duration::from_millis(500)) => false,
@@ -206,7 +258,7 @@ async fn pause(stop: &CancellationToken) -> bool {
 
 /// Fetched messages not yet handed on, best first.
 #[derive(Default)]
-struct Window {
+pub(crate) struct Window {
     heap: BinaryHeap<Held>,
 }
 
@@ -240,7 +292,7 @@ impl Ord for Held {
 }
 
 impl Window {
-    fn push(&mut self, delivery: Delivery) {
+    pub(crate) fn push(&mut self, delivery: Delivery) {
         let priority = delivery
             .header(headers::PRIORITY)
             .and_then(|p| p.parse().ok())
@@ -252,20 +304,25 @@ impl Window {
         });
     }
 
-    fn pop(&mut self) -> Option<Delivery> {
+    /// The message [`Self::pop`] would hand out.
+    pub(crate) fn peek(&self) -> Option<&Delivery> {
+        self.heap.peek().map(|held| &held.delivery)
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Delivery> {
         self.heap.pop().map(|held| held.delivery)
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 
     /// NAKs every message waiting here, so another pod can take it at once.
-    async fn release(self) {
+    pub(crate) async fn release(self) {
         crate::delivery::release(self.heap.into_iter().map(|held| held.delivery)).await;
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use chorus_core::Tenant;
 use chorus_core::auth::Scopes;
 use chorus_core::config::RouteConfig;
-use chorus_store::Store;
+use chorus_store::{KeyLimits, Store};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
@@ -143,7 +143,7 @@ async fn dev_key(store: &Store, tenant: &str, path: &Path) -> anyhow::Result<Sec
     }
     let tenant = Tenant::new(tenant.to_owned())?;
     let created = store
-        .create_key(&tenant, "chorus dev", Scopes::EVERY, None)
+        .create_key(&tenant, "chorus dev", Scopes::EVERY, KeyLimits::default())
         .await?;
     write_private(path, created.key.expose_secret())
         .with_context(|| format!("cannot keep the dev API key in {}", path.display()))?;

@@ -6,7 +6,8 @@
 
 use chorus_core::Tenant;
 use chorus_core::auth::Scopes;
-use chorus_store::{AuditAction, KeyInfo};
+use chorus_core::fair::Band;
+use chorus_store::{AuditAction, KeyInfo, KeyLimits};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -35,6 +36,10 @@ enum KeysCommand {
         /// Requests per minute this key may make at each edge [default: edge.key_rpm].
         #[arg(long)]
         rpm: Option<u32>,
+        /// The highest class of service the key's requests are served at: interactive,
+        /// standard or batch. Anything it asks above that is served at this band.
+        #[arg(long, default_value = "interactive")]
+        max_band: Band,
         /// Who to record in the audit log [default: $USER@<hostname>].
         #[arg(long)]
         actor: Option<String>,
@@ -69,12 +74,14 @@ pub async fn run(config_file: Option<&std::path::Path>, args: KeysArgs) -> anyho
             name,
             scopes,
             rpm,
+            max_band,
             actor,
             json,
         } => {
             anyhow::ensure!(rpm != Some(0), "--rpm: must be at least 1");
             let tenant = Tenant::new(tenant)?;
-            let created = store.create_key(&tenant, &name, scopes, rpm).await?;
+            let limits = KeyLimits { rpm, max_band };
+            let created = store.create_key(&tenant, &name, scopes, limits).await?;
             let detail = json!({"key": created.info});
             store
                 .record_audit(
@@ -90,8 +97,11 @@ pub async fn run(config_file: Option<&std::path::Path>, args: KeysArgs) -> anyho
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 eprintln!(
-                    "created key {} for tenant {} ({}); it is shown once:",
-                    created.info.id, created.info.tenant, created.info.scopes
+                    "created key {} for tenant {} ({}, at most {}); it is shown once:",
+                    created.info.id,
+                    created.info.tenant,
+                    created.info.scopes,
+                    created.info.max_band
                 );
                 println!("{key}");
             }
@@ -139,6 +149,7 @@ fn list_text(keys: &[KeyInfo]) -> String {
                 k.name.clone(),
                 k.scopes.to_string(),
                 or_dash(k.rpm),
+                k.max_band.to_string(),
                 time(&k.created_at),
                 k.revoked_at.as_ref().map_or_else(|| "-".into(), time),
             ]
@@ -146,7 +157,7 @@ fn list_text(keys: &[KeyInfo]) -> String {
         .collect();
     client::table(
         &[
-            "ID", "TENANT", "NAME", "SCOPES", "RPM", "CREATED", "REVOKED",
+            "ID", "TENANT", "NAME", "SCOPES", "RPM", "MAX BAND", "CREATED", "REVOKED",
         ],
         &rows,
     )

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fair::Band;
 use crate::ids::Tenant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,6 +125,8 @@ pub struct Caller {
     pub scopes: Scopes,
     /// The key's own request rate (requests per minute), if it has one.
     pub rpm: Option<u32>,
+    /// The highest band the key's requests are served at.
+    pub max_band: Band,
 }
 
 impl Caller {
@@ -134,6 +137,7 @@ impl Caller {
             key_id: None,
             scopes: Scopes::EVERY,
             rpm: None,
+            max_band: Band::Interactive,
         }
     }
 }

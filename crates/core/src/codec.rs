@@ -22,6 +22,8 @@ pub mod headers {
     pub const ROUTE: &str = "Chorus-Route";
     /// A job's priority on its LLM calls; a backlog serves higher first.
     pub const PRIORITY: &str = "Chorus-Priority";
+    /// A unit of work's estimated tokens: what the fair scheduler charges its tenant.
+    pub const COST: &str = "Chorus-Cost";
     /// A JetStream submitter's batch id and the line's own id in it.
     pub const BATCH: &str = "Chorus-Batch";
     pub const CUSTOM_ID: &str = "Chorus-Custom-Id";
@@ -107,6 +109,7 @@ mod tests {
             batch: Some("batch_1".into()),
             judge: true,
             stream: true,
+            band: crate::fair::Band::Batch,
         }
     }
 

@@ -4,7 +4,7 @@
 //! Every section denies unknown keys and [`Config::validate`] checks values, so a typo in the
 //! file or in a variable name stops start-up with the key's name instead of being ignored.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,9 @@ use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::Tenant;
+use crate::fair::{Band, Policy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -36,6 +39,9 @@ pub struct Config {
     #[serde(skip_serializing)]
     faults: Option<serde::de::IgnoredAny>,
     pub dlq: DlqConfig,
+    pub scheduling: SchedulingConfig,
+    /// Tenants' shares and limits, by tenant name (`[tenants.acme]`).
+    pub tenants: BTreeMap<String, TenantConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -308,6 +314,55 @@ impl Default for OrchestratorConfig {
     }
 }
 
+/// How work waiting for the same capacity is shared between classes of service
+/// (`crate::fair`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingConfig {
+    /// The fraction of a stage's (or a limited route's) dispatches the `standard` band keeps
+    /// while `interactive` work waits.
+    pub standard_share: f64,
+    /// The fraction the `batch` band keeps while higher bands' work waits.
+    pub batch_share: f64,
+    /// Messages each flow (band × tenant) holds per process while they wait to be dispatched;
+    /// a job's `priority` orders the calls a process holds of its tenant's flow.
+    pub window: usize,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            standard_share: 0.1,
+            batch_share: 0.1,
+            window: 32,
+        }
+    }
+}
+
+/// One tenant's share and limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Its share of a band's capacity relative to other tenants' (default 1), in tokens.
+    pub weight: f64,
+    /// Calls of one route (per band) it may have fetched at a time, across every process:
+    /// waiting at the route's limits or running. None: no cap of its own.
+    pub max_inflight: Option<u32>,
+    /// The highest band its JetStream submissions may ask for (`service_tier`); REST callers
+    /// are capped by their API key's `max_band` instead.
+    pub max_band: Band,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            max_inflight: None,
+            max_band: Band::Standard,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
@@ -563,9 +618,10 @@ pub enum ConfigError {
 }
 
 /// Section names, longest first, for splitting `CHORUS_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "orchestrator",
     "supervision",
+    "scheduling",
     "evaluator",
     "persister",
     "database",
@@ -619,6 +675,40 @@ impl Config {
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The fair scheduler's policy: the bands' shares and the tenants' weights.
+    pub fn fair_policy(&self) -> Policy {
+        Policy {
+            standard_share: self.scheduling.standard_share,
+            batch_share: self.scheduling.batch_share,
+            weights: self
+                .tenants()
+                .map(|(tenant, config)| (tenant, config.weight))
+                .collect(),
+        }
+    }
+
+    /// Tenants' caps on calls fetched at a time per route and band.
+    pub fn inflight_caps(&self) -> HashMap<Tenant, u32> {
+        self.tenants()
+            .filter_map(|(tenant, config)| Some((tenant, config.max_inflight?)))
+            .collect()
+    }
+
+    /// The band a tenant's JetStream submission asking for `asked` is served at.
+    pub fn jetstream_band(&self, tenant: &Tenant, asked: Option<Band>) -> Band {
+        let ceiling = self
+            .tenants
+            .get(tenant.as_str())
+            .map_or(TenantConfig::default().max_band, |t| t.max_band);
+        asked.unwrap_or(Band::Batch).capped(ceiling)
+    }
+
+    fn tenants(&self) -> impl Iterator<Item = (Tenant, &TenantConfig)> {
+        self.tenants
+            .iter()
+            .filter_map(|(name, config)| Some((Tenant::new(name.clone()).ok()?, config)))
     }
 
     /// Checks values the types cannot; every problem names its key.
@@ -710,6 +800,34 @@ impl Config {
                 || db.starts_with("postgresql://"),
             "database.url: must start with sqlite:, postgres:// or postgresql://",
         );
+        let share = |s: f64| s.is_finite() && (0.0..1.0).contains(&s);
+        require(
+            share(self.scheduling.standard_share),
+            "scheduling.standard_share: must be a fraction from 0 up to (not including) 1",
+        );
+        require(
+            share(self.scheduling.batch_share),
+            "scheduling.batch_share: must be a fraction from 0 up to (not including) 1",
+        );
+        require(
+            self.scheduling.window >= 1,
+            "scheduling.window: must be at least 1",
+        );
+        for (name, tenant) in &self.tenants {
+            if crate::Tenant::new(name.clone()).is_err() {
+                problems.push(format!(
+                    "tenants.{name}: a tenant name is 1-64 characters of a-z, 0-9, '_' or '-'"
+                ));
+            }
+            if !(tenant.weight.is_finite() && tenant.weight > 0.0) {
+                problems.push(format!("tenants.{name}.weight: must be a number above 0"));
+            }
+            if tenant.max_inflight == Some(0) {
+                problems.push(format!(
+                    "tenants.{name}.max_inflight: must be at least 1 (leave it out for no cap)"
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             if route.name.is_empty() || route.name.chars().any(char::is_whitespace) {
@@ -778,7 +896,11 @@ mod tests {
         let sections = serde_json::to_value(Config::default()).unwrap_or_default();
         let sections = sections.as_object().cloned().unwrap_or_default();
         assert!(sections.len() > 10);
-        for section in sections.keys().filter(|s| *s != "routes") {
+        // Routes and tenants are tables of named entries: the file configures them.
+        for section in sections
+            .keys()
+            .filter(|s| !["routes", "tenants"].contains(&s.as_str()))
+        {
             assert!(
                 SECTIONS.contains(&section.as_str()),
                 "CHORUS_{}_… would not reach [{section}]: add it to SECTIONS",

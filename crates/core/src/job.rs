@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Origin;
+use crate::fair::Band;
 use crate::ids::{JobId, Tenant, UnixMillis};
 use crate::judge;
 use crate::messages::{
@@ -205,6 +206,9 @@ pub struct JobState {
     /// Its answer is streamed to a waiting client as it arrives (the fan-out call only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// The class of service its calls are queued in.
+    #[serde(default)]
+    pub band: Band,
 }
 
 /// The error kind of a step not made, or a job stopped, because it was cancelled.
@@ -332,6 +336,7 @@ impl JobState {
             trace,
             origin: None,
             stream: false,
+            band: Band::default(),
         }
     }
 
@@ -342,6 +347,11 @@ impl JobState {
 
     pub fn streamed(mut self, stream: bool) -> Self {
         self.stream = stream;
+        self
+    }
+
+    pub fn in_band(mut self, band: Band) -> Self {
+        self.band = band;
         self
     }
 
@@ -418,6 +428,7 @@ impl JobState {
             batch: self.origin.as_ref().map(|o| o.batch.clone()),
             judge: step.kind == StepKind::Judge,
             stream: self.stream && step.kind == StepKind::Fanout,
+            band: self.band,
         }
     }
 

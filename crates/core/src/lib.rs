@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`ids`]: job ids, tenants, timestamps.
+//! - [`fair`]: classes of service (bands) and the fair order of waiting work between tenants.
 //! - [`auth`]: API key scopes and the caller a request authenticates as.
 //! - [`spec`]: the job spec clients submit, and its validation.
 //! - [`assertion`]: the shape of evaluation assertions.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod batch;
 pub mod codec;
 pub mod config;
+pub mod fair;
 pub mod ids;
 pub mod job;
 pub mod judge;

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Origin;
+use crate::fair::Band;
 use crate::ids::{JobId, Tenant, UnixMillis};
 use crate::job::JobState;
 use crate::judge::Verdict;
@@ -42,6 +43,9 @@ pub struct Submission {
     /// Stream the answer's text as it arrives (a streamed `POST /v1/chat/completions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// The class of service the edge decided for the job (the caller's ask, capped by its key).
+    #[serde(default)]
+    pub band: Band,
 }
 envelope!(Submission, "job.submit", 1);
 
@@ -70,6 +74,9 @@ pub struct LlmCall {
     /// Stream the answer's text to `<prefix>.stream.<tenant>.<job>` as it arrives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// The job's class of service: the flow the call waits in.
+    #[serde(default)]
+    pub band: Band,
 }
 envelope!(LlmCall, "llm.call", 1);
 

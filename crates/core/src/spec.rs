@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::assertion::{Assertion, Check};
+use crate::fair::Band;
 use crate::template;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,9 +38,14 @@ pub struct JobSpec {
     pub evaluate: Option<Evaluate>,
     #[serde(default, skip_serializing_if = "Params::is_empty")]
     pub params: Params,
-    /// With a backlog, calls of higher-priority jobs are served first (-10..=10, default 0).
+    /// With a backlog, calls of higher-priority jobs are served first (-10..=10, default 0),
+    /// among the tenant's own work in the job's band.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// The class of service asked for: `interactive`, `standard` (a REST job's default) or
+    /// `batch`. Served at most at the band the API key may use; batch lines always at `batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<Band>,
     /// When the job must be done (RFC 3339). Calls not started by then are not made, and the
     /// job fails with `deadline_exceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,6 +11,7 @@
 //! keeps a name of letters, digits, `_` and `-` as it is and gives any other a readable form plus
 //! a hash of the original, so two names never share a consumer, a limit or a results subject.
 
+use crate::fair::Band;
 use crate::ids::{JobId, Tenant};
 
 /// Kinds of job events (results that move a job on); the last token of
@@ -106,20 +107,63 @@ impl Subjects {
         Tenant::new(rest).ok()
     }
 
-    /// Calls of a route without shared limits: one consumer takes them all (`work.llm.*`).
-    pub fn llm_work(&self, route: &str) -> String {
-        format!("{}.work.llm.{}", self.prefix, token(route))
+    /// The flows of calls of routes without shared limits, laned by route:
+    /// `<prefix>.work.llm.<route>.<band>.<tenant>`.
+    pub fn llm_flows(&self) -> FlowSubjects {
+        FlowSubjects {
+            base: format!("{}.work.llm", self.prefix),
+            laned: true,
+            consumer: "llm".to_owned(),
+        }
     }
 
-    /// Calls of a route with shared limits: a consumer of their own, so a route waiting for
-    /// budget never holds up another's calls.
+    /// The flows of a route with shared limits, a consumer each, so a route waiting for budget
+    /// never holds up another's calls: `<prefix>.work.llm.limited.<route>.<band>.<tenant>`.
+    pub fn limited_llm_flows(&self, route: &str) -> FlowSubjects {
+        FlowSubjects {
+            base: format!("{}.work.llm.limited.{}", self.prefix, token(route)),
+            laned: false,
+            consumer: format!("llm-{}", token(route)),
+        }
+    }
+
+    /// Calls a Chorus before flows published for a route with shared limits; drained by the
+    /// consumer [`Self::limited_llm_consumer`] while an installation upgrades.
     pub fn limited_llm_work(&self, route: &str) -> String {
         format!("{}.work.llm.limited.{}", self.prefix, token(route))
     }
 
-    /// The durable consumer of a limited route's calls (made from the `llm` consumer).
+    /// The durable consumer of [`Self::limited_llm_work`].
     pub fn limited_llm_consumer(&self, route: &str) -> String {
         format!("llm-{}", token(route))
+    }
+
+    /// The name of the flow set a flow's consumer filter (`subject`) belongs to: `llm` or
+    /// `llm-<route>`; `None` for any other subject.
+    pub fn flow_set_of(&self, subject: &str) -> Option<String> {
+        let flows = self.llm_flows();
+        if flows.flow(subject).is_some() {
+            return Some(flows.consumer);
+        }
+        let route = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".work.llm.limited.")?
+            .split('.')
+            .next()?;
+        let limited = self.limited_llm_flows(route);
+        limited.flow(subject).map(|_| limited.consumer)
+    }
+
+    /// The core-NATS subject a publisher rings when it puts work on `subject` (a flow's), so the
+    /// stages pulling that flow's stage notice a new flow at once:
+    /// `<prefix>.doorbell.<subject after the prefix>`. Pass a flow filter to get the doorbells
+    /// of every flow it matches.
+    pub fn doorbell(&self, subject: &str) -> String {
+        let rest = subject
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or(subject);
+        format!("{}.doorbell.{rest}", self.prefix)
     }
 
     pub fn evaluator_work(&self) -> String {
@@ -225,6 +269,79 @@ impl Subjects {
     }
 }
 
+/// The subjects of a stage's work split into flows, `<base>[.<lane>].<band>.<tenant>`, and the
+/// durable consumer of each flow. A lane is a [`token`] (the route of an llm call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSubjects {
+    base: String,
+    laned: bool,
+    consumer: String,
+}
+
+/// One flow: whose work, at which band, in which lane.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub lane: Option<String>,
+    pub band: Band,
+    pub tenant: Tenant,
+}
+
+impl FlowSubjects {
+    /// The subject of `tenant`'s work at `band` (in `lane`, a name given as it is, for a laned
+    /// set).
+    pub fn subject(&self, lane: Option<&str>, band: Band, tenant: &Tenant) -> String {
+        match lane.filter(|_| self.laned) {
+            Some(lane) => format!("{}.{}.{band}.{tenant}", self.base, token(lane)),
+            None => format!("{}.{band}.{tenant}", self.base),
+        }
+    }
+
+    /// A filter matching every flow's subject.
+    pub fn all(&self) -> String {
+        match self.laned {
+            true => format!("{}.*.*.*", self.base),
+            false => format!("{}.*.*", self.base),
+        }
+    }
+
+    /// The flow a subject belongs to, if it is one of these.
+    pub fn flow(&self, subject: &str) -> Option<Flow> {
+        let rest = subject.strip_prefix(&self.base)?.strip_prefix('.')?;
+        let mut tokens = rest.split('.');
+        let lane = match self.laned {
+            true => Some(tokens.next()?.to_owned()),
+            false => None,
+        };
+        let band = Band::parse(tokens.next()?)?;
+        let tenant = Tenant::new(tokens.next()?).ok()?;
+        match tokens.next() {
+            Some(_) => None,
+            None => Some(Flow { lane, band, tenant }),
+        }
+    }
+
+    /// The subject of a flow (its consumer's filter).
+    pub fn filter(&self, flow: &Flow) -> String {
+        match &flow.lane {
+            Some(lane) => format!("{}.{lane}.{}.{}", self.base, flow.band, flow.tenant),
+            None => format!("{}.{}.{}", self.base, flow.band, flow.tenant),
+        }
+    }
+
+    /// The durable consumer of a flow: `<stage consumer>[-<lane>]-<band>-<tenant>`.
+    pub fn consumer(&self, flow: &Flow) -> String {
+        match &flow.lane {
+            Some(lane) => format!("{}-{lane}-{}-{}", self.consumer, flow.band, flow.tenant),
+            None => format!("{}-{}-{}", self.consumer, flow.band, flow.tenant),
+        }
+    }
+
+    /// The name the stage's flows are known by in logs and metrics (`llm`, `llm-<route>`).
+    pub fn name(&self) -> &str {
+        &self.consumer
+    }
+}
+
 /// A `nats.prefix` Chorus cannot build names from.
 #[derive(Debug, thiserror::Error)]
 #[error("nats.prefix: `{prefix}` must be 1-32 letters, digits, '_' or '-'")]
@@ -280,15 +397,21 @@ mod tests {
             Some(tenant.clone())
         );
         assert_eq!(s.tenant_of_submit("chorus.submit.a.b"), None);
-        assert_eq!(s.llm_work("fast"), "chorus.work.llm.fast");
+        let fast = s.llm_flows().subject(Some("fast"), Band::Batch, &tenant);
+        assert_eq!(fast, "chorus.work.llm.fast.batch.acme");
         assert_eq!(
             s.event(&tenant, job, EventKind::Step),
             "chorus.events.acme.0190f5c2-0000-7000-8000-000000000001.step"
         );
         assert_eq!(s.stream("work"), "CHORUS_WORK");
         assert_eq!(
-            s.limited_llm_work("gpt-4o"),
-            "chorus.work.llm.limited.gpt-4o"
+            s.limited_llm_flows("gpt-4o")
+                .subject(None, Band::Interactive, &tenant),
+            "chorus.work.llm.limited.gpt-4o.interactive.acme"
+        );
+        assert_eq!(
+            s.doorbell("chorus.work.llm.fast.batch.acme"),
+            "chorus.doorbell.work.llm.fast.batch.acme"
         );
         assert_eq!(s.limited_llm_consumer("gpt-4o"), "llm-gpt-4o");
         assert_eq!(s.jobs_bucket(), "chorus_jobs");
@@ -300,6 +423,55 @@ mod tests {
         assert_eq!(s.rate_key("gpt"), "rate.gpt");
         assert_eq!(s.slot_key("gpt", 3), "slot.gpt.3");
         assert_eq!(s.cancelled_batch_key(&tenant, "b_1"), "batch.acme.b_1");
+        Ok(())
+    }
+
+    #[test]
+    fn flows_name_their_subjects_consumers_and_read_back() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let s = Subjects::new("chorus");
+        let acme = Tenant::new("acme")?;
+        let flows = s.llm_flows();
+        assert_eq!(flows.all(), "chorus.work.llm.*.*.*");
+        let subject = flows.subject(Some("openai:gpt-4.1"), Band::Batch, &acme);
+        let flow = flows.flow(&subject).ok_or("not a flow")?;
+        assert_eq!(flow.band, Band::Batch);
+        assert_eq!(flow.tenant, acme);
+        assert_eq!(flow.lane.as_deref(), Some(token("openai:gpt-4.1").as_str()));
+        assert_eq!(flows.filter(&flow), subject);
+        assert_eq!(
+            flows.consumer(&flow),
+            format!("llm-{}-batch-acme", token("openai:gpt-4.1"))
+        );
+        // Not a flow: another band name, a bad tenant, too many or too few tokens, another base.
+        for other in [
+            "chorus.work.llm.fast.premium.acme",
+            "chorus.work.llm.fast.batch.ACME",
+            "chorus.work.llm.fast.batch.acme.x",
+            "chorus.work.llm.fast.batch",
+            "chorus.work.evaluator",
+        ] {
+            assert_eq!(flows.flow(other), None, "{other}");
+        }
+        let limited = s.limited_llm_flows("gpt");
+        assert_eq!(limited.all(), "chorus.work.llm.limited.gpt.*.*");
+        let flow = limited
+            .flow("chorus.work.llm.limited.gpt.interactive.acme")
+            .ok_or("not a flow")?;
+        assert_eq!(limited.consumer(&flow), "llm-gpt-interactive-acme");
+        // Flow consumers are counted under their flow set's name.
+        assert_eq!(s.flow_set_of(&subject).as_deref(), Some("llm"));
+        assert_eq!(
+            s.flow_set_of("chorus.work.llm.limited.gpt.interactive.acme")
+                .as_deref(),
+            Some("llm-gpt")
+        );
+        assert_eq!(s.flow_set_of("chorus.work.evaluator"), None);
+        // The unlimited set's filter never matches a limited route's flows, nor the reverse.
+        assert_eq!(
+            flows.flow("chorus.work.llm.limited.gpt.interactive.acme"),
+            None
+        );
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::batch::Endpoint;
 use chorus_core::batch::file::{self, BatchLine};
+use chorus_core::fair::Band;
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::messages::Submission;
 use chorus_core::openai;
@@ -135,6 +136,7 @@ pub async fn create(
             state_created: false,
             origin: Some(origin),
             stream: false,
+            band: Band::Batch,
         };
         let message = Outgoing::envelope(
             state.bus.subjects.submit(&tenant),

@@ -32,6 +32,7 @@ use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::batch::file::LineErrorCode;
 use chorus_core::codec::headers;
+use chorus_core::fair::Band;
 use chorus_core::ids::{JobId, now_millis};
 use chorus_core::job::{JobState, JobStatus};
 use chorus_core::openai::{self, Streaming};
@@ -162,7 +163,7 @@ pub async fn completions(
     if !errors.is_empty() {
         return Err(ApiError::fields(&errors));
     }
-    let tenant = caller.tenant;
+    let tenant = caller.tenant.clone();
     let job = JobId::new();
     let created = now_millis().div_euclid(1000);
     let model = spec.model.clone().unwrap_or_default();
@@ -179,6 +180,8 @@ pub async fn completions(
         spec,
         trace_of(&request_headers),
         streaming.is_some(),
+        // A chat completion's caller waits for it; its key may cap it lower.
+        Band::Interactive.capped(caller.max_band),
     )
     .await?;
     let waiter = Waiter {

@@ -18,6 +18,7 @@ use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::codec::headers;
+use chorus_core::fair::Band;
 use chorus_core::ids::{JobId, msg_id, now_millis};
 use chorus_core::job::{Input, JobState, JobStatus};
 use chorus_core::messages::Submission;
@@ -118,6 +119,12 @@ pub async fn create(
         None => None,
     };
 
+    // A caller waiting for the answer is interactive; the key caps what any caller asks.
+    let asked = match wait {
+        Some(_) => Band::Interactive,
+        None => Band::Standard,
+    };
+    let band = spec.service_tier.unwrap_or(asked).capped(caller.max_band);
     let now = now_millis();
     let is_new = submit(
         &state,
@@ -126,6 +133,7 @@ pub async fn create(
         spec,
         trace_of(&request_headers),
         false,
+        band,
     )
     .await?;
 
@@ -297,7 +305,7 @@ pub fn trace_of(headers: &HeaderMap) -> TraceContext {
 /// Publishes a validated job and stores its queued state beside it, so a read right after finds
 /// it; answers once JetStream has the submission. `Ok(false)` when the job already existed (a
 /// retried request with the same idempotency key). `stream`: the answer's text goes to the job's
-/// answer stream as it arrives.
+/// answer stream as it arrives. `band`: the class of service its calls wait in.
 pub async fn submit(
     state: &AppState,
     tenant: &Tenant,
@@ -305,10 +313,12 @@ pub async fn submit(
     spec: JobSpec,
     trace: TraceContext,
     stream: bool,
+    band: Band,
 ) -> Result<bool, ApiError> {
     let now = now_millis();
-    let queued =
-        JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace)).streamed(stream);
+    let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
+        .streamed(stream)
+        .in_band(band);
     let submission = Submission {
         job_id: job,
         spec,
@@ -316,6 +326,7 @@ pub async fn submit(
         state_created: true,
         origin: None,
         stream,
+        band,
     };
     let message = Outgoing::envelope(
         state.bus.subjects.submit(tenant),

@@ -7,7 +7,7 @@
 //! kept per stage, and each durable consumer's backlog (`pending`) and unacknowledged deliveries
 //! (`ack_pending`). Ephemeral consumers (KV watchers) are left out: their names are random.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::openapi::{Health, Readiness};
 use axum::extract::{FromRef, State};
@@ -136,7 +136,9 @@ async fn dead_letters(bus: &Bus) {
 }
 
 /// `chorus_consumer_pending` and `chorus_consumer_ack_pending` of every durable consumer on
-/// Chorus's streams (those named with its prefix, and its KV buckets').
+/// Chorus's streams (those named with its prefix, and its KV buckets'). The consumers of flows
+/// (one per band and tenant) are summed under the name of their flow set (`llm`,
+/// `llm-<route>`), so the series stay as few as the stages and routes.
 async fn consumers(bus: &Bus) {
     let mut listed = bus.js.stream_names();
     let mut streams = Vec::new();
@@ -145,6 +147,7 @@ async fn consumers(bus: &Bus) {
             streams.push(name);
         }
     }
+    let mut totals: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for name in streams {
         let Ok(stream) = bus.js.get_stream_no_info(&name).await else {
             continue;
@@ -154,9 +157,18 @@ async fn consumers(bus: &Bus) {
             if info.config.durable_name.is_none() {
                 continue;
             }
-            let labels = [("stream", name.clone()), ("consumer", info.name.clone())];
-            metrics::gauge!(names::CONSUMER_PENDING, &labels).set(info.num_pending as f64);
-            metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels).set(info.num_ack_pending as f64);
+            let consumer = bus
+                .subjects
+                .flow_set_of(&info.config.filter_subject)
+                .unwrap_or(info.name);
+            let total = totals.entry((name.clone(), consumer)).or_default();
+            total.0 += info.num_pending;
+            total.1 += info.num_ack_pending as u64;
         }
+    }
+    for ((stream, consumer), (pending, ack_pending)) in totals {
+        let labels = [("stream", stream), ("consumer", consumer)];
+        metrics::gauge!(names::CONSUMER_PENDING, &labels).set(pending as f64);
+        metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels).set(ack_pending as f64);
     }
 }

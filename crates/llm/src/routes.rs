@@ -203,6 +203,15 @@ impl Routes {
         ))
     }
 
+    /// The completion allowance of a token estimate for calls of `name`: its `max_tokens`,
+    /// else [`crate::tokens::DEFAULT_COMPLETION`].
+    pub fn completion_allowance(&self, name: &str) -> u32 {
+        self.configured
+            .get(name)
+            .and_then(|route| route.max_tokens)
+            .unwrap_or(crate::tokens::DEFAULT_COMPLETION)
+    }
+
     /// For validating a job at the edge: is `model` a route this process can call?
     pub fn check(&self, model: &str) -> Result<(), UnknownRoute> {
         self.resolve(model).map(drop)

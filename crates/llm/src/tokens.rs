@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
 
+use chorus_core::spec::{ChatMessage, Params};
+
 use crate::provider::CompletionRequest;
 
 /// Tokens OpenAI's chat format adds around each message.
@@ -27,20 +29,32 @@ pub fn count(text: &str) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// `max_tokens` assumed for the completion part of an estimate when neither the job nor the
+/// route sets one.
+pub const DEFAULT_COMPLETION: u32 = 1024;
+
 /// The prompt's tokens plus the completion allowance: the request's `max_tokens`, else
 /// `default_completion`.
 pub fn estimate(request: &CompletionRequest, default_completion: u32) -> u32 {
-    let prompt: u32 = request
-        .messages
+    estimate_messages(&request.messages, &request.params, default_completion)
+}
+
+/// [`estimate`] of a call not yet made into a request (what the fair scheduler charges).
+pub fn estimate_messages(
+    messages: &[ChatMessage],
+    params: &Params,
+    default_completion: u32,
+) -> u32 {
+    let prompt: u32 = messages
         .iter()
         .map(|m| count(&m.content).saturating_add(PER_MESSAGE))
         .fold(0, u32::saturating_add);
-    prompt.saturating_add(request.params.max_tokens.unwrap_or(default_completion))
+    prompt.saturating_add(params.max_tokens.unwrap_or(default_completion))
 }
 
 #[cfg(test)]
 mod tests {
-    use chorus_core::spec::{ChatMessage, Params, Role};
+    use chorus_core::spec::Role;
 
     use super::*;
 

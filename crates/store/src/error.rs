@@ -59,6 +59,9 @@ pub enum StoreError {
         #[source]
         source: chorus_core::auth::ScopesError,
     },
+    /// A key's band that Chorus would not have written.
+    #[error("invalid data: unknown band `{band}`")]
+    BadBand { band: String },
     /// An API key asked for with no scope.
     #[error("a key needs at least one scope")]
     NoScope,
@@ -99,6 +102,7 @@ impl StoreError {
             | Self::Json { .. }
             | Self::BadTenant { .. }
             | Self::BadScopes { .. }
+            | Self::BadBand { .. }
             | Self::NoScope => StoreErrorKind::Rejected,
             #[cfg(feature = "faults")]
             Self::InjectedFault { .. } => StoreErrorKind::Rejected,

@@ -12,6 +12,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chorus_core::auth::{Caller, Scopes};
+use chorus_core::fair::Band;
 use chorus_core::ids::Tenant;
 use chrono::{DateTime, SubsecRound, Utc};
 use rand::TryRngCore;
@@ -43,8 +44,27 @@ pub struct KeyInfo {
     pub name: String,
     pub scopes: Scopes,
     pub rpm: Option<u32>,
+    pub max_band: Band,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What a key may use beyond its scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute at one edge process; none means the edge's default.
+    pub rpm: Option<u32>,
+    /// The highest band its requests are served at.
+    pub max_band: Band,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        Self {
+            rpm: None,
+            max_band: Band::Interactive,
+        }
+    }
 }
 
 /// A key just created: its details, and the key itself, which is never shown again.
@@ -73,7 +93,7 @@ impl Store {
         tenant: &Tenant,
         name: &str,
         scopes: Scopes,
-        rpm: Option<u32>,
+        limits: KeyLimits,
     ) -> Result<NewKey, StoreError> {
         if scopes.is_empty() {
             return Err(StoreError::NoScope);
@@ -107,7 +127,8 @@ impl Store {
             tenant: tenant.to_string(),
             name: name.into(),
             scopes: scopes.to_string(),
-            rpm: rpm.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+            rpm: limits.rpm.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+            max_band: limits.max_band.as_str().to_owned(),
             secret_sha256: digest(&secret),
             created_at: now,
             revoked_at: None,
@@ -174,6 +195,7 @@ impl Store {
             key_id: Some(info.id),
             scopes: info.scopes,
             rpm: info.rpm,
+            max_band: info.max_band,
         }))
     }
 }
@@ -187,6 +209,9 @@ fn key_info(row: api_keys::Model) -> Result<KeyInfo, StoreError> {
             .parse::<Scopes>()
             .map_err(|source| StoreError::BadScopes { source })?,
         rpm: row.rpm.map(|r| u32::try_from(r).unwrap_or(0)),
+        max_band: Band::parse(&row.max_band).ok_or_else(|| StoreError::BadBand {
+            band: row.max_band.clone(),
+        })?,
         name: row.name.into(),
         created_at: row.created_at,
         revoked_at: row.revoked_at,

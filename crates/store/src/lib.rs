@@ -40,7 +40,7 @@ pub use audit::{AuditAction, AuditRecord};
 pub use batches::{BatchList, BatchObject, BatchStatus, NewBatch, RequestCounts};
 pub use error::{StoreError, StoreErrorKind};
 pub use files::{FileObject, NewFile};
-pub use keys::{KeyInfo, NewKey};
+pub use keys::{KeyInfo, KeyLimits, NewKey};
 pub use lossless::{StoredJson, StoredText};
 pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
 pub use results::{ChatCompletion, ResultLine, chat_completion, error_line, result_line};

@@ -157,6 +157,7 @@ fn stand_in(state: &JobState, reason: &str) -> JobState {
         trace: None,
         origin: state.origin.clone(),
         stream: false,
+        band: state.band,
     }
 }
 

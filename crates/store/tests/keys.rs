@@ -6,8 +6,9 @@
 
 use chorus_core::Tenant;
 use chorus_core::auth::{Scope, Scopes};
-use chorus_store::Store;
+use chorus_core::fair::Band;
 use chorus_store::entity::api_keys;
+use chorus_store::{KeyLimits, Store};
 use chorus_testkit::database::{Backend, TestDatabase};
 use sea_orm::EntityTrait;
 use secrecy::{ExposeSecret, SecretString};
@@ -31,7 +32,15 @@ async fn keys_authenticate_until_revoked(backend: Backend) {
     let acme = Tenant::new("acme").unwrap();
     let scopes = Scopes::of(&[Scope::Submit, Scope::Read]);
     let created = store
-        .create_key(&acme, "ci", scopes, Some(120))
+        .create_key(
+            &acme,
+            "ci",
+            scopes,
+            KeyLimits {
+                rpm: Some(120),
+                max_band: Band::Standard,
+            },
+        )
         .await
         .unwrap();
     let key = created.key.expose_secret().to_owned();
@@ -44,6 +53,7 @@ async fn keys_authenticate_until_revoked(backend: Backend) {
     assert_eq!(caller.tenant, acme);
     assert_eq!(caller.scopes, scopes);
     assert_eq!(caller.rpm, Some(120));
+    assert_eq!(caller.max_band, Band::Standard);
     assert_eq!(caller.key_id.as_deref(), Some(created.info.id.as_str()));
 
     // A changed secret, an unknown id and junk are all just "no".
@@ -82,20 +92,30 @@ async fn keys_are_stored_hashed_and_listed_without_secrets(backend: Backend) {
     let acme = Tenant::new("acme").unwrap();
     let beta = Tenant::new("beta").unwrap();
     let first = store
-        .create_key(&acme, "one", Scopes::EVERY, None)
+        .create_key(&acme, "one", Scopes::EVERY, KeyLimits::default())
         .await
         .unwrap();
     store
-        .create_key(&acme, "two", Scopes::of(&[Scope::Read]), None)
+        .create_key(
+            &acme,
+            "two",
+            Scopes::of(&[Scope::Read]),
+            KeyLimits::default(),
+        )
         .await
         .unwrap();
     store
-        .create_key(&beta, "other", Scopes::of(&[Scope::Submit]), None)
+        .create_key(
+            &beta,
+            "other",
+            Scopes::of(&[Scope::Submit]),
+            KeyLimits::default(),
+        )
         .await
         .unwrap();
     assert!(
         store
-            .create_key(&acme, "none", Scopes::default(), None)
+            .create_key(&acme, "none", Scopes::default(), KeyLimits::default())
             .await
             .is_err()
     );

@@ -16,7 +16,8 @@ use chorus_core::{JobId, Tenant};
 use chorus_store::entity::{jobs, steps};
 use chorus_store::lossless::{escape_json, escape_text};
 use chorus_store::{
-    AuditAction, BatchStatus, JobRecord, NewBatch, NewFile, Store, StoreError, result_line,
+    AuditAction, BatchStatus, JobRecord, KeyLimits, NewBatch, NewFile, Store, StoreError,
+    result_line,
 };
 use chorus_testkit::database::{Backend, TestDatabase};
 use sea_orm::{
@@ -413,7 +414,10 @@ async fn files_batches_keys_and_the_audit_log_keep_any_text(backend: Backend) {
     );
 
     let scopes = chorus_core::auth::Scopes::parse("read").unwrap();
-    let key = store.create_key(&acme, ODD[2], scopes, None).await.unwrap();
+    let key = store
+        .create_key(&acme, ODD[2], scopes, KeyLimits::default())
+        .await
+        .unwrap();
     assert_eq!(key.info.name, ODD[2]);
     let keys = store.list_keys(Some(&acme)).await.unwrap();
     assert_eq!(keys, vec![key.info]);

@@ -77,9 +77,10 @@ pub mod names {
     pub const STAGE_FAILURES: &str = "chorus_stage_failures_total";
     pub const CONSUMER_PENDING: &str = "chorus_consumer_pending";
     pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
+    pub const QUEUE_WAIT: &str = "chorus_queue_wait_seconds";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -96,6 +97,7 @@ pub mod names {
         STAGE_FAILURES,
         CONSUMER_PENDING,
         CONSUMER_ACK_PENDING,
+        QUEUE_WAIT,
     ];
 }
 
@@ -176,6 +178,11 @@ fn describe() {
         CONSUMER_ACK_PENDING,
         Unit::Count,
         "Messages a durable consumer delivered and awaits acks for, by stream and consumer; read at each scrape."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from a unit of work's publish to the scheduler handing it to a worker, by route and band."
     );
 }
 

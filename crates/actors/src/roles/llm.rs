@@ -113,8 +113,10 @@ impl Admission for Limited<'_> {
                 tracing::warn!(route = %route.name, error = %e, "limits unavailable; calling anyway");
             }
             if limiter.limits().tpm.is_some() {
-                let estimate =
-                    tokens::estimate(request, route.max_tokens.unwrap_or(DEFAULT_COMPLETION));
+                let estimate = tokens::estimate(
+                    request,
+                    route.max_tokens.unwrap_or(tokens::DEFAULT_COMPLETION),
+                );
                 self.reserved.store(estimate, Ordering::SeqCst);
                 if let Err(e) = limiter.reserve_tokens(estimate).await {
                     tracing::warn!(route = %route.name, error = %e, "token budget unavailable; calling anyway");
@@ -154,10 +156,6 @@ impl Admission for Limited<'_> {
         })
     }
 }
-
-/// `max_tokens` assumed for the completion part of a token reservation when neither the job nor
-/// the route sets one.
-const DEFAULT_COMPLETION: u32 = 1024;
 
 impl Handler for LlmWorker {
     async fn handle(&mut self, delivery: Delivery) -> Next {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{DefinitionError, Definitions};
 use chorus_bus::delivery::Ticket;
+use chorus_bus::fair::{Doorbells, Flows};
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::{Limits, RouteLimiter, RouteLimits};
 use chorus_bus::publish::Outgoing;
@@ -30,7 +31,7 @@ use chorus_core::config::Config;
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::Envelope;
 use chorus_core::messages::JobAbort;
-use chorus_core::subjects::{EventKind, Stage};
+use chorus_core::subjects::{EventKind, FlowSubjects, Stage};
 use chorus_core::trace::TraceContext;
 use chorus_core::{JobId, Tenant};
 use chorus_llm::{RetryPolicy, Routes};
@@ -176,6 +177,8 @@ pub async fn orchestrator(
         routes: ctx.routes.clone(),
         limited: limited_routes(&ctx.config).into_keys().collect(),
         cancels: Cancels::open(&ctx.bus).await?.watch().await?,
+        config: ctx.config.clone(),
+        doorbells: Doorbells::default(),
     });
     let cache = config.cache_per_worker;
     Ok(StageSpec {
@@ -241,46 +244,63 @@ impl Gate for RouteGate {
     }
 }
 
-/// Calls of a limited route one process holds while they wait for the route's gate.
-const GATED_WINDOW: usize = 128;
-
 pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError> {
     let config = &ctx.config.llm;
-    let work = ctx.bus.subjects.stream("work");
-    let source = pull(work.clone(), "llm", config.workers);
+    let subjects = &ctx.bus.subjects;
+    let work = subjects.stream("work");
+    // The `llm` consumer: the template of every flow's consumer, and the drain of calls a Chorus
+    // before flows published (so a rolling upgrade loses none).
+    let legacy = pull(work.clone(), "llm", config.workers);
     // The consumer's own limits decide when a message is on its last delivery, and how often a
     // running call must say it is alive.
     let info = ctx
         .bus
-        .consumer(&source.stream, &source.consumer)
+        .consumer(&legacy.stream, &legacy.consumer)
         .await?
         .cached_info()
         .config
         .clone();
     let max_deliver = u64::try_from(info.max_deliver).unwrap_or(u64::MAX);
 
-    // Each limited route has its own consumer, made from the `llm` one, and a gate.
     let definitions = Definitions::configured(&ctx.config.nats)?;
     let (_, template) = definitions
         .consumer("llm")
         .ok_or(ActorsError::NoConsumer { consumer: "llm" })?;
+    let flows = |subjects: FlowSubjects, label: &str| {
+        Arc::new(Flows {
+            subjects,
+            template: template.clone(),
+            policy: ctx.config.fair_policy(),
+            caps: ctx.config.inflight_caps(),
+            label: label.to_owned(),
+        })
+    };
+    let window = ctx.config.scheduling.window;
+    // Routes without limits share one set of flows, laned by route.
+    let mut unlimited = pull(work.clone(), "llm", window);
+    unlimited.flows = Some(flows(subjects.llm_flows(), "llm"));
+    let mut sources = vec![legacy, unlimited];
+    // Each limited route has flows of its own behind its gate.
     let limits = Limits::open(&ctx.bus).await?;
     let mut limiters = HashMap::new();
-    let mut sources = vec![source];
     for (name, route_limits) in limited_routes(&ctx.config) {
         let limiter = limits.route(&name, route_limits);
-        let consumer = ctx.bus.subjects.limited_llm_consumer(&name);
-        template
-            .derive(&consumer, &ctx.bus.subjects.limited_llm_work(&name))
-            .apply(&ctx.bus, &work)
-            .await?;
-        // A wide window, so a backlog waiting at the gate is served by priority.
-        let mut gated = pull(work.clone(), &consumer, GATED_WINDOW);
-        gated.gate = Some(Arc::new(RouteGate {
+        let gate: Arc<dyn Gate> = Arc::new(RouteGate {
             route: name.clone(),
             limiter: limiter.clone(),
-        }));
-        sources.push(gated);
+        });
+        let mut limited = pull(work.clone(), "llm", window);
+        limited.flows = Some(flows(subjects.limited_llm_flows(&name), &name));
+        limited.gate = Some(gate.clone());
+        sources.push(limited);
+        // A route's consumer from before flows, if this installation has one: drained through
+        // the same gate.
+        let before = subjects.limited_llm_consumer(&name);
+        if ctx.bus.consumer(&work, &before).await.is_ok() {
+            let mut drain = pull(work.clone(), &before, window);
+            drain.gate = Some(gate);
+            sources.push(drain);
+        }
         limiters.insert(name, limiter);
     }
     let stop = CancellationToken::new();

@@ -17,18 +17,20 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use chorus_bus::cancels::CancelSet;
+use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::{Applied, JobStore, Start};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::batch::{Endpoint, Origin};
 use chorus_core::codec::{self, headers};
+use chorus_core::config::Config;
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
 use chorus_core::job::{Effect, Input, JobState};
 use chorus_core::messages::{EvaluationResult, JobAbort, StepResult, Submission};
 use chorus_core::spec::{FieldError, JobSpec};
 use chorus_core::subjects::Stage;
 use chorus_core::trace::TraceContext;
-use chorus_llm::Routes;
+use chorus_llm::{Routes, tokens};
 use lru::LruCache;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,10 @@ pub struct Shared {
     pub limited: HashSet<String>,
     /// Cancelled jobs and batches: a submission of one is stored cancelled, not dispatched.
     pub cancels: CancelSet,
+    /// The bands tenants' JetStream submissions are served at.
+    pub config: Arc<Config>,
+    /// The flows this process rang lately.
+    pub doorbells: Doorbells,
 }
 
 pub struct Orchestrator {
@@ -241,7 +247,7 @@ impl Orchestrator {
                 .and_then(TraceContext::parse)
                 .or_else(chorus_telemetry::trace::current)
                 .or_else(|| Some(TraceContext::new_root()));
-            let (job, spec, state_created, origin, stream) = match kind {
+            let (job, spec, state_created, origin, stream, band) = match kind {
                 Some(_) => {
                     let submission: Submission =
                         codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
@@ -251,9 +257,10 @@ impl Orchestrator {
                         state_created,
                         origin,
                         stream,
+                        band,
                         ..
                     } = submission;
-                    (job_id, spec, state_created, origin, stream)
+                    (job_id, spec, state_created, origin, stream, band)
                 }
                 // A JetStream submitter's own message: a bare spec (or chat completion request)
                 // in JSON or MessagePack, its batch and line ids in headers.
@@ -266,12 +273,17 @@ impl Orchestrator {
                     }
                     let endpoint = origin.as_ref().map_or(Endpoint::Jobs, |o| o.endpoint);
                     let spec = parse_external(delivery, endpoint)?;
+                    let band = self
+                        .shared
+                        .config
+                        .jetstream_band(&tenant, spec.service_tier);
                     (
                         external_job_id(&tenant, delivery),
                         spec,
                         false,
                         origin,
                         false,
+                        band,
                     )
                 }
             };
@@ -286,7 +298,8 @@ impl Orchestrator {
             };
             let state = JobState::new(job, tenant.clone(), spec, now, trace)
                 .with_origin(origin)
-                .streamed(stream);
+                .streamed(stream)
+                .in_band(band);
             return Ok(Event {
                 tenant,
                 job,
@@ -361,22 +374,38 @@ impl Orchestrator {
         let trace = chorus_telemetry::trace::outgoing(state.trace.as_ref());
         let trace = trace.as_ref();
         let mut messages = Vec::with_capacity(effects.len());
+        let mut flows = Vec::new();
         let nats = |e| BusError::codec(format!("encode a message of job {}", state.id), e);
         for effect in effects {
             let message = match effect {
-                Effect::Call(call) => Outgoing::envelope(
-                    if self.shared.limited.contains(&call.route) {
-                        subjects.limited_llm_work(&call.route)
+                Effect::Call(call) => {
+                    // Each call waits in its tenant's flow at its band, charged its estimated
+                    // tokens (the same estimate a `tpm` limit reserves).
+                    let subject = if self.shared.limited.contains(&call.route) {
+                        subjects.limited_llm_flows(&call.route).subject(
+                            None,
+                            call.band,
+                            &call.tenant,
+                        )
                     } else {
-                        subjects.llm_work(&call.route)
-                    },
-                    &msg_id::call(state.id, call.step),
-                    &call,
-                    trace,
-                )
-                .map_err(nats)?
-                .header(headers::ROUTE, &call.route)
-                .header(headers::PRIORITY, &call.priority.to_string()),
+                        subjects
+                            .llm_flows()
+                            .subject(Some(&call.route), call.band, &call.tenant)
+                    };
+                    let cost = tokens::estimate_messages(
+                        &call.messages,
+                        &call.params,
+                        self.shared.routes.completion_allowance(&call.route),
+                    );
+                    if !flows.contains(&subject) {
+                        flows.push(subject.clone());
+                    }
+                    Outgoing::envelope(subject, &msg_id::call(state.id, call.step), &call, trace)
+                        .map_err(nats)?
+                        .header(headers::ROUTE, &call.route)
+                        .header(headers::PRIORITY, &call.priority.to_string())
+                        .header(headers::COST, &cost.to_string())
+                }
                 Effect::Evaluate(request) => Outgoing::envelope(
                     subjects.evaluator_work(),
                     &msg_id::evaluation_request(state.id),
@@ -387,7 +416,11 @@ impl Orchestrator {
             };
             messages.push(message.for_job(state.id, &state.tenant));
         }
-        self.shared.bus.publish_all(messages).await
+        self.shared.bus.publish_all(messages).await?;
+        for flow in flows {
+            self.shared.doorbells.ring(&self.shared.bus, &flow).await;
+        }
+        Ok(())
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Model {
     pub scopes: String,
     /// Requests per minute this key may make at one edge process; none means the edge default.
     pub rpm: Option<i32>,
+    /// The highest band its requests are served at, as [`chorus_core::fair::Band`] names it.
+    pub max_band: String,
     #[sea_orm(column_type = "Blob")]
     pub secret_sha256: Vec<u8>,
     pub created_at: DateTimeUtc,

@@ -12,6 +12,7 @@ mod m0002_audit_log;
 mod m0003_step_calls;
 mod m0004_batches;
 mod m0005_api_keys;
+mod m0006_key_bands;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_step_calls::Migration),
             Box::new(m0004_batches::Migration),
             Box::new(m0005_api_keys::Migration),
+            Box::new(m0006_key_bands::Migration),
         ]
     }
 }

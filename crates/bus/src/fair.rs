@@ -1,0 +1,396 @@
+//! The fair pull loop: a stage's work split into flows, one per band, tenant (and lane), each
+//! flow its own durable consumer, handed on in the order of [`Scheduler`].
+//!
+//! JetStream serves a consumer's messages in stream order and has no notion of whose they are,
+//! so one consumer per stage would serve a 50,000-line batch before a call that arrived after it.
+//! Here every flow (`<base>[.<lane>].<band>.<tenant>`, see [`FlowSubjects`]) has a durable
+//! consumer made from the stage's template, so every pod sees the head of every flow, not only
+//! what one FIFO gives it:
+//!
+//! - **Finding flows.** A publisher rings the flow's doorbell (core NATS, [`Doorbells`]) as it
+//!   publishes; every pod pulling the stage hears it and starts pulling the flow at once. A pass
+//!   over the stream's subject counts every [`DISCOVER_EVERY`] finds flows whose doorbell was
+//!   missed (a restart, a replay from the DLQ, another version). A flow found empty for [`PARK_AFTER`] requests in a row
+//!   is dropped from the loop; its consumer removes itself from the server after
+//!   [`FLOW_INACTIVE`] without pulls.
+//! - **Holding little.** Each flow's window holds a few messages (`Pull::batch`), kept alive by
+//!   the [`Holding`]: a tenant's backlog stays on the server, where every pod sees it, instead of
+//!   in one pod's memory ahead of other tenants' work.
+//! - **Choosing.** Each time the stage has room (a permit, and the gate's admission for a limited
+//!   route) the scheduler picks among the flows' heads: the highest band first with the lower
+//!   bands' guaranteed shares, then the tenant whose virtual start is earliest by estimated
+//!   tokens (the `Chorus-Cost` header) over its weight. Inside a flow, the window hands out its
+//!   best message (`Chorus-Priority`, then age), so a job's priority keeps its meaning among its
+//!   tenant's own work.
+//! - **Caps.** A tenant's cap on work fetched at a time (held or running) is its flows'
+//!   consumers' `max_ack_pending`: the server enforces it across every pod.
+//!
+//! Stopping is as in [`crate::source`]: ask for nothing more, read the open requests to their
+//! end, then NAK everything held so another pod takes it at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use chorus_core::Tenant;
+use chorus_core::codec::headers;
+use chorus_core::fair::{Band, Head, Policy, Scheduler};
+use chorus_core::ids::now_millis;
+use chorus_core::subjects::{Flow, FlowSubjects};
+use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::definitions::ConsumerDef;
+use crate::delivery::Holding;
+use crate::source::{Pull, REQUEST_EXPIRES, Room, Window};
+use crate::{Bus, BusError, BusErrorKind, Delivery};
+
+/// How often a pod looks for flows with work whose doorbell it did not hear.
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// Empty pull requests in a row (each [`REQUEST_EXPIRES`] long) after which a flow is dropped
+/// from the loop until its doorbell rings or discovery finds it again.
+pub const PARK_AFTER: u32 = 12;
+
+/// A flow consumer no pod pulled for this long is removed by the server.
+pub const FLOW_INACTIVE: Duration = Duration::from_secs(3600);
+
+/// A stage's work split into flows, and how they share the stage.
+#[derive(Clone, Debug)]
+pub struct Flows {
+    pub subjects: FlowSubjects,
+    /// The consumer definition every flow's consumer is made from (name and filter replaced).
+    pub template: ConsumerDef,
+    pub policy: Policy,
+    /// Tenants' caps on the messages of one flow fetched at a time across every pod (waiting
+    /// at a gate or being worked on): the flow consumer's `max_ack_pending`.
+    pub caps: HashMap<Tenant, u32>,
+    /// The `route` of `chorus_queue_wait_seconds` for messages without a `Chorus-Route` header.
+    pub label: String,
+}
+
+impl Flows {
+    /// The definition of `flow`'s consumer.
+    fn consumer(&self, flow: &Flow) -> ConsumerDef {
+        let mut def = self
+            .template
+            .derive(&self.subjects.consumer(flow), &self.subjects.filter(flow));
+        def.fields.insert(
+            "inactive_threshold".into(),
+            Value::from(FLOW_INACTIVE.as_nanos() as u64),
+        );
+        if let Some(cap) = self.caps.get(&flow.tenant) {
+            def.fields
+                .insert("max_ack_pending".into(), Value::from(*cap));
+        }
+        def
+    }
+}
+
+/// How often one process rings the same flow's doorbell at most. A ring only matters to a flow
+/// no pod pulls, and a flow is parked only after a minute without work, so a flow rung within
+/// the last second is being pulled.
+pub const RING_EVERY: Duration = Duration::from_secs(1);
+
+/// Rings the doorbells of flows a publisher put work on, each at most once per [`RING_EVERY`].
+#[derive(Debug, Default)]
+pub struct Doorbells {
+    rung: Mutex<HashMap<String, Instant>>,
+}
+
+impl Doorbells {
+    /// Rings the doorbell of the flow `subject` belongs to, after publishing work there. Best
+    /// effort (core NATS): a missed ring only delays a new flow until discovery finds it.
+    pub async fn ring(&self, bus: &Bus, subject: &str) {
+        {
+            let mut rung = self.rung.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if rung
+                .get(subject)
+                .is_some_and(|at| now.duration_since(*at) < RING_EVERY)
+            {
+                return;
+            }
+            if rung.len() >= 4096 {
+                rung.retain(|_, at| now.duration_since(*at) < RING_EVERY);
+            }
+            rung.insert(subject.to_owned(), now);
+        }
+        let doorbell = bus.subjects.doorbell(subject);
+        if let Err(e) = bus.client.publish(doorbell, bytes::Bytes::new()).await {
+            tracing::debug!(error = %e, "doorbell not rung; discovery will find the flow");
+        }
+    }
+}
+
+/// One flow a pod pulls.
+struct Pulling {
+    consumer: PullConsumer,
+    window: Window,
+    requesting: bool,
+    /// The open request brought something.
+    fed: bool,
+    /// Requests in a row that brought nothing.
+    empty: u32,
+}
+
+type Arrival = (
+    Flow,
+    Option<Result<async_nats::jetstream::Message, BusError>>,
+);
+
+impl Bus {
+    /// Pulls `flows` until `stop` is cancelled or `deliver` returns false; like [`Bus::pull`],
+    /// with the order of [`Scheduler`] between flows (see the module's documentation).
+    pub(crate) async fn pull_flows(
+        &self,
+        pull: &Pull,
+        flows: &Flows,
+        permits: Arc<Semaphore>,
+        stop: CancellationToken,
+        mut deliver: impl FnMut(Delivery) -> bool,
+    ) -> Result<(), BusError> {
+        let ack_wait = flows
+            .template
+            .fields
+            .get("ack_wait")
+            .and_then(Value::as_u64)
+            .map_or(Duration::from_secs(30), Duration::from_nanos);
+        let holding = Holding::new(self.client.clone(), ack_wait);
+        let capacity = pull.batch.max(1);
+        let mut scheduler = Scheduler::new(flows.policy.clone());
+        let mut pulling: HashMap<Flow, Pulling> = HashMap::new();
+        let mut requests: SelectAll<BoxStream<'static, Arrival>> = SelectAll::new();
+        let doorbells = self.subjects.doorbell(&flows.subjects.all());
+        let mut doorbell = self
+            .client
+            .subscribe(doorbells.clone())
+            .await
+            .map_err(|e| {
+                BusError::new(
+                    format!("subscribe to {doorbells}"),
+                    BusErrorKind::Unavailable,
+                    e,
+                )
+            })?;
+        let mut discover = tokio::time::interval(DISCOVER_EVERY);
+        let mut stopping = false;
+        let mut room = Room::new(pull, permits);
+        loop {
+            if !stopping
+                && room.ready()
+                && let Some((band, delivery)) = next(&mut scheduler, &mut pulling)
+            {
+                let waited = now_millis().saturating_sub(delivery.info().published);
+                let route = delivery.header(headers::ROUTE).unwrap_or(&flows.label);
+                metrics::histogram!(
+                    chorus_telemetry::names::QUEUE_WAIT,
+                    "route" => route.to_owned(),
+                    "band" => band.as_str(),
+                )
+                .record(waited as f64 / 1000.0);
+                stopping = !deliver(room.fill(delivery));
+                continue;
+            }
+            if !stopping {
+                for (flow, state) in pulling.iter_mut() {
+                    // Refilled once a quarter is free, so a backlogged flow's window is rarely
+                    // empty when the scheduler looks (an empty one cannot be chosen).
+                    let room = capacity - state.window.len();
+                    if state.requesting || room * 4 < capacity {
+                        continue;
+                    }
+                    match state
+                        .consumer
+                        .batch()
+                        .max_messages(room)
+                        .expires(REQUEST_EXPIRES)
+                        .messages()
+                        .await
+                    {
+                        Ok(batch) => {
+                            state.requesting = true;
+                            state.fed = false;
+                            requests.push(arrivals(flow.clone(), batch));
+                        }
+                        Err(e) => {
+                            tracing::warn!(consumer = %flows.subjects.consumer(flow), error = %e, "pull request failed; retrying");
+                        }
+                    }
+                }
+            }
+            if stopping && requests.is_empty() {
+                for (_, state) in pulling.drain() {
+                    state.window.release().await;
+                }
+                break;
+            }
+            let waiting = pulling.values().any(|state| !state.window.is_empty());
+            tokio::select! {
+                _ = stop.cancelled(), if !stopping => stopping = true,
+                made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
+                Some((flow, arrival)) = requests.next(), if !requests.is_empty() => {
+                    let Some(state) = pulling.get_mut(&flow) else { continue };
+                    match arrival {
+                        Some(Ok(message)) => {
+                            state.fed = true;
+                            state.empty = 0;
+                            state.window.push(Delivery::new(message, &holding));
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(consumer = %flows.subjects.consumer(&flow), error = %e, "pull failed; retrying");
+                        }
+                        None => {
+                            state.requesting = false;
+                            if !state.fed {
+                                state.empty += 1;
+                            }
+                            if state.empty >= PARK_AFTER && state.window.is_empty() {
+                                pulling.remove(&flow);
+                            }
+                        }
+                    }
+                }
+                Some(rung) = doorbell.next(), if !stopping => {
+                    if let Some(flow) = flows.subjects.flow(&self.subject_of_doorbell(&rung.subject)) {
+                        self.start_pulling(&pull.stream, flows, flow, &mut pulling).await;
+                    }
+                }
+                _ = discover.tick(), if !stopping => {
+                    for flow in self.flows_with_work(&pull.stream, flows).await {
+                        self.start_pulling(&pull.stream, flows, flow, &mut pulling).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The flow subject a doorbell subject rings for.
+    fn subject_of_doorbell(&self, doorbell: &str) -> String {
+        let rest = doorbell
+            .strip_prefix(self.subjects.prefix())
+            .and_then(|rest| rest.strip_prefix(".doorbell."))
+            .unwrap_or(doorbell);
+        format!("{}.{rest}", self.subjects.prefix())
+    }
+
+    /// Flows with messages on the server (waiting, or delivered and not yet acknowledged).
+    async fn flows_with_work(&self, stream: &str, flows: &Flows) -> Vec<Flow> {
+        let found = async {
+            let stream = self
+                .js
+                .get_stream_no_info(stream)
+                .await
+                .map_err(|e| BusError::request("find the stream of flows", e))?;
+            let mut counts = stream
+                .info_with_subjects(flows.subjects.all())
+                .await
+                .map_err(|e| BusError::request("count the flows' messages", e))?;
+            let mut found = Vec::new();
+            while let Some(entry) = counts.next().await {
+                let (subject, count) =
+                    entry.map_err(|e| BusError::request("count the flows' messages", e))?;
+                if count > 0
+                    && let Some(flow) = flows.subjects.flow(&subject)
+                {
+                    found.push(flow);
+                }
+            }
+            Ok::<_, BusError>(found)
+        };
+        found.await.unwrap_or_else(|e| {
+            tracing::warn!(flows = %flows.subjects.name(), error = %e, "flow discovery failed; retrying");
+            Vec::new()
+        })
+    }
+
+    /// Makes sure `flow`'s consumer exists and pulls it, if not already.
+    async fn start_pulling(
+        &self,
+        stream: &str,
+        flows: &Flows,
+        flow: Flow,
+        pulling: &mut HashMap<Flow, Pulling>,
+    ) {
+        if let Some(state) = pulling.get_mut(&flow) {
+            state.empty = 0;
+            return;
+        }
+        let def = flows.consumer(&flow);
+        let started = async {
+            def.apply(self, stream).await.map_err(|e| {
+                BusError::new("make a flow's consumer", BusErrorKind::Unavailable, e)
+            })?;
+            self.consumer(stream, def.name()).await
+        };
+        match started.await {
+            Ok(consumer) => {
+                tracing::debug!(consumer = %def.name(), "pulling a new flow");
+                pulling.insert(
+                    flow,
+                    Pulling {
+                        consumer,
+                        window: Window::default(),
+                        requesting: false,
+                        fed: false,
+                        empty: 0,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %def.name(), error = %e, "cannot pull a flow yet; discovery retries")
+            }
+        }
+    }
+}
+
+/// The next message the scheduler chooses among the flows' heads, with its band.
+fn next(
+    scheduler: &mut Scheduler,
+    pulling: &mut HashMap<Flow, Pulling>,
+) -> Option<(Band, Delivery)> {
+    let mut flows = Vec::new();
+    let mut heads = Vec::new();
+    for (flow, state) in pulling.iter() {
+        if let Some(head) = state.window.peek() {
+            heads.push(Head {
+                band: flow.band,
+                tenant: &flow.tenant,
+                cost: cost(head),
+            });
+            flows.push(flow);
+        }
+    }
+    let chosen = scheduler.pick(&heads)?;
+    let flow = flows[chosen].clone();
+    let delivery = pulling.get_mut(&flow)?.window.pop()?;
+    Some((flow.band, delivery))
+}
+
+/// A message's estimated tokens, from its `Chorus-Cost` header (1 without one).
+fn cost(delivery: &Delivery) -> u32 {
+    delivery
+        .header(headers::COST)
+        .and_then(|cost| cost.parse().ok())
+        .unwrap_or(1)
+}
+
+/// A pull request's messages tagged with their flow, then `None` when the request is over.
+fn arrivals(
+    flow: Flow,
+    batch: async_nats::jetstream::consumer::pull::Batch,
+) -> BoxStream<'static, Arrival> {
+    let end = flow.clone();
+    batch
+        .map(move |message| {
+            let message = message.map_err(|e| BusError::boxed("pull a flow", e));
+            (flow.clone(), Some(message))
+        })
+        .chain(futures::stream::once(async move { (end, None) }))
+        .boxed()
+}

@@ -1,0 +1,425 @@
+//! Fair sharing: an interactive call is not held behind another tenant's batch backlog, on a
+//! limited route or an unlimited one; two backlogged tenants get equal tokens (not equal calls)
+//! across three llm processes; a key cannot use a band above its own.
+//!
+//! Orders are read from the mock provider's arrival log and the jobs' start times, never from
+//! how long anything took.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chorus_core::Tenant;
+use chorus_core::config::{Config, RouteConfig};
+use chorus_core::fair::Band;
+use chorus_core::spec::{ChatMessage, Params, Role};
+use chorus_core::subjects::Subjects;
+use chorus_llm::tokens;
+use chorus_mock_llm::{Behaviour, MockLlm};
+use chorus_store::KeyLimits;
+use chorus_store::entity::{jobs, steps};
+use chorus_testkit::database::TestDatabase;
+use chorus_testkit::nats::NatsServer;
+use chorus_testkit::wait;
+use futures::StreamExt;
+use sea_orm::EntityTrait;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Publishes `lines` JetStream submissions of `tenant` (the batch band) on `model`, each a
+/// one-message job saying `<prefix>-<i>`, with `max_tokens`.
+async fn backlog(
+    app: &TestApp,
+    tenant: &str,
+    model: &str,
+    prefix: &str,
+    lines: usize,
+    max_tokens: u32,
+) {
+    let subject = app
+        .bus
+        .subjects
+        .submit(&Tenant::new(tenant).expect("tenant"));
+    let mut acks = Vec::with_capacity(lines);
+    for i in 0..lines {
+        let spec = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": format!("{prefix}-{i}")}],
+            "params": {"max_tokens": max_tokens},
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("Chorus-Batch", prefix);
+        headers.insert("Nats-Msg-Id", format!("{prefix}-{i}").as_str());
+        let ack = app
+            .bus
+            .js
+            .publish_with_headers(subject.clone(), headers, spec.to_string().into())
+            .await
+            .expect("publish");
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.expect("JetStream stored the line");
+    }
+}
+
+/// A chat completion by `client` on `model`, answered.
+async fn chat(app: &TestApp, client: &reqwest::Client, model: &str, text: &str) -> Value {
+    let response = client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
+/// The user message a recorded request carried.
+fn said(body: &Value) -> String {
+    body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// beta's chat completion goes to the head of the queue while acme's batch backlog waits on a
+/// limited route: of acme's calls, at most those already in flight (the route's concurrency)
+/// and one admitted slot reach the provider after beta's call was queued and before it.
+#[tokio::test]
+async fn an_interactive_call_overtakes_a_batch_backlog_on_a_limited_route() {
+    const CONCURRENCY: u32 = 2;
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "gpt",
+        Behaviour::answer("ok").with_latency(Duration::from_millis(100)),
+    );
+    let mut config = test_config(&nats, &db);
+    config.routes.push(RouteConfig {
+        max_concurrency: Some(CONCURRENCY),
+        rpm: Some(1200),
+        timeout: Duration::from_secs(5),
+        ..mock_route("gpt", &mock, "gpt")
+    });
+    let app = TestApp::start(config).await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    // beta has called before: its flow is known, as a tenant's flows are once it is active.
+    chat(&app, &beta, "gpt", "warm-up").await;
+
+    backlog(&app, "acme", "gpt", "A", 200, 16).await;
+    wait::until(
+        Duration::from_secs(30),
+        "acme's backlog flowing",
+        || async { (mock.requests("gpt").len() >= 6).then_some(()) },
+    )
+    .await;
+
+    let flow = app.bus.subjects.limited_llm_flows("gpt").subject(
+        None,
+        Band::Interactive,
+        &Tenant::new("beta").expect("tenant"),
+    );
+    let ahead = overtakes(&app, &beta, "gpt", &flow, || {
+        mock.requests("gpt").iter().map(|r| said(&r.body)).collect()
+    })
+    .await;
+    assert!(
+        ahead <= CONCURRENCY as usize + 1,
+        "{ahead} of acme's calls reached the provider after beta's was queued and before it"
+    );
+    let left = mock.requests("gpt").len();
+    assert!(
+        left < 100,
+        "acme's backlog was still waiting ({left} calls made)"
+    );
+}
+
+/// The same on a route without limits, where the llm workers are what is shared: of acme's
+/// calls, at most the workers' (in flight) and one more start after beta's was queued and
+/// before it.
+#[tokio::test]
+async fn an_interactive_call_overtakes_a_batch_backlog_on_an_unlimited_route() {
+    const WORKERS: usize = 2;
+    const ROUTE: &str = "sim:echo?latency=100ms";
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.llm.workers = WORKERS;
+    let app = TestApp::start(config).await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    chat(&app, &beta, ROUTE, "warm-up").await;
+
+    backlog(&app, "acme", ROUTE, "A", 200, 16).await;
+    let conn = sea_orm::Database::connect(db.url()).await.expect("db");
+    let done = "SELECT count(*) FROM jobs WHERE tenant = 'acme' AND status = 'succeeded'";
+    wait::until(
+        Duration::from_secs(30),
+        "acme's backlog flowing",
+        || async { (count(&conn, done).await >= 6).then_some(()) },
+    )
+    .await;
+
+    let flow = app.bus.subjects.llm_flows().subject(
+        Some(ROUTE),
+        Band::Interactive,
+        &Tenant::new("beta").expect("tenant"),
+    );
+    let mut calls = app.bus.client.subscribe(flow).await.expect("subscribe");
+    let request = chat(&app, &beta, ROUTE, "C-interactive");
+    tokio::pin!(request);
+    let queued_at = tokio::select! {
+        _ = calls.next() => chrono::Utc::now(),
+        answer = &mut request => panic!("answered before it was seen queued: {answer}"),
+    };
+    request.await;
+    // When the llm stage started each call: its step's start.
+    let tenants: HashMap<_, _> = jobs::Entity::find()
+        .all(&conn)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|job| (job.id, job.tenant))
+        .collect();
+    let mut starts: Vec<(chrono::DateTime<chrono::Utc>, String)> = steps::Entity::find()
+        .all(&conn)
+        .await
+        .expect("steps")
+        .into_iter()
+        .filter_map(|step| Some((step.started_at?, tenants.get(&step.job_id)?.clone())))
+        .collect();
+    starts.sort();
+    let beta_started = starts
+        .iter()
+        .filter(|(_, tenant)| tenant == "beta")
+        .map(|(at, _)| *at)
+        .max()
+        .expect("beta's call started");
+    let ahead = starts
+        .iter()
+        .filter(|(at, tenant)| tenant == "acme" && *at > queued_at && *at < beta_started)
+        .count();
+    println!("acme calls started between beta's queueing and its start: {ahead}");
+    assert!(
+        ahead <= WORKERS + 1,
+        "{ahead} of acme's calls started after beta's was queued and before it"
+    );
+}
+
+/// Submits beta's interactive call and counts acme's calls the provider saw after the call was
+/// queued on `flow` and before it, from `seen` (every call's text, in arrival order).
+async fn overtakes(
+    app: &TestApp,
+    beta: &reqwest::Client,
+    model: &str,
+    flow: &str,
+    seen: impl Fn() -> Vec<String>,
+) -> usize {
+    let mut calls = app
+        .bus
+        .client
+        .subscribe(flow.to_owned())
+        .await
+        .expect("subscribe");
+    let request = chat(app, beta, model, "C-interactive");
+    tokio::pin!(request);
+    let before = tokio::select! {
+        _ = calls.next() => seen().len(),
+        answer = &mut request => panic!("answered before it was seen queued: {answer}"),
+    };
+    request.await;
+    let order = seen();
+    let at = order
+        .iter()
+        .position(|text| text == "C-interactive")
+        .expect("beta's call reached the provider");
+    let ahead = order[before.min(at)..at]
+        .iter()
+        .filter(|text| text.starts_with("A-"))
+        .count();
+    println!("acme calls between beta's queueing and its arrival: {ahead} (arrival {at})");
+    ahead
+}
+
+/// Two tenants backlogged on one limited route served by three llm processes: each gets half the
+/// tokens while both wait, so acme, whose lines cost three times beta's, gets a third of the calls.
+#[tokio::test]
+async fn backlogged_tenants_share_tokens_equally_across_three_llm_processes() {
+    const LINES: usize = 400;
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "shared",
+        Behaviour::answer("ok").with_latency(Duration::from_millis(20)),
+    );
+    let mut config = test_config(&nats, &db);
+    config.routes.push(RouteConfig {
+        max_concurrency: Some(4),
+        timeout: Duration::from_secs(5),
+        ..mock_route("shared", &mock, "shared")
+    });
+    let config_window = config.scheduling.window;
+    let (app, _pods, _processes) = three_llm_pods(config).await;
+    tokio::join!(
+        backlog(&app, "acme", "shared", "A", LINES, 300),
+        backlog(&app, "beta", "shared", "B", LINES, 100),
+    );
+    wait::until(Duration::from_secs(120), "both backlogs served", || async {
+        (mock.requests("shared").len() >= 2 * LINES).then_some(())
+    })
+    .await;
+    let order: Vec<String> = mock
+        .requests("shared")
+        .iter()
+        .map(|r| said(&r.body))
+        .collect();
+    // While both were backlogged: from both tenants' first calls until either has no more
+    // lines left than the three processes' windows can hold (the rest waits in them, not on
+    // the server, and goes as the windows empty).
+    let held = 3 * config_window;
+    let first = |who: &str| {
+        order
+            .iter()
+            .position(|t| t.starts_with(who))
+            .expect("served")
+    };
+    let nth = |who: &str, n: usize| {
+        order
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.starts_with(who))
+            .nth(n)
+            .map(|(i, _)| i)
+            .expect("served")
+    };
+    let end = nth("A-", LINES - held).min(nth("B-", LINES - held));
+    let both = &order[first("A-").max(first("B-"))..end];
+    let cost = |text: &str, max_tokens| {
+        let message = ChatMessage::new(Role::User, text);
+        let params = Params {
+            max_tokens: Some(max_tokens),
+            ..Params::default()
+        };
+        f64::from(tokens::estimate_messages(&[message], &params, 1024))
+    };
+    let tokens_of = |who: &str, max_tokens| -> f64 {
+        both.iter()
+            .filter(|t| t.starts_with(who))
+            .map(|t| cost(t, max_tokens))
+            .sum()
+    };
+    let (a, b) = (tokens_of("A-", 300), tokens_of("B-", 100));
+    let share = a / (a + b);
+    let calls = |who: &str| both.iter().filter(|t| t.starts_with(who)).count();
+    println!(
+        "while both waited: {} calls, acme {} calls ({a} tokens), beta {} calls ({b} tokens); \
+         acme's token share {share:.3}",
+        both.len(),
+        calls("A-"),
+        calls("B-")
+    );
+    assert!(
+        (0.475..=0.525).contains(&share),
+        "acme's token share {share:.3} is not within 5% of its weight's 0.5"
+    );
+}
+
+/// A key made with `--max-band batch` is served in the batch band, whatever it asks: its chat
+/// completion's call waits in its tenant's batch flow, never the interactive one.
+#[tokio::test]
+async fn a_key_cannot_use_a_band_above_its_own() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let app = TestApp::start(test_config(&nats, &db)).await;
+    let limits = KeyLimits {
+        rpm: None,
+        max_band: Band::Batch,
+    };
+    let capped =
+        client_with_key(&create_limited_key(db.url(), "gamma", "submit,read", limits).await);
+    let subjects = Subjects::new("chorus");
+    let gamma = Tenant::new("gamma").expect("tenant");
+    let flows = subjects.llm_flows();
+    let mut seen = app
+        .bus
+        .client
+        .subscribe(flows.all())
+        .await
+        .expect("subscribe");
+    chat(&app, &capped, "fast", "chat, capped").await;
+    let response = capped
+        .post(format!("{}/v1/jobs?wait=20", app.base))
+        .json(&json!({"model": "fast", "service_tier": "interactive",
+                      "messages": [{"role": "user", "content": "asks for interactive"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    for _ in 0..2 {
+        let call = tokio::time::timeout(Duration::from_secs(10), seen.next())
+            .await
+            .expect("a call")
+            .expect("subscription");
+        let flow = flows.flow(&call.subject).expect("a flow");
+        assert_eq!((flow.band, &flow.tenant), (Band::Batch, &gamma));
+    }
+    // The default key of the same installation may use every band.
+    let default = app
+        .post_job(
+            &json!({"model": "fast", "service_tier": "interactive",
+                    "messages": [{"role": "user", "content": "interactive"}]}),
+            "",
+        )
+        .await;
+    assert_eq!(default.status(), 202);
+    let call = tokio::time::timeout(Duration::from_secs(10), seen.next())
+        .await
+        .expect("a call")
+        .expect("subscription");
+    assert_eq!(
+        flows.flow(&call.subject).map(|f| f.band),
+        Some(Band::Interactive)
+    );
+}
+
+/// `[tenants.<name>]` reaches the scheduler: weights, caps and JetStream bands are read.
+#[test]
+fn tenants_configure_weights_caps_and_bands() {
+    let config: Config = toml::from_str(
+        r#"
+        [scheduling]
+        batch_share = 0.2
+        [tenants.acme]
+        weight = 2
+        max_inflight = 4
+        max_band = "batch"
+        "#,
+    )
+    .expect("parses");
+    config.validate().expect("valid");
+    let acme = Tenant::new("acme").expect("tenant");
+    let beta = Tenant::new("beta").expect("tenant");
+    let policy = config.fair_policy();
+    assert_eq!((policy.weight(&acme), policy.weight(&beta)), (2.0, 1.0));
+    assert_eq!(policy.batch_share, 0.2);
+    assert_eq!(config.inflight_caps().get(&acme), Some(&4));
+    assert_eq!(
+        config.jetstream_band(&acme, Some(Band::Interactive)),
+        Band::Batch
+    );
+    assert_eq!(
+        config.jetstream_band(&beta, Some(Band::Interactive)),
+        Band::Standard
+    );
+    assert_eq!(config.jetstream_band(&beta, None), Band::Batch);
+    let bad: Config = toml::from_str("[tenants.Acme]\nweight = 0").expect("parses");
+    let problems = bad.validate().expect_err("refused").to_string();
+    assert!(
+        problems.contains("tenants.Acme: a tenant name"),
+        "{problems}"
+    );
+    assert!(problems.contains("tenants.Acme.weight"), "{problems}");
+}
