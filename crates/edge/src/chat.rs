@@ -19,14 +19,13 @@
 //! timeout or an exceeded deadline `504`; any other provider failure, including its refusing our
 //! own credentials, `502`.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
@@ -38,11 +37,12 @@ use chorus_core::job::{JobState, JobStatus};
 use chorus_core::openai::{self, Streaming};
 use chorus_eval::SpecValidator;
 use chorus_store::{ChatCompletion, chat_completion};
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::events::sse;
 use crate::extract::{JsonBody, Path};
 use crate::jobs::{submit, trace_of};
 use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
@@ -51,7 +51,6 @@ use crate::state::AppState;
 /// How often a wait checks the database besides listening for the commit notification (which
 /// is core NATS, so at most once).
 const POLL: Duration = Duration::from_secs(1);
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The sim kinds `GET /v1/models` lists beside the configured routes (any `sim:` model works).
 const SIM_MODELS: [&str; 3] = ["sim:echo", "sim:json", "sim:lorem"];
@@ -528,10 +527,4 @@ impl Forward {
 /// An error after the stream began, as OpenAI sends one: a data event with an `error` object.
 fn error_event(error: &ApiError) -> Event {
     Event::default().data(error.body().to_string())
-}
-
-fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
-    Sse::new(events.map(Ok::<_, Infallible>))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response()
 }

@@ -115,7 +115,8 @@ pub async fn events(
     })))
 }
 
-fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
+/// An SSE response of `events`, with a comment every [`KEEP_ALIVE`] so proxies keep it open.
+pub(crate) fn sse(events: impl Stream<Item = Event> + Send + 'static) -> Response {
     Sse::new(events.map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
