@@ -233,26 +233,10 @@ impl Bus {
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
-                Some((flow, arrival)) = requests.next(), if !requests.is_empty() => {
-                    let Some(state) = pulling.get_mut(&flow) else { continue };
-                    match arrival {
-                        Some(Ok(message)) => {
-                            state.fed = true;
-                            state.empty = 0;
-                            state.window.push(Delivery::new(message, &holding));
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(consumer = %flows.subjects.consumer(&flow), error = %e, "pull failed; retrying");
-                        }
-                        None => {
-                            state.requesting = false;
-                            if !state.fed {
-                                state.empty += 1;
-                            }
-                            if state.empty >= PARK_AFTER && state.window.is_empty() {
-                                pulling.remove(&flow);
-                            }
-                        }
+                // `None`: the last request's stream ended, and the set is empty now.
+                arrival = requests.next(), if !requests.is_empty() => {
+                    if let Some((flow, arrival)) = arrival {
+                        arrived(flows, &holding, &mut pulling, flow, arrival);
                     }
                 }
                 Some(rung) = doorbell.next(), if !stopping => {
@@ -370,6 +354,39 @@ fn next(
     let flow = flows[chosen].clone();
     let delivery = pulling.get_mut(&flow)?.window.pop()?;
     Some((flow.band, delivery))
+}
+
+/// Takes what a flow's pull request brought: a message into its window, or the request's end
+/// (after which a flow that stayed empty for [`PARK_AFTER`] requests is dropped from the loop).
+fn arrived(
+    flows: &Flows,
+    holding: &Holding,
+    pulling: &mut HashMap<Flow, Pulling>,
+    flow: Flow,
+    arrival: Option<Result<async_nats::jetstream::Message, BusError>>,
+) {
+    let Some(state) = pulling.get_mut(&flow) else {
+        return;
+    };
+    match arrival {
+        Some(Ok(message)) => {
+            state.fed = true;
+            state.empty = 0;
+            state.window.push(Delivery::new(message, holding));
+        }
+        Some(Err(e)) => {
+            tracing::warn!(consumer = %flows.subjects.consumer(&flow), error = %e, "pull failed; retrying");
+        }
+        None => {
+            state.requesting = false;
+            if !state.fed {
+                state.empty += 1;
+            }
+            if state.empty >= PARK_AFTER && state.window.is_empty() {
+                pulling.remove(&flow);
+            }
+        }
+    }
 }
 
 /// A message's estimated tokens, from its `Chorus-Cost` header (1 without one).

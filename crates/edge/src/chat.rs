@@ -225,17 +225,25 @@ struct Waiter {
 }
 
 impl Waiter {
-    /// The job's final state once it is committed; a `504` past the deadline.
+    /// The job's final state once it is committed; a `504` past the deadline. A read that fails
+    /// (the database or the bucket busy or briefly away) is asked again at the next poll: the job
+    /// runs on regardless, so the caller is answered with the failure only if it lasts until the
+    /// deadline.
     async fn finished(mut self) -> Result<JobState, ApiError> {
         let mut poll = tokio::time::interval(POLL);
+        let mut failed = None;
         loop {
             tokio::select! {
                 _ = self.notify.next() => {}
                 _ = poll.tick() => {}
-                _ = tokio::time::sleep_until(self.deadline) => return Err(self.timed_out()),
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    return Err(failed.unwrap_or_else(|| self.timed_out()));
+                }
             }
-            if let Some(state) = self.committed().await? {
-                return Ok(state);
+            match self.committed().await {
+                Ok(Some(state)) => return Ok(state),
+                Ok(None) => failed = None,
+                Err(e) => failed = Some(e),
             }
         }
     }
