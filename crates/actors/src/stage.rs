@@ -221,11 +221,14 @@ impl<H: Handler> Actor for StageSupervisor<H> {
             StageMsg::Drain(reply) => {
                 state.draining = true;
                 state.spec.stop.cancel();
-                for consumer in state.consumers.drain(..) {
+                // Together: each reads its open pull request to its end (up to 5 s), and a
+                // stage has several (the llm stage's flows, the orchestrator's two streams).
+                let stops = state.consumers.drain(..).map(|consumer| async move {
                     let _ = consumer
                         .stop_and_wait(None, Some(Duration::from_secs(5)))
                         .await;
-                }
+                });
+                futures::future::join_all(stops).await;
                 release(state.backlog.drain(..)).await;
                 let workers = state.workers.clone();
                 let timeout = state.spec.supervision.drain_timeout;
