@@ -14,15 +14,20 @@ struct Routes(&'static [&'static str]);
 /// Every route is known.
 const ANY: Routes = Routes(&[]);
 
+/// A route these tests' installation does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown route `{0}`")]
+struct UnknownRoute(String);
+
 impl Validator for Routes {
-    type RouteError = String;
+    type RouteError = UnknownRoute;
     type AssertionError = std::convert::Infallible;
 
-    fn check_route(&self, model: &str) -> Result<(), String> {
+    fn check_route(&self, model: &str) -> Result<(), UnknownRoute> {
         if self.0.is_empty() || self.0.contains(&model) {
             Ok(())
         } else {
-            Err(format!("unknown route `{model}`"))
+            Err(UnknownRoute(model.to_owned()))
         }
     }
 
