@@ -208,6 +208,140 @@ async fn an_interactive_call_overtakes_a_batch_backlog_on_an_unlimited_route() {
     );
 }
 
+/// At the orchestrator's intake, where a REST batch's lines all wait at once: beta's chat
+/// completion, submitted while most of tenant `default`'s batch is still waiting, is taken ahead
+/// of it. The jobs bucket records each job as an orchestrator takes it (a batch line's state is
+/// first written then; an edge job's second version is the orchestrator's); of the batch's lines,
+/// at most those the orchestrator had in flight and one more are taken after beta's submission
+/// was queued and before it.
+#[tokio::test]
+async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
+    const LINES: usize = 4000;
+    const IN_FLIGHT: usize = 16;
+    const ROUTE: &str = "sim:echo";
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.orchestrator.max_in_flight = IN_FLIGHT;
+    let app = TestApp::start(config).await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    chat(&app, &beta, ROUTE, "warm-up").await;
+
+    // Every version of every job, in the order the bucket stored them.
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let bucket = format!("$KV.{}.", app.bus.subjects.jobs_bucket());
+    let mut versions = app
+        .bus
+        .client
+        .subscribe(format!("{bucket}>"))
+        .await
+        .expect("subscribe");
+    let log = taken.clone();
+    tokio::spawn(async move {
+        while let Some(version) = versions.next().await {
+            let key = version
+                .subject
+                .trim_start_matches(bucket.as_str())
+                .to_owned();
+            log.lock().expect("log").push(key);
+        }
+    });
+    let seen = || taken.lock().expect("log").clone();
+
+    let lines = (0..LINES).map(|i| {
+        json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": ROUTE, "messages": [{"role": "user", "content": format!("A-{i}")}]}})
+    });
+    let file = app
+        .client
+        .post(format!("{}/v1/files", app.base))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .text("purpose", "batch")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(
+                        lines
+                            .map(|l| format!("{l}\n"))
+                            .collect::<String>()
+                            .into_bytes(),
+                    )
+                    .file_name("batch.jsonl"),
+                ),
+        )
+        .send()
+        .await
+        .expect("POST /v1/files");
+    assert_eq!(file.status(), 200);
+    let file: Value = file.json().await.expect("json");
+    let batch = app
+        .client
+        .post(format!("{}/v1/batches", app.base))
+        .json(
+            &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"}),
+        )
+        .send()
+        .await
+        .expect("POST /v1/batches");
+    assert_eq!(batch.status(), 200);
+    let first_taken = |log: &[String], tenant: &str| {
+        let mut keys = std::collections::HashSet::new();
+        log.iter()
+            .filter(|key| key.starts_with(&format!("{tenant}.")) && keys.insert(*key))
+            .count()
+    };
+    wait::until(Duration::from_secs(30), "the batch being taken", || async {
+        (first_taken(&seen(), "default") >= 50).then_some(())
+    })
+    .await;
+
+    let flow = app.bus.subjects.submit_flows().subject(
+        None,
+        Band::Interactive,
+        &Tenant::new("beta").expect("tenant"),
+    );
+    let mut submitted = app.bus.client.subscribe(flow).await.expect("subscribe");
+    let request = chat(&app, &beta, ROUTE, "C-interactive");
+    tokio::pin!(request);
+    let before = tokio::select! {
+        _ = submitted.next() => seen().len(),
+        answer = &mut request => panic!("answered before it was seen queued: {answer}"),
+    };
+    request.await;
+    let log = seen();
+    // beta's job (its warm-up was over before the log began); taken at its second version.
+    let fresh = |at: usize| !log[..at].contains(&log[at]);
+    let job = log
+        .iter()
+        .find(|key| key.starts_with("beta."))
+        .expect("beta's job stored")
+        .clone();
+    let admitted = log
+        .iter()
+        .enumerate()
+        .filter(|(_, key)| **key == job)
+        .map(|(at, _)| at)
+        .nth(1)
+        .expect("beta's job taken");
+    let ahead = (before.min(admitted)..admitted)
+        .filter(|&at| log[at].starts_with("default.") && fresh(at))
+        .count();
+    let taken_by_then = first_taken(&log[..admitted], "default");
+    println!(
+        "batch lines taken between beta's queueing and its job: {ahead}; taken before it in all: \
+         {taken_by_then} of {LINES}"
+    );
+    assert!(
+        ahead <= IN_FLIGHT + 1,
+        "{ahead} batch lines were taken after beta's job was queued and before it"
+    );
+    assert!(
+        taken_by_then < LINES / 2,
+        "the batch was mostly taken before beta's job ({taken_by_then} of {LINES} lines)"
+    );
+}
+
 /// Submits beta's interactive call and counts acme's calls the provider saw after the call was
 /// queued on `flow` and before it, from `seen` (every call's text, in arrival order).
 async fn overtakes(

@@ -269,6 +269,7 @@ pub async fn start(
                         cancels: Cancels::open(&bus).await?,
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
+                        doorbells: Arc::default(),
                     }),
                     config.supervision.drain_timeout,
                 ))

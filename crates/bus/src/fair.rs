@@ -37,7 +37,7 @@ use chorus_core::Tenant;
 use chorus_core::codec::headers;
 use chorus_core::fair::{Band, Head, Policy, Scheduler};
 use chorus_core::ids::now_millis;
-use chorus_core::subjects::{Flow, FlowSubjects};
+use chorus_core::subjects::{Flow, FlowSubjects, Stage};
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 use serde_json::Value;
@@ -69,6 +69,8 @@ pub struct Flows {
     /// Tenants' caps on the messages of one flow fetched at a time across every pod (waiting
     /// at a gate or being worked on): the flow consumer's `max_ack_pending`.
     pub caps: HashMap<Tenant, u32>,
+    /// The stage pulling the flows: the `stage` of `chorus_queue_wait_seconds`.
+    pub stage: Stage,
     /// The `route` of `chorus_queue_wait_seconds` for messages without a `Chorus-Route` header.
     pub label: String,
 }
@@ -189,6 +191,7 @@ impl Bus {
                 let route = delivery.header(headers::ROUTE).unwrap_or(&flows.label);
                 metrics::histogram!(
                     chorus_telemetry::names::QUEUE_WAIT,
+                    "stage" => flows.stage.as_str(),
                     "route" => route.to_owned(),
                     "band" => band.as_str(),
                 )

@@ -99,12 +99,26 @@ impl Subjects {
         format!("{}.submit.{}", self.prefix, tenant)
     }
 
-    /// The tenant named by a submit subject, if it is one.
+    /// The tenant whose submission `subject` is: a JetStream submitter's
+    /// (`<prefix>.submit.<tenant>`) or the edge's (a flow of [`Self::submit_flows`]).
     pub fn tenant_of_submit(&self, subject: &str) -> Option<Tenant> {
         let rest = subject
             .strip_prefix(&self.prefix)?
             .strip_prefix(".submit.")?;
-        Tenant::new(rest).ok()
+        Tenant::new(rest)
+            .ok()
+            .or_else(|| Some(self.submit_flows().flow(subject)?.tenant))
+    }
+
+    /// The flows of the edge's submissions, taken by the orchestrator in fair order:
+    /// `<prefix>.submit.<band>.<tenant>`. (A JetStream submitter's `<prefix>.submit.<tenant>` is
+    /// taken in arrival order by the `orchestrator-submit` consumer itself.)
+    pub fn submit_flows(&self) -> FlowSubjects {
+        FlowSubjects {
+            base: format!("{}.submit", self.prefix),
+            laned: false,
+            consumer: "orchestrator-submit".to_owned(),
+        }
     }
 
     /// The flows of calls of routes without shared limits, laned by route:
@@ -138,12 +152,13 @@ impl Subjects {
         format!("llm-{}", token(route))
     }
 
-    /// The name of the flow set a flow's consumer filter (`subject`) belongs to: `llm` or
-    /// `llm-<route>`; `None` for any other subject.
+    /// The name of the flow set a flow's consumer filter (`subject`) belongs to:
+    /// `orchestrator-submit`, `llm` or `llm-<route>`; `None` for any other subject.
     pub fn flow_set_of(&self, subject: &str) -> Option<String> {
-        let flows = self.llm_flows();
-        if flows.flow(subject).is_some() {
-            return Some(flows.consumer);
+        for flows in [self.submit_flows(), self.llm_flows()] {
+            if flows.flow(subject).is_some() {
+                return Some(flows.consumer);
+            }
         }
         let route = subject
             .strip_prefix(&self.prefix)?
@@ -397,6 +412,13 @@ mod tests {
             Some(tenant.clone())
         );
         assert_eq!(s.tenant_of_submit("chorus.submit.a.b"), None);
+        let submitted = s.submit_flows().subject(None, Band::Interactive, &tenant);
+        assert_eq!(submitted, "chorus.submit.interactive.acme");
+        assert_eq!(s.tenant_of_submit(&submitted), Some(tenant.clone()));
+        assert_eq!(
+            s.flow_set_of(&submitted).as_deref(),
+            Some("orchestrator-submit")
+        );
         let fast = s.llm_flows().subject(Some("fast"), Band::Batch, &tenant);
         assert_eq!(fast, "chorus.work.llm.fast.batch.acme");
         assert_eq!(

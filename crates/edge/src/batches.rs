@@ -125,6 +125,11 @@ pub async fn create(
         )
         .await
         .map_err(db)?;
+    let flow = state
+        .bus
+        .subjects
+        .submit_flows()
+        .subject(None, Band::Batch, &tenant);
     let mut messages = Vec::with_capacity(PUBLISH_CHUNK);
     for line in lines {
         let origin = line.origin(&batch.id);
@@ -139,7 +144,7 @@ pub async fn create(
             band: Band::Batch,
         };
         let message = Outgoing::envelope(
-            state.bus.subjects.submit(&tenant),
+            flow.clone(),
             &msg_id::submit(job),
             &submission,
             // Each line's job is a trace of its own, begun by the orchestrator.
@@ -150,9 +155,11 @@ pub async fn create(
         messages.push(message);
         if messages.len() == PUBLISH_CHUNK {
             publish(&state, &tenant, &batch.id, std::mem::take(&mut messages)).await?;
+            state.doorbells.ring(&state.bus, &flow).await;
         }
     }
     publish(&state, &tenant, &batch.id, messages).await?;
+    state.doorbells.ring(&state.bus, &flow).await;
     // Every line is in JetStream: the batch is under way.
     state
         .store

@@ -328,8 +328,13 @@ pub async fn submit(
         stream,
         band,
     };
+    let flow = state
+        .bus
+        .subjects
+        .submit_flows()
+        .subject(None, band, tenant);
     let message = Outgoing::envelope(
-        state.bus.subjects.submit(tenant),
+        flow.clone(),
         &msg_id::submit(job),
         &submission,
         Some(&trace),
@@ -341,6 +346,7 @@ pub async fn submit(
         state.jobs.create(&queued)
     );
     published.map_err(|e| ApiError::unavailable("JetStream", e))?;
+    state.doorbells.ring(&state.bus, &flow).await;
     Ok(match created {
         Ok(Write::Stored(_)) => true,
         Ok(Write::Conflict) => false,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chorus_bus::Bus;
 use chorus_bus::cancels::Cancels;
+use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::JobStore;
 use chorus_core::config::DlqConfig;
 use chorus_llm::Routes;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// The replay cap and pace of `/v1/admin/dlq/replay`.
     pub dlq: DlqConfig,
+    /// Rung as submissions are published, so the orchestrators pull a new flow at once.
+    pub doorbells: Arc<Doorbells>,
 }
 
 impl axum::extract::FromRef<AppState> for ProbeState {

@@ -42,7 +42,8 @@ pub const KIND: &str = "max_deliveries";
 /// The stage whose durable consumer this is, if it is one of Chorus's own.
 fn stage_of(consumer: &str) -> Option<Stage> {
     match consumer {
-        "orchestrator" | "orchestrator-submit" => Some(Stage::Orchestrator),
+        "orchestrator" => Some(Stage::Orchestrator),
+        c if c.starts_with("orchestrator-") => Some(Stage::Orchestrator),
         "llm" => Some(Stage::Llm),
         c if c.starts_with("llm-") => Some(Stage::Llm),
         "evaluator" => Some(Stage::Evaluator),

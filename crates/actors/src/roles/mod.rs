@@ -2,8 +2,8 @@
 //!
 //! | role | consumes | routing |
 //! |---|---|---|
-//! | orchestrator | `SUBMIT/orchestrator-submit`, `EVENTS/orchestrator` | by job |
-//! | llm | `WORK/llm` | any idle worker |
+//! | orchestrator | `SUBMIT/orchestrator-submit` (and its flows), `EVENTS/orchestrator` | by job |
+//! | llm | `WORK/llm` (and its flows) | any idle worker |
 //! | evaluator | `WORK/evaluator` | any idle worker |
 //! | persister | `KV_<prefix>_jobs/persister` (the jobs bucket's stream) | one batch writer |
 //! | dlq watcher (beside the orchestrator) | `ADVISORIES/dlq-watcher` (MAX_DELIVERIES advisories) | any idle worker |
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chorus_bus::cancels::Cancels;
-use chorus_bus::definitions::{DefinitionError, Definitions};
+use chorus_bus::definitions::{ConsumerDef, DefinitionError, Definitions};
 use chorus_bus::delivery::Ticket;
 use chorus_bus::fair::{Doorbells, Flows};
 use chorus_bus::jobs::JobStore;
@@ -181,15 +181,29 @@ pub async fn orchestrator(
         doorbells: Doorbells::default(),
     });
     let cache = config.cache_per_worker;
+    let submit = ctx.bus.subjects.stream("submit");
+    // The edge's submissions, in fair order: a flow per band and tenant.
+    let mut flows = pull(
+        submit.clone(),
+        "orchestrator-submit",
+        ctx.config.scheduling.window,
+    );
+    flows.flows = Some(Arc::new(Flows {
+        subjects: ctx.bus.subjects.submit_flows(),
+        template: template(&ctx.config, "orchestrator-submit")?,
+        policy: ctx.config.fair_policy(),
+        caps: HashMap::new(),
+        stage: Stage::Orchestrator,
+        // Intake serves every route.
+        label: "any".to_owned(),
+    }));
     Ok(StageSpec {
         name: "orchestrator",
         bus: ctx.bus.clone(),
         sources: vec![
-            pull(
-                ctx.bus.subjects.stream("submit"),
-                "orchestrator-submit",
-                config.max_in_flight,
-            ),
+            // JetStream submitters' jobs, in arrival order.
+            pull(submit, "orchestrator-submit", config.max_in_flight),
+            flows,
             pull(
                 ctx.bus.subjects.stream("events"),
                 "orchestrator",
@@ -203,6 +217,15 @@ pub async fn orchestrator(
         make_handler: Arc::new(move || orchestrator::Orchestrator::new(shared.clone(), cache)),
         stop,
     })
+}
+
+/// The consumer definition `consumer`'s flows' consumers are made from.
+fn template(config: &Config, consumer: &'static str) -> Result<ConsumerDef, ActorsError> {
+    let definitions = Definitions::configured(&config.nats)?;
+    let (_, template) = definitions
+        .consumer(consumer)
+        .ok_or(ActorsError::NoConsumer { consumer })?;
+    Ok(template.clone())
 }
 
 /// Routes whose calls pass shared limits, by name: those with `rpm`, `tpm` or
@@ -262,16 +285,14 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         .clone();
     let max_deliver = u64::try_from(info.max_deliver).unwrap_or(u64::MAX);
 
-    let definitions = Definitions::configured(&ctx.config.nats)?;
-    let (_, template) = definitions
-        .consumer("llm")
-        .ok_or(ActorsError::NoConsumer { consumer: "llm" })?;
+    let template = template(&ctx.config, "llm")?;
     let flows = |subjects: FlowSubjects, label: &str| {
         Arc::new(Flows {
             subjects,
             template: template.clone(),
             policy: ctx.config.fair_policy(),
             caps: ctx.config.inflight_caps(),
+            stage: Stage::Llm,
             label: label.to_owned(),
         })
     };
