@@ -519,7 +519,8 @@ async fn a_key_cannot_use_a_band_above_its_own() {
     );
 }
 
-/// `[tenants.<name>]` reaches the scheduler: weights, caps and JetStream bands are read.
+/// `[tenants.<name>]` reaches the scheduler: weights, caps, JetStream bands and backlog quotas
+/// are read.
 #[test]
 fn tenants_configure_weights_caps_and_bands() {
     let config: Config = toml::from_str(
@@ -530,6 +531,7 @@ fn tenants_configure_weights_caps_and_bands() {
         weight = 2
         max_inflight = 4
         max_band = "batch"
+        max_queued = 1000
         "#,
     )
     .expect("parses");
@@ -549,6 +551,8 @@ fn tenants_configure_weights_caps_and_bands() {
         Band::Standard
     );
     assert_eq!(config.jetstream_band(&beta, None), Band::Batch);
+    let quotas = config.queue_quotas();
+    assert_eq!((quotas.of(&acme), quotas.of(&beta)), (1000, 200_000));
     let bad: Config = toml::from_str("[tenants.Acme]\nweight = 0").expect("parses");
     let problems = bad.validate().expect_err("refused").to_string();
     assert!(

@@ -27,6 +27,7 @@ mod names;
 mod nats_security;
 mod openapi;
 mod pipeline;
+mod quotas;
 mod sdk;
 mod secrets;
 mod startup;

@@ -66,7 +66,10 @@ pub trait Classified: std::fmt::Display {
 impl Classified for BusError {
     fn class(&self) -> Class {
         match self.kind() {
-            BusErrorKind::Unavailable | BusErrorKind::Conflict => Class::Transient,
+            // A full stream drains as its consumers work: the same publish succeeds later.
+            BusErrorKind::Unavailable | BusErrorKind::Conflict | BusErrorKind::Full => {
+                Class::Transient
+            }
             BusErrorKind::NotFound => Class::Systemic,
             BusErrorKind::TooLarge | BusErrorKind::Codec => Class::Poison,
             BusErrorKind::Refused => Class::Unknown,

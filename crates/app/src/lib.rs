@@ -13,6 +13,7 @@ use std::time::Duration;
 use chorus_actors::http::HttpRole;
 use chorus_actors::roles::{self, ActorsError, Context};
 use chorus_actors::{Role, Runtime, RuntimeError};
+use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{Applied, DefinitionError, Definitions};
 use chorus_bus::jobs::JobStore;
@@ -27,6 +28,7 @@ use chorus_llm::{Routes, RoutesError};
 use chorus_store::{Store, StoreError};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Why roles could not be started, or stopped the process.
 #[derive(Debug, thiserror::Error)]
@@ -216,10 +218,22 @@ pub async fn start(
         false => None,
     };
     let config = Arc::new(config);
+    // Tenants' backlogs, for the quotas the edge and the orchestrator's intake hold them to;
+    // counted until the runtime ends (or start-up fails: the guard drops).
+    let counting = CancellationToken::new();
+    let backlogs = match roles
+        .iter()
+        .any(|r| matches!(r, RoleName::Edge | RoleName::Orchestrator))
+    {
+        true => Backlogs::watch(bus.clone(), counting.clone()).await,
+        false => Arc::default(),
+    };
+    let counting = counting.drop_guard();
     let ctx = Context {
         config: config.clone(),
         bus: bus.clone(),
         routes: routes.clone(),
+        backlogs: backlogs.clone(),
     };
     let mut started: Vec<Box<dyn Role>> = Vec::new();
     for role in [
@@ -270,6 +284,8 @@ pub async fn start(
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
                         doorbells: Arc::default(),
+                        backlogs: backlogs.clone(),
+                        quotas: config.queue_quotas(),
                     }),
                     config.supervision.drain_timeout,
                 ))
@@ -303,6 +319,7 @@ pub async fn start(
     }
     let client = bus.client.clone();
     let runtime = Runtime::start(started).await?.finally(Box::pin(async move {
+        drop(counting);
         match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),

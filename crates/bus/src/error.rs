@@ -26,6 +26,9 @@ pub enum BusErrorKind {
     TooLarge,
     /// A body that does not encode or decode as the type it should be.
     Codec,
+    /// A stream at its size limit (`max_msgs`, `max_bytes`, with `discard: new`) refused the
+    /// message: accepted once its consumers have drained some of it.
+    Full,
     /// The server refused for another reason (storage full, permissions, a limit, a request it
     /// does not understand): retrying helps only once an operator acts, if at all.
     Refused,
@@ -39,6 +42,7 @@ impl BusErrorKind {
             Self::Conflict => "conflict",
             Self::TooLarge => "too_large",
             Self::Codec => "codec",
+            Self::Full => "full",
             Self::Refused => "refused",
         }
     }
@@ -158,6 +162,10 @@ pub trait Classify: Clone + Debug + Display + PartialEq + Send + Sync + 'static 
 fn api(error: &jetstream::Error) -> BusErrorKind {
     match error.error_code() {
         ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => BusErrorKind::TooLarge,
+        // "maximum messages exceeded", "maximum bytes exceeded", "… per subject exceeded".
+        ErrorCode::STREAM_STORE_FAILED if error.to_string().contains("maximum") => {
+            BusErrorKind::Full
+        }
         ErrorCode::STREAM_WRONG_LAST_SEQUENCE | ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => {
             BusErrorKind::Conflict
         }

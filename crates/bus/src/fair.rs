@@ -232,7 +232,15 @@ impl Bus {
                 }
                 break;
             }
-            let waiting = pulling.values().any(|state| !state.window.is_empty());
+            let best = pulling
+                .iter()
+                .filter(|(_, state)| !state.window.is_empty())
+                .map(|(flow, _)| flow.band)
+                .min();
+            if let Some(band) = best {
+                room.waiting.set(band);
+            }
+            let waiting = best.is_some();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,

@@ -14,7 +14,9 @@
 //! - [`cancels`]: cancelled jobs and batches, mirrored in every process that dispatches work.
 //! - [`natsd`]: the `nats-server` processes Chorus starts itself (dev, bench, tests), and finding one.
 
+pub mod backlog;
 pub mod cancels;
+pub mod claims;
 pub mod connect;
 pub mod definitions;
 pub mod delivery;

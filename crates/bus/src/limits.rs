@@ -113,6 +113,9 @@ struct Inner {
     serial: Mutex<()>,
 }
 
+/// How often a process holding back for another's claim looks again.
+const DEFER_POLL: Duration = Duration::from_millis(10);
+
 fn now_micros() -> i64 {
     now_millis() * 1_000
 }
@@ -178,6 +181,15 @@ impl RouteLimiter {
 
     /// Waits for the route's next request slot (and the end of any pause); the time waited.
     pub async fn admit_request(&self) -> Result<Duration, BusError> {
+        self.admit_request_unless(&|| false).await
+    }
+
+    /// [`Self::admit_request`], holding back while `defer` says another process's work should
+    /// have the slot (see [`crate::claims`]).
+    pub async fn admit_request_unless(
+        &self,
+        defer: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Duration, BusError> {
         let Some(rpm) = self.inner.limits.rpm else {
             return self.wait_pause().await;
         };
@@ -187,6 +199,9 @@ impl RouteLimiter {
             let next = state.requests.max(state.paused_until);
             if next > now {
                 return Some(micros(next - now));
+            }
+            if defer() {
+                return Some(DEFER_POLL);
             }
             state.requests = now + interval;
             None
@@ -264,12 +279,25 @@ impl RouteLimiter {
     /// Takes one of the route's concurrency slots, waiting for one to free up. `None` when the route
     /// has no concurrency limit.
     pub async fn acquire_slot(&self) -> Result<Option<Lease>, BusError> {
+        self.acquire_slot_unless(&|| false).await
+    }
+
+    /// [`Self::acquire_slot`], holding back while `defer` says another process's work should
+    /// have the slot (see [`crate::claims`]).
+    pub async fn acquire_slot_unless(
+        &self,
+        defer: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Lease>, BusError> {
         let Some(max) = self.inner.limits.max_concurrency else {
             return Ok(None);
         };
         let bucket = &self.inner.bucket;
         let start = rand::random_range(0..max);
         loop {
+            if defer() {
+                tokio::time::sleep(DEFER_POLL).await;
+                continue;
+            }
             for i in (0..max).map(|i| (start + i) % max) {
                 let key = bucket.bus.subjects.slot_key(&self.inner.route, i);
                 let entry = bucket

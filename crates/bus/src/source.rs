@@ -11,10 +11,12 @@
 
 use std::collections::BinaryHeap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use chorus_core::codec::headers;
+use chorus_core::fair::Band;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,9 +26,29 @@ use crate::delivery::{Holding, Ticket};
 use crate::fair::Flows;
 use crate::{Bus, BusError, BusErrorKind, Delivery};
 
-/// Admission of a fetched message before it is handed on.
+/// Admission of a fetched message before it is handed on. `waiting` is the band of the best
+/// message the source holds, kept current while the admission waits.
 pub trait Gate: Send + Sync {
-    fn admit(&self) -> BoxFuture<'_, Result<Ticket, BusError>>;
+    fn admit(&self, waiting: Arc<Waiting>) -> BoxFuture<'_, Result<Ticket, BusError>>;
+}
+
+/// The band of the best message a source holds waiting for its gate, as it changes.
+#[derive(Debug)]
+pub struct Waiting(AtomicUsize);
+
+impl Waiting {
+    fn new(band: Band) -> Self {
+        Self(AtomicUsize::new(band as usize))
+    }
+
+    pub fn band(&self) -> Band {
+        let index = self.0.load(Ordering::Relaxed);
+        Band::ALL.get(index).copied().unwrap_or(Band::Batch)
+    }
+
+    pub(crate) fn set(&self, band: Band) {
+        self.0.store(band as usize, Ordering::Relaxed);
+    }
 }
 
 /// Which consumer to pull from and how much to hold.
@@ -181,6 +203,8 @@ pub(crate) struct Room<'a> {
     permit: Option<OwnedSemaphorePermit>,
     ticket: Option<Ticket>,
     admission: Option<BoxFuture<'a, Result<Ticket, BusError>>>,
+    /// What the admission is for (a source without flows: the batch band's work, the lowest).
+    pub(crate) waiting: Arc<Waiting>,
 }
 
 impl<'a> Room<'a> {
@@ -192,6 +216,7 @@ impl<'a> Room<'a> {
             permit: None,
             ticket: None,
             admission: None,
+            waiting: Arc::new(Waiting::new(Band::Batch)),
         }
     }
 
@@ -229,7 +254,11 @@ impl<'a> Room<'a> {
         let Some(gate) = self.gate else {
             return Ok(false);
         };
-        let admitted = self.admission.get_or_insert_with(|| gate.admit()).await;
+        let waiting = self.waiting.clone();
+        let admitted = self
+            .admission
+            .get_or_insert_with(|| gate.admit(waiting))
+            .await;
         self.admission = None;
         match admitted {
             Ok(ticket) => {

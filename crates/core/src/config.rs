@@ -327,6 +327,10 @@ pub struct SchedulingConfig {
     /// Messages each flow (band × tenant) holds per process while they wait to be dispatched;
     /// a job's `priority` orders the calls a process holds of its tenant's flow.
     pub window: usize,
+    /// A tenant's backlog quota, unless `[tenants.<name>] max_queued` says otherwise: the jobs
+    /// and calls it may have waiting in JetStream (at the orchestrator's intake and at the llm
+    /// stage). Work over it is refused (`429`, or an error line for a JetStream submission).
+    pub max_queued: u64,
 }
 
 impl Default for SchedulingConfig {
@@ -335,7 +339,22 @@ impl Default for SchedulingConfig {
             standard_share: 0.1,
             batch_share: 0.1,
             window: 32,
+            max_queued: 200_000,
         }
+    }
+}
+
+/// The jobs and calls each tenant may have waiting in JetStream (see
+/// [`SchedulingConfig::max_queued`]).
+#[derive(Clone, Debug, Default)]
+pub struct QueueQuotas {
+    default: u64,
+    tenants: HashMap<Tenant, u64>,
+}
+
+impl QueueQuotas {
+    pub fn of(&self, tenant: &Tenant) -> u64 {
+        self.tenants.get(tenant).copied().unwrap_or(self.default)
     }
 }
 
@@ -351,6 +370,8 @@ pub struct TenantConfig {
     /// The highest band its JetStream submissions may ask for (`service_tier`); REST callers
     /// are capped by their API key's `max_band` instead.
     pub max_band: Band,
+    /// Its backlog quota; None: `scheduling.max_queued`.
+    pub max_queued: Option<u64>,
 }
 
 impl Default for TenantConfig {
@@ -359,6 +380,7 @@ impl Default for TenantConfig {
             weight: 1.0,
             max_inflight: None,
             max_band: Band::Standard,
+            max_queued: None,
         }
     }
 }
@@ -705,6 +727,17 @@ impl Config {
         asked.unwrap_or(Band::Batch).capped(ceiling)
     }
 
+    /// Tenants' backlog quotas.
+    pub fn queue_quotas(&self) -> QueueQuotas {
+        QueueQuotas {
+            default: self.scheduling.max_queued,
+            tenants: self
+                .tenants()
+                .filter_map(|(tenant, config)| Some((tenant, config.max_queued?)))
+                .collect(),
+        }
+    }
+
     fn tenants(&self) -> impl Iterator<Item = (Tenant, &TenantConfig)> {
         self.tenants
             .iter()
@@ -813,6 +846,10 @@ impl Config {
             self.scheduling.window >= 1,
             "scheduling.window: must be at least 1",
         );
+        require(
+            self.scheduling.max_queued >= 1,
+            "scheduling.max_queued: must be at least 1",
+        );
         for (name, tenant) in &self.tenants {
             if crate::Tenant::new(name.clone()).is_err() {
                 problems.push(format!(
@@ -825,6 +862,12 @@ impl Config {
             if tenant.max_inflight == Some(0) {
                 problems.push(format!(
                     "tenants.{name}.max_inflight: must be at least 1 (leave it out for no cap)"
+                ));
+            }
+            if tenant.max_queued == Some(0) {
+                problems.push(format!(
+                    "tenants.{name}.max_queued: must be at least 1 (leave it out for \
+                     scheduling.max_queued)"
                 ));
             }
         }

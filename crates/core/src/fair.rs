@@ -115,7 +115,8 @@ impl Default for Policy {
 }
 
 impl Policy {
-    fn share(&self, band: Band) -> f64 {
+    /// The fraction of decisions `band` keeps while higher bands' work waits (1 for the highest).
+    pub fn share(&self, band: Band) -> f64 {
         match band {
             Band::Interactive => 1.0,
             Band::Standard => self.standard_share,

@@ -152,13 +152,21 @@ impl Subjects {
         format!("llm-{}", token(route))
     }
 
-    /// The name of the flow set a flow's consumer filter (`subject`) belongs to:
-    /// `orchestrator-submit`, `llm` or `llm-<route>`; `None` for any other subject.
-    pub fn flow_set_of(&self, subject: &str) -> Option<String> {
-        for flows in [self.submit_flows(), self.llm_flows()] {
-            if flows.flow(subject).is_some() {
-                return Some(flows.consumer);
-            }
+    /// The tenant whose waiting work a message on `subject` is, and where it waits: a
+    /// submission (at the orchestrator's intake) or an llm call (a flow of the llm stage).
+    pub fn queued_work(&self, subject: &str) -> Option<(Tenant, Queue)> {
+        if let Some(tenant) = self.tenant_of_submit(subject) {
+            return Some((tenant, Queue::Intake));
+        }
+        let flow = self.llm_flow_set(subject)?.flow(subject)?;
+        Some((flow.tenant, Queue::Llm))
+    }
+
+    /// The llm flow set `subject` (a flow's subject or filter) belongs to.
+    fn llm_flow_set(&self, subject: &str) -> Option<FlowSubjects> {
+        let flows = self.llm_flows();
+        if flows.flow(subject).is_some() {
+            return Some(flows);
         }
         let route = subject
             .strip_prefix(&self.prefix)?
@@ -166,7 +174,17 @@ impl Subjects {
             .split('.')
             .next()?;
         let limited = self.limited_llm_flows(route);
-        limited.flow(subject).map(|_| limited.consumer)
+        limited.flow(subject).map(|_| limited)
+    }
+
+    /// The name of the flow set a flow's consumer filter (`subject`) belongs to:
+    /// `orchestrator-submit`, `llm` or `llm-<route>`; `None` for any other subject.
+    pub fn flow_set_of(&self, subject: &str) -> Option<String> {
+        let submit = self.submit_flows();
+        match submit.flow(subject) {
+            Some(_) => Some(submit.consumer),
+            None => self.llm_flow_set(subject).map(|flows| flows.consumer),
+        }
     }
 
     /// The core-NATS subject a publisher rings when it puts work on `subject` (a flow's), so the
@@ -282,6 +300,15 @@ impl Subjects {
     pub fn job_key_subject(&self, tenant: &Tenant, job: JobId) -> String {
         format!("$KV.{}.{}", self.jobs_bucket(), self.job_key(tenant, job))
     }
+}
+
+/// Where a tenant's work waits, for its backlog quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// Submitted, not yet taken by an orchestrator.
+    Intake,
+    /// An llm call waiting in its flow.
+    Llm,
 }
 
 /// The subjects of a stage's work split into flows, `<base>[.<lane>].<band>.<tenant>`, and the
@@ -419,6 +446,23 @@ mod tests {
             s.flow_set_of(&submitted).as_deref(),
             Some("orchestrator-submit")
         );
+        assert_eq!(
+            s.queued_work(&submitted),
+            Some((tenant.clone(), Queue::Intake))
+        );
+        assert_eq!(
+            s.queued_work("chorus.submit.acme"),
+            Some((tenant.clone(), Queue::Intake))
+        );
+        assert_eq!(
+            s.queued_work("chorus.work.llm.limited.gpt-4o.batch.acme"),
+            Some((tenant.clone(), Queue::Llm))
+        );
+        assert_eq!(
+            s.queued_work("chorus.work.llm.fast.batch.acme"),
+            Some((tenant.clone(), Queue::Llm))
+        );
+        assert_eq!(s.queued_work("chorus.work.evaluator"), None);
         let fast = s.llm_flows().subject(Some("fast"), Band::Batch, &tenant);
         assert_eq!(fast, "chorus.work.llm.fast.batch.acme");
         assert_eq!(

@@ -104,6 +104,7 @@ pub async fn create(
     let lines = file::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     check_endpoints(&lines, endpoint)?;
+    crate::quota::admit(&state, &caller.tenant, lines.len() as u64)?;
 
     let created_at = Utc::now();
     let now = created_at.timestamp_millis();
@@ -190,7 +191,7 @@ async fn publish(
             .store
             .set_batch_status(tenant, batch, BatchStatus::Failed, now_millis())
             .await;
-        return Err(ApiError::unavailable("JetStream", e));
+        return Err(ApiError::publish(e));
     }
     Ok(())
 }

@@ -10,6 +10,10 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+use chorus_bus::{BusError, BusErrorKind};
+use chorus_core::Tenant;
 use chorus_core::auth::{Scope, Scopes};
 use chorus_core::spec::{FieldError, FieldErrorKind};
 use serde_json::json;
@@ -25,6 +29,10 @@ pub const SEMANTIC_CODES: [&str; 5] = [
     "deadline_passed",
     "conflicting_parameters",
 ];
+
+/// The `retry-after` of work refused for a full queue or a used-up backlog quota: queues drain
+/// at the pace of the providers behind them, so sooner rarely helps.
+pub const RETRY_QUEUED: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -84,6 +92,22 @@ pub enum ApiError {
     /// admitted.
     #[error("too many requests for this API key; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// The tenant's backlog quota is used up: `queued` jobs and calls wait, `adding` more would
+    /// pass `quota`.
+    #[error(
+        "tenant {tenant} has {queued} jobs and calls waiting and its backlog quota is {quota}: \
+         {adding} more cannot be queued now; retry after {retry_after} s, as its work drains"
+    )]
+    OverQuota {
+        tenant: Tenant,
+        queued: u64,
+        adding: u64,
+        quota: u64,
+        retry_after: u64,
+    },
+    /// A work stream is at its size limit.
+    #[error("the work queues are full; retry after {retry_after} s, as they drain")]
+    QueuesFull { retry_after: u64 },
     /// A call the pipeline made on the client's behalf did not answer: the status and code say
     /// why (the provider refused it, stayed rate-limited, timed out, …).
     #[error("{message}")]
@@ -188,6 +212,20 @@ impl ApiError {
         }
     }
 
+    /// Publishing accepted work failed: a full work stream is a `429` to retry later, anything
+    /// else unavailable.
+    pub fn publish(error: BusError) -> Self {
+        match error.kind() {
+            BusErrorKind::Full => {
+                tracing::warn!(%error, "a work stream is full");
+                Self::QueuesFull {
+                    retry_after: RETRY_QUEUED.as_secs(),
+                }
+            }
+            _ => Self::unavailable("JetStream", error),
+        }
+    }
+
     pub fn unavailable(what: &'static str, error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "{what} failed");
         Self::Unavailable { what }
@@ -276,6 +314,18 @@ impl ApiError {
                 None,
                 "rate_limit_exceeded",
             ),
+            Self::OverQuota { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                "queue_quota_exceeded",
+            ),
+            Self::QueuesFull { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                "queues_full",
+            ),
             Self::Upstream { status, code, .. } => {
                 let kind = match status.as_u16() {
                     429 => "rate_limit_error",
@@ -297,7 +347,9 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after }
+            | Self::OverQuota { retry_after, .. }
+            | Self::QueuesFull { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
 

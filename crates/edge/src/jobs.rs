@@ -315,6 +315,7 @@ pub async fn submit(
     stream: bool,
     band: Band,
 ) -> Result<bool, ApiError> {
+    crate::quota::admit(state, tenant, 1)?;
     let now = now_millis();
     let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
         .streamed(stream)
@@ -345,7 +346,7 @@ pub async fn submit(
         state.bus.publish_all(vec![message]),
         state.jobs.create(&queued)
     );
-    published.map_err(|e| ApiError::unavailable("JetStream", e))?;
+    published.map_err(ApiError::publish)?;
     state.doorbells.ring(&state.bus, &flow).await;
     Ok(match created {
         Ok(Write::Stored(_)) => true,

@@ -30,6 +30,7 @@ pub mod files;
 pub mod jobs;
 pub mod openapi;
 pub mod probes;
+pub mod quota;
 pub mod state;
 
 use axum::Router;

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_bus::Bus;
+use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::JobStore;
-use chorus_core::config::DlqConfig;
+use chorus_core::config::{DlqConfig, QueueQuotas};
 use chorus_llm::Routes;
 use chorus_store::Store;
 
@@ -32,6 +33,9 @@ pub struct AppState {
     pub dlq: DlqConfig,
     /// Rung as submissions are published, so the orchestrators pull a new flow at once.
     pub doorbells: Arc<Doorbells>,
+    /// Tenants' waiting work, and how much each may have (`quota`).
+    pub backlogs: Arc<Backlogs>,
+    pub quotas: QueueQuotas,
 }
 
 impl axum::extract::FromRef<AppState> for ProbeState {

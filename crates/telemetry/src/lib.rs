@@ -78,9 +78,10 @@ pub mod names {
     pub const CONSUMER_PENDING: &str = "chorus_consumer_pending";
     pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
     pub const QUEUE_WAIT: &str = "chorus_queue_wait_seconds";
+    pub const QUOTA_REFUSED: &str = "chorus_quota_refused_total";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -98,6 +99,7 @@ pub mod names {
         CONSUMER_PENDING,
         CONSUMER_ACK_PENDING,
         QUEUE_WAIT,
+        QUOTA_REFUSED,
     ];
 }
 
@@ -182,7 +184,12 @@ fn describe() {
     describe_histogram!(
         QUEUE_WAIT,
         Unit::Seconds,
-        "Time from a unit of work's publish to the scheduler handing it to a worker, by route and band."
+        "Time from a unit of work's publish to the scheduler handing it to a worker, by stage, route and band."
+    );
+    describe_counter!(
+        QUOTA_REFUSED,
+        Unit::Count,
+        "Jobs refused because their tenant's backlog quota was used up, by where (edge: answered 429; jetstream: an error result line)."
     );
 }
 

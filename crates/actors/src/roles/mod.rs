@@ -16,15 +16,18 @@ pub mod persister;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::Cancels;
+use chorus_bus::claims::{self, Claims};
 use chorus_bus::definitions::{ConsumerDef, DefinitionError, Definitions};
 use chorus_bus::delivery::Ticket;
 use chorus_bus::fair::{Doorbells, Flows};
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::{Limits, RouteLimiter, RouteLimits};
 use chorus_bus::publish::Outgoing;
-use chorus_bus::source::{Gate, Pull};
+use chorus_bus::source::{Gate, Pull, Waiting};
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::Config;
@@ -159,6 +162,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub bus: Bus,
     pub routes: Arc<Routes>,
+    /// Tenants' waiting work, counted for their backlog quotas.
+    pub backlogs: Arc<Backlogs>,
 }
 
 fn pull(stream: String, consumer: &str, max_in_flight: usize) -> Pull {
@@ -179,6 +184,8 @@ pub async fn orchestrator(
         cancels: Cancels::open(&ctx.bus).await?.watch().await?,
         config: ctx.config.clone(),
         doorbells: Doorbells::default(),
+        backlogs: ctx.backlogs.clone(),
+        quotas: ctx.config.queue_quotas(),
     });
     let cache = config.cache_per_worker;
     let submit = ctx.bus.subjects.stream("submit");
@@ -248,18 +255,47 @@ pub fn limited_routes(config: &Config) -> HashMap<String, RouteLimits> {
         .collect()
 }
 
-/// Admits a limited route's next call: a concurrency slot, then a request slot.
+/// Admits a limited route's next call: a concurrency slot, then a request slot — holding back
+/// while another process claims the route for a higher band, and claiming it while this
+/// process's best waiting call is above the batch band ([`Claims`]).
 struct RouteGate {
     route: String,
     limiter: RouteLimiter,
+    claims: Arc<Claims>,
+}
+
+impl RouteGate {
+    /// Claims the route for `waiting`'s band every [`claims::REFRESH`] until dropped; notes in
+    /// `claimed` whether it did.
+    async fn claim(&self, waiting: &Waiting, claimed: &AtomicBool) {
+        loop {
+            if self.claims.claim(waiting.band()).await {
+                claimed.store(true, Ordering::Relaxed);
+            }
+            tokio::time::sleep(claims::REFRESH).await;
+        }
+    }
 }
 
 impl Gate for RouteGate {
-    fn admit(&self) -> BoxFuture<'_, Result<Ticket, BusError>> {
+    fn admit(&self, waiting: Arc<Waiting>) -> BoxFuture<'_, Result<Ticket, BusError>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let lease = self.limiter.acquire_slot().await?;
-            self.limiter.admit_request().await?;
+            let defers = self.claims.defers(waiting.band());
+            let defer = || defers && self.claims.outranked(waiting.band());
+            let admitted = async {
+                let lease = self.limiter.acquire_slot_unless(&defer).await?;
+                self.limiter.admit_request_unless(&defer).await?;
+                Ok::<_, BusError>(lease)
+            };
+            let claimed = AtomicBool::new(false);
+            let lease = tokio::select! {
+                lease = admitted => lease?,
+                () = self.claim(&waiting, &claimed) => unreachable!("a claim lasts until admitted"),
+            };
+            if claimed.load(Ordering::Relaxed) {
+                self.claims.release().await;
+            }
             metrics::histogram!(chorus_telemetry::names::LLM_LIMITER_WAIT, "route" => self.route.clone())
                 .record(started.elapsed().as_secs_f64());
             Ok(Ticket(Box::new(lease)))
@@ -297,6 +333,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         })
     };
     let window = ctx.config.scheduling.window;
+    let stop = CancellationToken::new();
     // Routes without limits share one set of flows, laned by route.
     let mut unlimited = pull(work.clone(), "llm", window);
     unlimited.flows = Some(flows(subjects.llm_flows(), "llm"));
@@ -309,6 +346,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         let gate: Arc<dyn Gate> = Arc::new(RouteGate {
             route: name.clone(),
             limiter: limiter.clone(),
+            claims: Claims::open(&ctx.bus, &name, ctx.config.fair_policy(), stop.clone()).await?,
         });
         let mut limited = pull(work.clone(), "llm", window);
         limited.flows = Some(flows(subjects.limited_llm_flows(&name), &name));
@@ -324,7 +362,6 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         }
         limiters.insert(name, limiter);
     }
-    let stop = CancellationToken::new();
     let shared = Arc::new(llm::Shared {
         bus: ctx.bus.clone(),
         stop: stop.clone(),

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
+use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::CancelSet;
 use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::{Applied, JobStore, Start};
@@ -23,7 +24,7 @@ use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::batch::{Endpoint, Origin};
 use chorus_core::codec::{self, headers};
-use chorus_core::config::Config;
+use chorus_core::config::{Config, QueueQuotas};
 use chorus_core::ids::{JobId, Tenant, msg_id, now_millis};
 use chorus_core::job::{Effect, Input, JobState};
 use chorus_core::messages::{EvaluationResult, JobAbort, StepResult, Submission};
@@ -53,6 +54,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The flows this process rang lately.
     pub doorbells: Doorbells,
+    /// Tenants' waiting work, and how much each may have: a JetStream submission over its
+    /// tenant's quota is answered with an error line instead of being queued.
+    pub backlogs: Arc<Backlogs>,
+    pub quotas: QueueQuotas,
 }
 
 pub struct Orchestrator {
@@ -110,6 +115,15 @@ enum Rejected {
     },
     #[error("invalid job spec: {}", join(problems))]
     Invalid { problems: Vec<FieldError> },
+    #[error(
+        "tenant {tenant} has {queued} calls waiting and its backlog quota is {quota}: this line \
+         was not queued; submit it again as the backlog drains"
+    )]
+    OverQuota {
+        tenant: Tenant,
+        queued: u64,
+        quota: u64,
+    },
 }
 
 fn join(problems: &[FieldError]) -> String {
@@ -124,6 +138,7 @@ impl Rejected {
             Self::NotMessagePack { .. } | Self::NotJson { .. } | Self::Invalid { .. } => {
                 "invalid_spec"
             }
+            Self::OverQuota { .. } => "queue_quota_exceeded",
         }
     }
 }
@@ -161,6 +176,13 @@ impl Handler for Orchestrator {
                 // A JetStream submitter hears of it on its results subject, as a batch error line.
                 if let Some(origin) = self.external_origin(&delivery) {
                     self.publish_rejection(&delivery, &origin, &rejected).await;
+                }
+                // Refused, as the edge answers 429: the submitter's to send again, not ops'.
+                if let Rejected::OverQuota { .. } = rejected {
+                    metrics::counter!(chorus_telemetry::names::QUOTA_REFUSED, "via" => "jetstream")
+                        .increment(1);
+                    let _ = delivery.ack().await;
+                    return Next::Done;
                 }
                 let failure = Failure::new(rejected.kind(), &rejected);
                 dead_letter(bus, Stage::Orchestrator, delivery, failure, stop).await;
@@ -277,6 +299,7 @@ impl Orchestrator {
                         .shared
                         .config
                         .jetstream_band(&tenant, spec.service_tier);
+                    self.within_quota(&tenant)?;
                     (
                         external_job_id(&tenant, delivery),
                         spec,
@@ -300,6 +323,8 @@ impl Orchestrator {
                 .with_origin(origin)
                 .streamed(stream)
                 .in_band(band);
+            // Its call waits at the llm stage from now: counted there before the next count.
+            self.shared.backlogs.taken(&tenant);
             return Ok(Event {
                 tenant,
                 job,
@@ -454,6 +479,22 @@ impl Orchestrator {
             endpoint,
             line: sequence,
         })
+    }
+
+    /// Takes a JetStream submission of `tenant`'s if its calls waiting at the llm stage are
+    /// within its backlog quota (its submissions waiting here are in arrival order: those past
+    /// the quota are the ones refused).
+    fn within_quota(&self, tenant: &Tenant) -> Result<(), Rejected> {
+        let quota = self.shared.quotas.of(tenant);
+        let queued = self.shared.backlogs.of(tenant).llm;
+        if queued >= quota {
+            return Err(Rejected::OverQuota {
+                tenant: tenant.clone(),
+                queued,
+                quota,
+            });
+        }
+        Ok(())
     }
 
     /// Publishes the error line of a submission that never became a job.
