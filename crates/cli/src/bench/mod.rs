@@ -4,11 +4,13 @@
 //!
 //! - [`pipeline`] (the default): jobs through every role, beside raw JetStream rates.
 //! - [`ratelimit`]: llm processes sharing one rate-limited route on the mock provider.
+//! - [`fairness`]: three tenants on one limited route: two batch backlogs and interactive calls.
 //!
 //! The scenarios on a limited route share the pieces here: llm worker processes
 //! ([`spawn_worker`], [`stop`], [`exited`]), JetStream submissions ([`submit`]) and the most
 //! calls a limit admits in a window ([`ceiling`]).
 
+mod fairness;
 mod pipeline;
 mod ratelimit;
 
@@ -43,6 +45,9 @@ enum Scenario {
     /// llm processes sharing one route limited in requests per minute, on the mock provider:
     /// the busiest 60-second window against the limit, and how much of the limit was served.
     Ratelimit(ratelimit::RatelimitArgs),
+    /// Three tenants on one limited route: A's and B's batch backlogs share it by weight while
+    /// C's interactive chat completions go first; C's latency, the token shares, the ceiling.
+    Fairness(fairness::FairnessArgs),
 }
 
 /// Where the server and database come from.
@@ -62,6 +67,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
         None => pipeline::run(config, args.pipeline).await,
         Some(Scenario::Pipeline(args)) => pipeline::run(config, args).await,
         Some(Scenario::Ratelimit(args)) => ratelimit::run(config, args).await,
+        Some(Scenario::Fairness(args)) => fairness::run(config, args).await,
     }
 }
 
