@@ -45,8 +45,8 @@ enum Scenario {
     /// llm processes sharing one route limited in requests per minute, on the mock provider:
     /// the busiest 60-second window against the limit, and how much of the limit was served.
     Ratelimit(ratelimit::RatelimitArgs),
-    /// Three tenants on one limited route: A's and B's batch backlogs share it by weight while
-    /// C's interactive chat completions go first; C's latency, the token shares, the ceiling.
+    /// Three tenants on one limited route: a's and b's batch backlogs share it by weight while
+    /// c's chat completions go first; c's latency, the token shares, the ceiling, utilisation.
     Fairness(fairness::FairnessArgs),
 }
 
