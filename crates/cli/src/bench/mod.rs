@@ -4,15 +4,28 @@
 //!
 //! - [`pipeline`] (the default): jobs through every role, beside raw JetStream rates.
 //! - [`ratelimit`]: llm processes sharing one rate-limited route on the mock provider.
+//! - [`fairness`]: three tenants on one limited route: two batch backlogs and interactive calls.
+//!
+//! The scenarios on a limited route share the pieces here: llm worker processes
+//! ([`spawn_worker`], [`stop`], [`exited`]), JetStream submissions ([`submit`]) and the most
+//! calls a limit admits in a window ([`ceiling`]).
 
+mod fairness;
 mod pipeline;
 mod ratelimit;
 
+use std::future::IntoFuture;
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use chorus_core::Tenant;
 use chorus_core::config::Config;
 use clap::Subcommand;
+use futures::StreamExt;
 use tempfile::TempDir;
+use tokio::process::{Child, Command};
 
 use chorus_bus::natsd::NatsProcess;
 
@@ -32,6 +45,9 @@ enum Scenario {
     /// llm processes sharing one route limited in requests per minute, on the mock provider:
     /// the busiest 60-second window against the limit, and how much of the limit was served.
     Ratelimit(ratelimit::RatelimitArgs),
+    /// Three tenants on one limited route: a's and b's batch backlogs share it by weight while
+    /// c's chat completions go first; c's latency, the token shares, the ceiling, utilisation.
+    Fairness(fairness::FairnessArgs),
 }
 
 /// Where the server and database come from.
@@ -51,6 +67,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
         None => pipeline::run(config, args.pipeline).await,
         Some(Scenario::Pipeline(args)) => pipeline::run(config, args).await,
         Some(Scenario::Ratelimit(args)) => ratelimit::run(config, args).await,
+        Some(Scenario::Fairness(args)) => fairness::run(config, args).await,
     }
 }
 
@@ -122,6 +139,83 @@ impl Bench {
             }
         }
     }
+}
+
+/// `chorus serve --roles llm` with the bench's configuration.
+fn spawn_worker(config: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the chorus binary")?;
+    Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .args(["serve", "--roles", "llm"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start an llm worker process")
+}
+
+/// An error if a worker process has exited: they run until the bench stops them.
+fn exited(workers: &mut [Child]) -> anyhow::Result<()> {
+    for worker in workers {
+        if let Some(status) = worker.try_wait()? {
+            anyhow::bail!("an llm worker process exited ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL if it has not drained within 15 s.
+async fn stop(worker: &mut Child) {
+    if let Some(pid) = worker.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(15), worker.wait())
+        .await
+        .is_err()
+    {
+        let _ = worker.kill().await;
+    }
+}
+
+/// Publishes each `(id, spec)` as a JetStream submission of `tenant` in `batch` (the batch band),
+/// `id` as its `Nats-Msg-Id` and `Chorus-Custom-Id`, with up to 256 acks outstanding.
+async fn submit(
+    bus: &chorus_bus::Bus,
+    tenant: &Tenant,
+    batch: &str,
+    specs: impl IntoIterator<Item = (String, serde_json::Value)>,
+) -> anyhow::Result<()> {
+    let subject = bus.subjects.submit(tenant);
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (id, spec) in specs {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers.insert("Chorus-Custom-Id", id.as_str());
+        headers.insert("Chorus-Batch", batch);
+        headers.insert("Content-Type", "application/json");
+        pending.push(
+            bus.js
+                .publish_with_headers(subject.clone(), headers, spec.to_string().into())
+                .await?
+                .into_future(),
+        );
+        if pending.len() >= 256 {
+            pending.next().await.transpose()?;
+        }
+    }
+    while pending.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// ⌊W·rpm/60⌋ + 1: the most calls a route limited to `rpm` admits in any `window`, since its
+/// limiter spaces requests at least 60 s / rpm apart.
+fn ceiling(window: Duration, rpm: u32) -> usize {
+    (window.as_secs_f64() * f64::from(rpm) / 60.0) as usize + 1
 }
 
 /// Peak resident memory of a process (`self` or a pid), from /proc.

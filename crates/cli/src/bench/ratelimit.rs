@@ -7,19 +7,15 @@
 //! NATS KV), so a window of W seconds can see at most ⌊W·rpm/60⌋ + 1 calls: 601 for 600 rpm over
 //! 60 s. Exceeding it fails the run.
 
-use std::future::IntoFuture;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, ensure};
 use chorus_core::Tenant;
 use chorus_core::config::{Config, RouteConfig};
 use chorus_mock_llm::{Behaviour, MockLlm, most_in_window};
-use futures::StreamExt;
 use serde::Serialize;
-use tokio::process::{Child, Command};
 
-use super::{Bench, Target};
+use super::{Bench, Target, ceiling, exited, spawn_worker, stop, submit};
 use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
@@ -117,7 +113,14 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
     // A backlog the limit cannot drain within the measurement.
     let backlog = (f64::from(args.rpm) * (args.duration.as_secs_f64() + 30.0) / 60.0).ceil();
     let bus = chorus_app::connect(&config, "chorus bench").await?;
-    submit(&bus, backlog as usize).await?;
+    let specs = (0..backlog as usize).map(|i| {
+        let spec = serde_json::json!({
+            "model": ROUTE,
+            "messages": [{"role": "user", "content": format!("Request {i}: say ok.")}],
+        });
+        (format!("ratelimit-{i}"), spec)
+    });
+    submit(&bus, &Tenant::new("bench")?, "ratelimit", specs).await?;
     eprintln!(
         "{backlog} jobs queued for route {ROUTE} ({} rpm) on {} llm processes; measuring {:?} from the first call",
         args.rpm, args.processes, args.duration
@@ -128,11 +131,7 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
         if let Some(&first) = mock.arrivals(ROUTE).first() {
             break first;
         }
-        for worker in &mut workers {
-            if let Some(status) = worker.try_wait()? {
-                anyhow::bail!("an llm worker process exited at start-up ({status})");
-            }
-        }
+        exited(&mut workers)?;
         ensure!(
             waiting.elapsed() < Duration::from_secs(60),
             "no call reached the mock provider within 60 s"
@@ -156,8 +155,6 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
     runtime.run_until(async {}).await?;
 
     let window = WINDOW.min(args.duration);
-    let ceiling =
-        |window: Duration| (window.as_secs_f64() * f64::from(args.rpm) / 60.0) as usize + 1;
     let allowed = args.duration.as_secs_f64() * f64::from(args.rpm) / 60.0;
     Ok(Report {
         rpm: args.rpm,
@@ -166,69 +163,11 @@ async fn measure(bench: &Bench, args: &RatelimitArgs) -> anyhow::Result<Report> 
         calls: arrivals.len(),
         window_seconds: window.as_secs(),
         most_in_window: most_in_window(&arrivals, window),
-        ceiling: ceiling(window),
+        ceiling: ceiling(window, args.rpm),
         most_in_one_second: most_in_window(&arrivals, Duration::from_secs(1)),
-        one_second_ceiling: ceiling(Duration::from_secs(1)),
+        one_second_ceiling: ceiling(Duration::from_secs(1), args.rpm),
         utilisation: arrivals.len() as f64 / allowed,
     })
-}
-
-/// `chorus serve --roles llm` with the bench's configuration.
-fn spawn_worker(config: &std::path::Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the chorus binary")?;
-    Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .args(["serve", "--roles", "llm"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start an llm worker process")
-}
-
-/// SIGTERM, then SIGKILL if it has not drained within 15 s.
-async fn stop(worker: &mut Child) {
-    if let Some(pid) = worker.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(Duration::from_secs(15), worker.wait())
-        .await
-        .is_err()
-    {
-        let _ = worker.kill().await;
-    }
-}
-
-/// Publishes `jobs` one-call jobs on the route, the way a JetStream submitter does.
-async fn submit(bus: &chorus_bus::Bus, jobs: usize) -> anyhow::Result<()> {
-    let tenant = Tenant::new("bench")?;
-    let subject = bus.subjects.submit(&tenant);
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for i in 0..jobs {
-        let body = serde_json::json!({
-            "model": ROUTE,
-            "messages": [{"role": "user", "content": format!("Request {i}: say ok.")}],
-        });
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("ratelimit-{i}").as_str());
-        headers.insert("Content-Type", "application/json");
-        pending.push(
-            bus.js
-                .publish_with_headers(subject.clone(), headers, body.to_string().into())
-                .await?
-                .into_future(),
-        );
-        if pending.len() >= 256 {
-            pending.next().await.transpose()?;
-        }
-    }
-    while pending.next().await.transpose()?.is_some() {}
-    Ok(())
 }
 
 fn print_report(r: &Report) {
