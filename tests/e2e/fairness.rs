@@ -342,6 +342,61 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
     );
 }
 
+/// `chorus_tenant_inflight` counts the calls processes hold per route and tenant: a tenant named
+/// in the configuration has its own series, any other is counted as `other`.
+#[tokio::test]
+async fn tenant_inflight_counts_named_tenants_and_the_rest_as_other() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "gpt",
+        Behaviour::answer("ok").with_latency(Duration::from_millis(2000)),
+    );
+    let mut config = test_config(&nats, &db);
+    config.routes.push(RouteConfig {
+        max_concurrency: Some(4),
+        timeout: Duration::from_secs(10),
+        ..mock_route("gpt", &mock, "gpt")
+    });
+    config
+        .tenants
+        .insert("acme".into(), chorus_core::config::TenantConfig::default());
+    let app = TestApp::start(config).await;
+    tokio::join!(
+        backlog(&app, "acme", "gpt", "A", 20, 16),
+        backlog(&app, "beta", "gpt", "B", 20, 16),
+    );
+    let series = |text: &str, tenant: &str| -> f64 {
+        let prefix = format!("chorus_tenant_inflight{{route=\"gpt\",tenant=\"{tenant}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let text = wait::until(
+        Duration::from_secs(30),
+        "both tenants in flight",
+        || async {
+            let text = app
+                .client
+                .get(format!("{}/metrics", app.base))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (series(&text, "acme") >= 1.0 && series(&text, "other") >= 1.0).then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        !text.contains("tenant=\"beta\""),
+        "an unnamed tenant got a series of its own"
+    );
+}
+
 /// Submits beta's interactive call and counts acme's calls the provider saw after the call was
 /// queued on `flow` and before it, from `seen` (every call's text, in arrival order).
 async fn overtakes(

@@ -229,6 +229,7 @@ pub async fn start(
         false => Arc::default(),
     };
     let counting = counting.drop_guard();
+    let named = Arc::new(config.named_tenants());
     let ctx = Context {
         config: config.clone(),
         bus: bus.clone(),
@@ -286,6 +287,7 @@ pub async fn start(
                         doorbells: Arc::default(),
                         backlogs: backlogs.clone(),
                         quotas: config.queue_quotas(),
+                        named: named.clone(),
                     }),
                     config.supervision.drain_timeout,
                 ))
@@ -309,6 +311,7 @@ pub async fn start(
         let probes = ProbeState {
             bus: bus.clone(),
             store: store.clone(),
+            named: named.clone(),
         };
         started.push(Box::new(HttpRole::new(
             "probes",

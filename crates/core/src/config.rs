@@ -727,6 +727,11 @@ impl Config {
         asked.unwrap_or(Band::Batch).capped(ceiling)
     }
 
+    /// The tenants `[tenants.<name>]` names.
+    pub fn named_tenants(&self) -> HashSet<Tenant> {
+        self.tenants().map(|(tenant, _)| tenant).collect()
+    }
+
     /// Tenants' backlog quotas.
     pub fn queue_quotas(&self) -> QueueQuotas {
         QueueQuotas {

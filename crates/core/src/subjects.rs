@@ -162,6 +162,17 @@ impl Subjects {
         Some((flow.tenant, Queue::Llm))
     }
 
+    /// The route (as its [`token`]) and the flow of an llm flow's subject or filter.
+    pub fn llm_flow(&self, subject: &str) -> Option<(String, Flow)> {
+        let flows = self.llm_flow_set(subject)?;
+        let flow = flows.flow(subject)?;
+        let route = match &flow.lane {
+            Some(lane) => lane.clone(),
+            None => flows.consumer.strip_prefix("llm-")?.to_owned(),
+        };
+        Some((route, flow))
+    }
+
     /// The llm flow set `subject` (a flow's subject or filter) belongs to.
     fn llm_flow_set(&self, subject: &str) -> Option<FlowSubjects> {
         let flows = self.llm_flows();
@@ -463,6 +474,14 @@ mod tests {
             Some((tenant.clone(), Queue::Llm))
         );
         assert_eq!(s.queued_work("chorus.work.evaluator"), None);
+        let (route, flow) = s
+            .llm_flow("chorus.work.llm.limited.gpt-4o.batch.acme")
+            .expect("a flow");
+        assert_eq!((route.as_str(), flow.band), ("gpt-4o", Band::Batch));
+        let (route, _) = s
+            .llm_flow("chorus.work.llm.fast.batch.acme")
+            .expect("a flow");
+        assert_eq!(route, "fast");
         let fast = s.llm_flows().subject(Some("fast"), Band::Batch, &tenant);
         assert_eq!(fast, "chorus.work.llm.fast.batch.acme");
         assert_eq!(

@@ -7,7 +7,8 @@
 //! kept per stage, and each durable consumer's backlog (`pending`) and unacknowledged deliveries
 //! (`ack_pending`). Ephemeral consumers (KV watchers) are left out: their names are random.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::openapi::{Health, Readiness};
 use axum::extract::{FromRef, State};
@@ -15,6 +16,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chorus_bus::Bus;
+use chorus_core::Tenant;
 use chorus_store::Store;
 use chorus_telemetry::names;
 use futures::StreamExt;
@@ -25,6 +27,9 @@ pub struct ProbeState {
     pub bus: Bus,
     /// The database, for a process that uses one.
     pub store: Option<Store>,
+    /// The tenants named in the configuration: each gets series of its own in
+    /// `chorus_tenant_inflight`, every other tenant counts as `other`.
+    pub named: Arc<HashSet<Tenant>>,
 }
 
 /// `/health`, `/ready` and `/metrics`, for any router whose state holds a [`ProbeState`].
@@ -110,7 +115,10 @@ pub async fn metrics(State(state): State<ProbeState>) -> (StatusCode, String) {
             "no metrics recorder".into(),
         );
     };
-    tokio::join!(dead_letters(&state.bus), consumers(&state.bus));
+    tokio::join!(
+        dead_letters(&state.bus),
+        consumers(&state.bus, &state.named)
+    );
     (StatusCode::OK, handle.render())
 }
 
@@ -139,7 +147,7 @@ async fn dead_letters(bus: &Bus) {
 /// Chorus's streams (those named with its prefix, and its KV buckets'). The consumers of flows
 /// (one per band and tenant) are summed under the name of their flow set (`llm`,
 /// `llm-<route>`), so the series stay as few as the stages and routes.
-async fn consumers(bus: &Bus) {
+async fn consumers(bus: &Bus, named: &HashSet<Tenant>) {
     let mut listed = bus.js.stream_names();
     let mut streams = Vec::new();
     while let Some(Ok(name)) = listed.next().await {
@@ -148,6 +156,7 @@ async fn consumers(bus: &Bus) {
         }
     }
     let mut totals: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut inflight: BTreeMap<(String, String), u64> = BTreeMap::new();
     for name in streams {
         let Ok(stream) = bus.js.get_stream_no_info(&name).await else {
             continue;
@@ -157,10 +166,15 @@ async fn consumers(bus: &Bus) {
             if info.config.durable_name.is_none() {
                 continue;
             }
-            let consumer = bus
-                .subjects
-                .flow_set_of(&info.config.filter_subject)
-                .unwrap_or(info.name);
+            let filter = &info.config.filter_subject;
+            if let Some((route, flow)) = bus.subjects.llm_flow(filter) {
+                let tenant = match named.contains(&flow.tenant) {
+                    true => flow.tenant.to_string(),
+                    false => OTHER_TENANTS.to_owned(),
+                };
+                *inflight.entry((route, tenant)).or_default() += info.num_ack_pending as u64;
+            }
+            let consumer = bus.subjects.flow_set_of(filter).unwrap_or(info.name);
             let total = totals.entry((name.clone(), consumer)).or_default();
             total.0 += info.num_pending;
             total.1 += info.num_ack_pending as u64;
@@ -171,4 +185,22 @@ async fn consumers(bus: &Bus) {
         metrics::gauge!(names::CONSUMER_PENDING, &labels).set(pending as f64);
         metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels).set(ack_pending as f64);
     }
+    // A series whose flows are gone reads 0, not its last value.
+    static REPORTED: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    let mut reported = REPORTED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for gone in reported.iter().filter(|key| !inflight.contains_key(*key)) {
+        let labels = [("route", gone.0.clone()), ("tenant", gone.1.clone())];
+        metrics::gauge!(names::TENANT_INFLIGHT, &labels).set(0.0);
+    }
+    for ((route, tenant), calls) in inflight {
+        let labels = [("route", route.clone()), ("tenant", tenant.clone())];
+        metrics::gauge!(names::TENANT_INFLIGHT, &labels).set(calls as f64);
+        reported.insert((route, tenant));
+    }
 }
+
+/// The `tenant` of `chorus_tenant_inflight` for every tenant the configuration does not name.
+pub const OTHER_TENANTS: &str = "other";

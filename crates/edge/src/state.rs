@@ -1,5 +1,6 @@
 //! What every request handler shares.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::JobStore;
+use chorus_core::Tenant;
 use chorus_core::config::{DlqConfig, QueueQuotas};
 use chorus_llm::Routes;
 use chorus_store::Store;
@@ -36,6 +38,8 @@ pub struct AppState {
     /// Tenants' waiting work, and how much each may have (`quota`).
     pub backlogs: Arc<Backlogs>,
     pub quotas: QueueQuotas,
+    /// The tenants named in the configuration (for `chorus_tenant_inflight`).
+    pub named: Arc<HashSet<Tenant>>,
 }
 
 impl axum::extract::FromRef<AppState> for ProbeState {
@@ -43,6 +47,7 @@ impl axum::extract::FromRef<AppState> for ProbeState {
         ProbeState {
             bus: state.bus.clone(),
             store: Some(state.store.clone()),
+            named: state.named.clone(),
         }
     }
 }

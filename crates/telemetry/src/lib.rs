@@ -79,9 +79,10 @@ pub mod names {
     pub const CONSUMER_ACK_PENDING: &str = "chorus_consumer_ack_pending";
     pub const QUEUE_WAIT: &str = "chorus_queue_wait_seconds";
     pub const QUOTA_REFUSED: &str = "chorus_quota_refused_total";
+    pub const TENANT_INFLIGHT: &str = "chorus_tenant_inflight";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -100,6 +101,7 @@ pub mod names {
         CONSUMER_ACK_PENDING,
         QUEUE_WAIT,
         QUOTA_REFUSED,
+        TENANT_INFLIGHT,
     ];
 }
 
@@ -185,6 +187,11 @@ fn describe() {
         QUEUE_WAIT,
         Unit::Seconds,
         "Time from a unit of work's publish to the scheduler handing it to a worker, by stage, route and band."
+    );
+    describe_gauge!(
+        TENANT_INFLIGHT,
+        Unit::Count,
+        "llm calls fetched by a process (waiting at a route's gate, or running), by route and tenant: the tenants named in the configuration each, every other as `other`; read at each scrape."
     );
     describe_counter!(
         QUOTA_REFUSED,
