@@ -397,6 +397,67 @@ async fn tenant_inflight_counts_named_tenants_and_the_rest_as_other() {
     );
 }
 
+/// A waiting job says why and where, on `GET /v1/jobs/{id}` and in its first `status` event:
+/// behind its own tenant's calls on a limited route, with its band, route and position.
+#[tokio::test]
+async fn a_waiting_job_says_why_and_where() {
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "gpt",
+        Behaviour::answer("ok").with_latency(Duration::from_millis(1000)),
+    );
+    let mut config = test_config(&nats, &db);
+    config.routes.push(RouteConfig {
+        max_concurrency: Some(1),
+        timeout: Duration::from_secs(10),
+        ..mock_route("gpt", &mock, "gpt")
+    });
+    // Each process holds 2 calls of a flow: the rest wait on the server, for the tenant's share.
+    config.scheduling.window = 2;
+    let app = TestApp::start(config).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let response = app.post_job(&single("gpt", &format!("job {i}")), "").await;
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.expect("json");
+        ids.push(job["id"].as_str().expect("id").to_owned());
+    }
+    let last = ids.last().expect("a job");
+    let waiting = wait::until(Duration::from_secs(20), "the last job waiting", || async {
+        let (_, job) = app.get_job(last).await;
+        (job["waiting"]["reason"] == "tenant share").then(|| job["waiting"].clone())
+    })
+    .await;
+    assert_eq!(waiting["band"], "standard", "{waiting}");
+    assert_eq!(waiting["route"], "gpt", "{waiting}");
+    let position = waiting["position"].as_u64().expect("a position");
+    let queued = waiting["queued"].as_u64().expect("queued");
+    assert!((1..8).contains(&position), "{waiting}");
+    assert!(queued > 0 && queued <= 8, "{waiting}");
+
+    let events = app
+        .client
+        .get(format!("{}/v1/jobs/{last}/events", app.base))
+        .send()
+        .await
+        .expect("GET events");
+    let mut body = events.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = body.next().await.expect("an event").expect("bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .expect("data");
+    let event: Value = serde_json::from_str(data).expect("JSON");
+    assert_eq!(event["waiting"]["band"], "standard", "{event}");
+    assert_eq!(event["waiting"]["route"], "gpt", "{event}");
+}
+
 /// Submits beta's interactive call and counts acme's calls the provider saw after the call was
 /// queued on `flow` and before it, from `seen` (every call's text, in arrival order).
 async fn overtakes(

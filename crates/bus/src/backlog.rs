@@ -134,7 +134,11 @@ impl Backlogs {
 }
 
 /// The messages `stream` holds on each subject matching `subjects`.
-async fn count(bus: &Bus, stream: &str, subjects: &str) -> Result<Vec<(String, u64)>, BusError> {
+pub(crate) async fn count(
+    bus: &Bus,
+    stream: &str,
+    subjects: &str,
+) -> Result<Vec<(String, u64)>, BusError> {
     let stream = bus
         .js
         .get_stream_no_info(stream)

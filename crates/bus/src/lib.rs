@@ -28,6 +28,7 @@ pub mod limits;
 pub mod natsd;
 pub mod publish;
 pub mod source;
+pub mod waiting;
 
 pub use connect::Bus;
 pub use delivery::Delivery;

@@ -70,6 +70,26 @@ impl Band {
     }
 }
 
+/// Why and where an unfinished job waits: the `waiting` of `GET /v1/jobs/{id}` and of its
+/// `status` events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Waiting {
+    /// `intake` (no orchestrator has taken the job yet), `route <name>: rate limit` (its call is
+    /// next for the route's limits, or held at them), or `tenant share` (its call waits behind
+    /// `position` calls of its own tenant and band, for its tenant's share).
+    pub reason: String,
+    pub band: Band,
+    /// The route its call waits for; absent at intake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The jobs or calls of its tenant and band (and route) to be taken before it; null when
+    /// more than Chorus looks through to place it.
+    pub position: Option<u64>,
+    /// All of them waiting, itself included.
+    pub queued: u64,
+}
+
 /// A band name that is none of Chorus's.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown band `{name}`: use interactive, standard or batch")]

@@ -1,8 +1,9 @@
 //! `GET /v1/jobs/{id}/events`: a job's lifecycle as Server-Sent Events.
 //!
 //! - `event: status`, data `{"id", "status", "version", "steps": [{"index", "kind", "persona",
-//!   "route", "status"}], "updated_at"}`: sent first with the job's current state, then whenever
-//!   the job's status or a step's status changes (a new version changing neither sends nothing).
+//!   "route", "status"}], "updated_at", "waiting"?}`: sent first with the job's current state,
+//!   then whenever the job's status or a step's status changes (a new version changing neither
+//!   sends nothing); `waiting` (see [`crate::waiting`]) as it was when the event was sent.
 //! - `event: done`, data the job's full record (what `GET /v1/jobs/{id}` answers): sent once the
 //!   job's final state is committed in the database; then the stream ends. A job already committed
 //!   gets only this event.
@@ -29,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use chorus_bus::BusError;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
+use chorus_core::fair::Waiting;
 use chorus_core::ids::JobId;
 use chorus_core::job::{JobState, JobStatus, StepKind, StepStatus};
 use chorus_store::JobRecord;
@@ -163,7 +165,7 @@ impl Follow {
                 watched = watched => {
                     match watched {
                         Some(Ok((live, _))) => {
-                            if let Some(event) = self.progress(&live) {
+                            if let Some(event) = self.progress(&live).await {
                                 return Some(event);
                             }
                         }
@@ -191,11 +193,11 @@ impl Follow {
     }
 
     /// A `status` event for a new live state, unless it changes nothing a follower sees.
-    fn progress(&mut self, live: &JobState) -> Option<Event> {
+    async fn progress(&mut self, live: &JobState) -> Option<Event> {
         if live.status.is_terminal() {
             self.poll.get_or_insert_with(poll_timer);
         }
-        let event = StatusEvent::of(live, self.last.as_ref());
+        let mut event = StatusEvent::of(live, self.last.as_ref());
         if self
             .last
             .as_ref()
@@ -203,6 +205,7 @@ impl Follow {
         {
             return None;
         }
+        event.waiting = crate::waiting::of(&self.state, live).await;
         let sent = status(&event);
         self.last = Some(event);
         sent
@@ -262,6 +265,9 @@ pub struct StatusEvent {
     version: u64,
     steps: Vec<StepSummary>,
     updated_at: String,
+    /// Why and where the job waits, as it was when the event was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<Waiting>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -298,6 +304,7 @@ impl StatusEvent {
                 })
                 .collect(),
             updated_at: chorus_store::view::rfc3339(live.updated_at),
+            waiting: None,
         }
     }
 

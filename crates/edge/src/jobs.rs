@@ -224,7 +224,11 @@ async fn read(
         return Ok(stored);
     }
     match state.jobs.get(tenant, job).await {
-        Ok(Some((live, _))) => Ok(Some(JobRecord::from_live_state(&live))),
+        Ok(Some((live, _))) => {
+            let mut record = JobRecord::from_live_state(&live);
+            record.waiting = crate::waiting::of(state, &live).await;
+            Ok(Some(record))
+        }
         Ok(None) => Ok(stored),
         Err(e) => match stored {
             Some(record) => {

@@ -226,6 +226,7 @@ fn job_record(
             .map(step_record)
             .collect::<Result<_, _>>()?,
         evaluation,
+        waiting: None,
     })
 }
 

@@ -44,6 +44,9 @@ pub struct JobRecord {
     /// Ordered by index.
     pub steps: Vec<StepRecord>,
     pub evaluation: Option<EvaluationRecord>,
+    /// Why and where an unfinished job waits, when it does (live reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<chorus_core::fair::Waiting>,
 }
 
 /// One page of [`JobSummary`]s, newest first; pass `next_cursor` back for the next page.
@@ -254,6 +257,7 @@ impl JobRecord {
             spec: serde_json::to_value(&state.spec).unwrap_or_default(),
             steps,
             evaluation,
+            waiting: None,
         }
     }
 }
