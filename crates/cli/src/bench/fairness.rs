@@ -162,7 +162,16 @@ struct ShareWindow {
 struct Call {
     text: String,
     sent_at: SystemTime,
-    outcome: Result<Duration, String>,
+    outcome: Result<Duration, CallFailed>,
+}
+
+/// Why one of c's chat completions got no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallFailed {
+    #[error("the edge answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
 }
 
 /// One of a's or b's calls at the provider: when, whose (0 for a, 1 for b), estimated tokens.
@@ -471,10 +480,10 @@ async fn chat(client: reqwest::Client, url: String, text: String) -> Call {
     let outcome = match client.post(url).json(&body).send().await {
         Ok(response) if response.status().is_success() => match response.bytes().await {
             Ok(_) => Ok(started.elapsed()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(CallFailed::Http(e)),
         },
-        Ok(response) => Err(format!("status {}", response.status())),
-        Err(e) => Err(e.to_string()),
+        Ok(response) => Err(CallFailed::Status(response.status())),
+        Err(e) => Err(CallFailed::Http(e)),
     };
     Call {
         text,
