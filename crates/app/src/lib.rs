@@ -236,6 +236,15 @@ pub async fn start(
         routes: routes.clone(),
         backlogs: backlogs.clone(),
     };
+    // Refusals over backlog quotas are counted from 0, so their rate reads 0 rather than nothing.
+    for (role, via) in [
+        (RoleName::Edge, "edge"),
+        (RoleName::Orchestrator, "jetstream"),
+    ] {
+        if roles.contains(&role) {
+            metrics::counter!(chorus_telemetry::names::QUOTA_REFUSED, "via" => via).increment(0);
+        }
+    }
     let mut started: Vec<Box<dyn Role>> = Vec::new();
     for role in [
         RoleName::Persister,

@@ -29,14 +29,14 @@ use crate::{Bus, BusError, BusErrorKind, Delivery};
 /// Admission of a fetched message before it is handed on. `waiting` is the band of the best
 /// message the source holds, kept current while the admission waits.
 pub trait Gate: Send + Sync {
-    fn admit(&self, waiting: Arc<Waiting>) -> BoxFuture<'_, Result<Ticket, BusError>>;
+    fn admit(&self, waiting: Arc<WaitingBand>) -> BoxFuture<'_, Result<Ticket, BusError>>;
 }
 
 /// The band of the best message a source holds waiting for its gate, as it changes.
 #[derive(Debug)]
-pub struct Waiting(AtomicUsize);
+pub struct WaitingBand(AtomicUsize);
 
-impl Waiting {
+impl WaitingBand {
     fn new(band: Band) -> Self {
         Self(AtomicUsize::new(band as usize))
     }
@@ -204,7 +204,7 @@ pub(crate) struct Room<'a> {
     ticket: Option<Ticket>,
     admission: Option<BoxFuture<'a, Result<Ticket, BusError>>>,
     /// What the admission is for (a source without flows: the batch band's work, the lowest).
-    pub(crate) waiting: Arc<Waiting>,
+    pub(crate) waiting: Arc<WaitingBand>,
 }
 
 impl<'a> Room<'a> {
@@ -216,7 +216,7 @@ impl<'a> Room<'a> {
             permit: None,
             ticket: None,
             admission: None,
-            waiting: Arc::new(Waiting::new(Band::Batch)),
+            waiting: Arc::new(WaitingBand::new(Band::Batch)),
         }
     }
 

@@ -27,7 +27,7 @@ use chorus_bus::fair::{Doorbells, Flows};
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::{Limits, RouteLimiter, RouteLimits};
 use chorus_bus::publish::Outgoing;
-use chorus_bus::source::{Gate, Pull, Waiting};
+use chorus_bus::source::{Gate, Pull, WaitingBand};
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::Config;
@@ -267,7 +267,7 @@ struct RouteGate {
 impl RouteGate {
     /// Claims the route for `waiting`'s band every [`claims::REFRESH`] until dropped; notes in
     /// `claimed` whether it did.
-    async fn claim(&self, waiting: &Waiting, claimed: &AtomicBool) {
+    async fn claim(&self, waiting: &WaitingBand, claimed: &AtomicBool) {
         loop {
             if self.claims.claim(waiting.band()).await {
                 claimed.store(true, Ordering::Relaxed);
@@ -278,7 +278,7 @@ impl RouteGate {
 }
 
 impl Gate for RouteGate {
-    fn admit(&self, waiting: Arc<Waiting>) -> BoxFuture<'_, Result<Ticket, BusError>> {
+    fn admit(&self, waiting: Arc<WaitingBand>) -> BoxFuture<'_, Result<Ticket, BusError>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
             let defers = self.claims.defers(waiting.band());
