@@ -138,3 +138,33 @@ async fn unknown_fields_and_orphan_consumers_are_errors() {
     let err = Definitions::from_dir(dir.path(), "chorus", 1).expect_err("orphan");
     assert!(err.to_string().contains("streams/u.json"), "{err}");
 }
+
+/// A stream at its size limit refuses a publish as `Full` — a kind the edge answers with `429`
+/// and the roles retry in place — not as a refusal for good.
+#[tokio::test]
+async fn a_publish_to_a_full_stream_is_full() {
+    let server = NatsServer::start_new().await;
+    let bus = bus(&server).await;
+    bus.js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "TINY".into(),
+            subjects: vec!["tiny.>".into()],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let publish = |n: u8| {
+        let bus = bus.clone();
+        async move {
+            let outgoing =
+                chorus_bus::publish::Outgoing::json("tiny.a".into(), &format!("tiny-{n}"), vec![n]);
+            bus.publish_all(vec![outgoing]).await
+        }
+    };
+    publish(1).await.expect("room for one");
+    let full = publish(2).await.expect_err("no room for two");
+    assert_eq!(full.kind(), BusErrorKind::Full, "{full}");
+}
