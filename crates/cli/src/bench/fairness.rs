@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::{Bench, Target, ceiling, exited, spawn_worker, stop, submit};
+use super::{Bench, Target, ceiling, exited, show, spawn_worker, stop, submit};
 use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
@@ -192,11 +192,7 @@ pub(super) async fn run(config: Config, args: FairnessArgs) -> anyhow::Result<()
     let result = measure(&bench, &args).await;
     bench.finish().await;
     let report = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    show(&report, args.json, print_report)?;
     ensure!(
         report.missed.is_empty(),
         "targets missed: {}",

@@ -218,6 +218,15 @@ fn ceiling(window: Duration, rpm: u32) -> usize {
     (window.as_secs_f64() * f64::from(rpm) / 60.0) as usize + 1
 }
 
+/// Prints a scenario's report: as JSON with `--json`, else as text.
+fn show<R: serde::Serialize>(report: &R, json: bool, text: fn(&R)) -> anyhow::Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(report)?),
+        false => text(report),
+    }
+    Ok(())
+}
+
 /// Peak resident memory of a process (`self` or a pid), from /proc.
 fn peak_rss_mib(pid: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use super::{Bench, Target, peak_rss_mib};
+use super::{Bench, Target, peak_rss_mib, show};
 use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
@@ -77,11 +77,7 @@ pub(super) async fn run(config: Config, args: PipelineArgs) -> anyhow::Result<()
     .await;
     bench.finish().await;
     let report = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    show(&report, args.json, print_report)?;
     Ok(())
 }
 

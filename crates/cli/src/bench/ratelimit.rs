@@ -15,7 +15,7 @@ use chorus_core::config::{Config, RouteConfig};
 use chorus_mock_llm::{Behaviour, MockLlm, most_in_window};
 use serde::Serialize;
 
-use super::{Bench, Target, ceiling, exited, spawn_worker, stop, submit};
+use super::{Bench, Target, ceiling, exited, show, spawn_worker, stop, submit};
 use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
@@ -70,11 +70,7 @@ pub(super) async fn run(config: Config, args: RatelimitArgs) -> anyhow::Result<(
     let result = measure(&bench, &args).await;
     bench.finish().await;
     let report = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    show(&report, args.json, print_report)?;
     ensure!(
         report.most_in_window <= report.ceiling,
         "the limit was exceeded: {} calls in a {} s window, ceiling {}",
