@@ -1,5 +1,6 @@
 //! Fair sharing: an interactive call is not held behind another tenant's batch backlog, on a
-//! limited route or an unlimited one; two backlogged tenants get equal tokens (not equal calls)
+//! limited route or an unlimited one, at the orchestrator's intake and events, or at the
+//! evaluator; two backlogged tenants get equal tokens (not equal calls)
 //! across three llm processes; a key cannot use a band above its own.
 //!
 //! Orders are read from the mock provider's arrival log and the jobs' start times, never from
@@ -37,24 +38,39 @@ async fn backlog(
     lines: usize,
     max_tokens: u32,
 ) {
+    submit_lines(app, tenant, prefix, lines, |text| {
+        json!({
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "params": {"max_tokens": max_tokens},
+        })
+    })
+    .await;
+}
+
+/// Publishes `lines` JetStream submissions of `tenant` (the batch band), the `i`th the job
+/// `spec("<prefix>-<i>")`, and waits until JetStream holds them all.
+async fn submit_lines(
+    app: &TestApp,
+    tenant: &str,
+    prefix: &str,
+    lines: usize,
+    spec: impl Fn(&str) -> Value,
+) {
     let subject = app
         .bus
         .subjects
         .submit(&Tenant::new(tenant).expect("tenant"));
     let mut acks = Vec::with_capacity(lines);
     for i in 0..lines {
-        let spec = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": format!("{prefix}-{i}")}],
-            "params": {"max_tokens": max_tokens},
-        });
+        let text = format!("{prefix}-{i}");
         let mut headers = HeaderMap::new();
         headers.insert("Chorus-Batch", prefix);
-        headers.insert("Nats-Msg-Id", format!("{prefix}-{i}").as_str());
+        headers.insert("Nats-Msg-Id", text.as_str());
         let ack = app
             .bus
             .js
-            .publish_with_headers(subject.clone(), headers, spec.to_string().into())
+            .publish_with_headers(subject.clone(), headers, spec(&text).to_string().into())
             .await
             .expect("publish");
         acks.push(ack);
@@ -62,6 +78,49 @@ async fn backlog(
     for ack in acks {
         ack.await.expect("JetStream stored the line");
     }
+}
+
+/// Messages `stream` holds on subjects matching `filter`.
+async fn queued(app: &TestApp, stream: &str, filter: &str) -> usize {
+    let stream = app
+        .bus
+        .js
+        .get_stream_no_info(app.bus.subjects.stream(stream))
+        .await
+        .expect("stream");
+    let mut counts = stream
+        .info_with_subjects(filter)
+        .await
+        .expect("subject counts");
+    let mut total = 0;
+    while let Some(entry) = counts.next().await {
+        total += entry.expect("a subject's count").1;
+    }
+    total
+}
+
+/// Every version of every job, by key (`<tenant>.<job>`), in the order the jobs bucket stored
+/// them, from now on.
+async fn job_versions(app: &TestApp) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let bucket = format!("$KV.{}.", app.bus.subjects.jobs_bucket());
+    let mut versions = app
+        .bus
+        .client
+        .subscribe(format!("{bucket}>"))
+        .await
+        .expect("subscribe");
+    let writer = log.clone();
+    tokio::spawn(async move {
+        while let Some(version) = versions.next().await {
+            let key = version
+                .subject
+                .trim_start_matches(bucket.as_str())
+                .to_owned();
+            writer.lock().expect("log").push(key);
+        }
+    });
+    log
 }
 
 /// A chat completion by `client` on `model`, answered.
@@ -227,25 +286,7 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
     let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
     chat(&app, &beta, ROUTE, "warm-up").await;
 
-    // Every version of every job, in the order the bucket stored them.
-    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let bucket = format!("$KV.{}.", app.bus.subjects.jobs_bucket());
-    let mut versions = app
-        .bus
-        .client
-        .subscribe(format!("{bucket}>"))
-        .await
-        .expect("subscribe");
-    let log = taken.clone();
-    tokio::spawn(async move {
-        while let Some(version) = versions.next().await {
-            let key = version
-                .subject
-                .trim_start_matches(bucket.as_str())
-                .to_owned();
-            log.lock().expect("log").push(key);
-        }
-    });
+    let taken = job_versions(&app).await;
     let seen = || taken.lock().expect("log").clone();
 
     let lines = (0..LINES).map(|i| {
@@ -340,6 +381,188 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
         taken_by_then < LINES / 2,
         "the batch was mostly taken before beta's job ({taken_by_then} of {LINES} lines)"
     );
+}
+
+/// At the orchestrator's events, where a batch's results all wait at once: acme's 2,000 step
+/// results are queued (its calls answered while no orchestrator ran), then beta submits a job and
+/// an orchestrator starts. beta's result, published after all of acme's, is taken ahead of them:
+/// of acme's jobs, at most those the orchestrator had in flight, and the few taken while beta's
+/// flow was being found, are finished after beta's result was queued and before beta's job.
+#[tokio::test]
+async fn a_standard_jobs_result_overtakes_a_batch_backlog_of_results() {
+    const LINES: usize = 2000;
+    const IN_FLIGHT: usize = 16;
+    const ROUTE: &str = "sim:echo";
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.orchestrator.max_in_flight = IN_FLIGHT;
+    let edge = TestApp::start_roles(config.clone(), &[RoleName::Edge, RoleName::Persister]).await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    let prefix = edge.bus.subjects.prefix().to_owned();
+
+    // acme's calls dispatched, then answered while no orchestrator runs: its results wait.
+    let orchestrator = TestApp::start_roles(config.clone(), &[RoleName::Orchestrator]).await;
+    backlog(&edge, "acme", ROUTE, "A", LINES, 16).await;
+    let calls = format!("{prefix}.work.llm.>");
+    wait::until(Duration::from_secs(60), "acme's calls queued", || async {
+        (queued(&edge, "work", &calls).await == LINES).then_some(())
+    })
+    .await;
+    orchestrator.shutdown().await.expect("orchestrator stopped");
+    let llm = TestApp::start_roles(config.clone(), &[RoleName::Llm]).await;
+    let events = format!("{prefix}.events.>");
+    wait::until(Duration::from_secs(60), "acme's results queued", || async {
+        (queued(&edge, "events", &events).await == LINES).then_some(())
+    })
+    .await;
+
+    let versions = job_versions(&edge).await;
+    let seen = || versions.lock().expect("log").clone();
+    let flow = edge.bus.subjects.event_flows().subject(
+        None,
+        Band::Standard,
+        &Tenant::new("beta").expect("tenant"),
+    );
+    let mut results = edge
+        .bus
+        .client
+        .subscribe(format!("{flow}.>"))
+        .await
+        .expect("subscribe");
+    let created = beta
+        .post(format!("{}/v1/jobs", edge.base))
+        .json(&json!({"model": ROUTE, "messages": [{"role": "user", "content": "C"}]}))
+        .send()
+        .await
+        .expect("POST /v1/jobs");
+    assert_eq!(created.status(), 202);
+    let id = created.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let orchestrator = TestApp::start_roles(config, &[RoleName::Orchestrator]).await;
+    tokio::time::timeout(Duration::from_secs(30), results.next())
+        .await
+        .expect("beta's result published");
+    let before = seen().len();
+    let job = wait_done(&edge.base, &beta, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    let log = seen();
+    let key = format!("beta.{id}");
+    let finished = log
+        .iter()
+        .rposition(|k| *k == key)
+        .expect("beta's job stored");
+    let acme = |keys: &[String]| keys.iter().filter(|k| k.starts_with("acme.")).count();
+    let ahead = acme(&log[before.min(finished)..finished]);
+    let behind = LINES - acme(&log[..finished]);
+    println!(
+        "acme's jobs finished between beta's result and beta's job: {ahead}; still waiting: \
+         {behind} of {LINES}"
+    );
+    assert!(
+        ahead <= 2 * IN_FLIGHT,
+        "{ahead} of acme's results were taken after beta's was queued and before it"
+    );
+    assert!(
+        behind >= LINES / 2,
+        "most of acme's results were taken before beta's ({behind} of {LINES} left)"
+    );
+    orchestrator.shutdown().await.expect("orchestrator stopped");
+    llm.shutdown().await.expect("llm stopped");
+}
+
+/// At the evaluator, where a batch's evaluations all wait at once: acme's 1,000 evaluation
+/// requests are queued while no evaluator runs, then beta's; one evaluator (one worker) starts.
+/// beta's evaluation, queued last, is among the first made.
+#[tokio::test]
+async fn a_standard_jobs_evaluation_overtakes_a_batch_backlog_of_evaluations() {
+    const LINES: usize = 1000;
+    const ROUTE: &str = "sim:echo";
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mut config = test_config(&nats, &db);
+    config.evaluator.workers = 1;
+    let app = TestApp::start_roles(
+        config.clone(),
+        &[
+            RoleName::Edge,
+            RoleName::Orchestrator,
+            RoleName::Llm,
+            RoleName::Persister,
+        ],
+    )
+    .await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    let prefix = app.bus.subjects.prefix().to_owned();
+    let evaluate = json!({"assertions": [{"type": "contains", "value": "-"}]});
+    submit_lines(&app, "acme", "A", LINES, |text| {
+        json!({"model": ROUTE, "messages": [{"role": "user", "content": text}],
+               "evaluate": evaluate})
+    })
+    .await;
+    let requests = format!("{prefix}.work.evaluator.>");
+    let wait_queued = |n: usize| {
+        let requests = requests.clone();
+        let app = &app;
+        async move {
+            wait::until(Duration::from_secs(60), "evaluations queued", || async {
+                (queued(app, "work", &requests).await == n).then_some(())
+            })
+            .await
+        }
+    };
+    wait_queued(LINES).await;
+    let created = beta
+        .post(format!("{}/v1/jobs", app.base))
+        .json(
+            &json!({"model": ROUTE, "messages": [{"role": "user", "content": "C-1"}],
+                      "evaluate": evaluate}),
+        )
+        .send()
+        .await
+        .expect("POST /v1/jobs");
+    assert_eq!(created.status(), 202);
+    let id = created.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    wait_queued(LINES + 1).await;
+
+    // Every evaluation, by tenant, in the order the evaluator published them.
+    let mut evaluations = app
+        .bus
+        .client
+        .subscribe(format!("{prefix}.events.*.*.*.evaluated"))
+        .await
+        .expect("subscribe");
+    let events = app.bus.subjects.event_flows();
+    let evaluator = TestApp::start_roles(config, &[RoleName::Evaluator]).await;
+    let mut order = Vec::new();
+    while !order.iter().any(|tenant: &String| tenant == "beta") {
+        let evaluation = tokio::time::timeout(Duration::from_secs(60), evaluations.next())
+            .await
+            .expect("evaluations published")
+            .expect("subscription open");
+        let flow = events.flow(&evaluation.subject).expect("an event's flow");
+        order.push(flow.tenant.to_string());
+    }
+    println!(
+        "beta's evaluation was made {} of {}",
+        order.len(),
+        LINES + 1
+    );
+    assert!(
+        order.len() <= 8,
+        "{} of acme's evaluations were made before beta's, queued after them all",
+        order.len() - 1
+    );
+    let job = wait_done(&app.base, &beta, &id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["evaluation"]["passed"], true, "{job}");
+    evaluator.shutdown().await.expect("evaluator stopped");
 }
 
 /// `chorus_tenant_inflight` counts the calls processes hold per route and tenant: a tenant named

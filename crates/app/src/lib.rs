@@ -264,7 +264,7 @@ pub async fn start(
                 let store = store.with_faults(&config.faults);
                 Box::new(roles::persister(&ctx, store))
             }
-            RoleName::Evaluator => Box::new(roles::evaluator(&ctx)),
+            RoleName::Evaluator => Box::new(roles::evaluator(&ctx)?),
             RoleName::Llm => Box::new(roles::llm(&ctx).await?),
             RoleName::Orchestrator => Box::new(roles::orchestrator(&ctx).await?),
             RoleName::Edge => {
@@ -293,7 +293,6 @@ pub async fn start(
                         cancels: Cancels::open(&bus).await?,
                         max_wait: config.edge.max_wait,
                         dlq: config.dlq.clone(),
-                        doorbells: Arc::default(),
                         backlogs: backlogs.clone(),
                         quotas: config.queue_quotas(),
                         named: named.clone(),

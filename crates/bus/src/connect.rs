@@ -32,6 +32,8 @@ pub struct Bus {
     pub client: Client,
     pub js: Context,
     pub subjects: Subjects,
+    /// The flows' doorbells this process rang lately ([`Bus::ring`]).
+    pub(crate) doorbells: std::sync::Arc<crate::fair::Doorbells>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -117,6 +119,7 @@ impl Bus {
             client,
             js,
             subjects: Subjects::new(prefix),
+            doorbells: Default::default(),
         })
     }
 }

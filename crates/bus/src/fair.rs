@@ -7,7 +7,7 @@
 //! consumer made from the stage's template, so every pod sees the head of every flow, not only
 //! what one FIFO gives it:
 //!
-//! - **Finding flows.** A publisher rings the flow's doorbell (core NATS, [`Doorbells`]) as it
+//! - **Finding flows.** A publisher rings the flow's doorbell (core NATS, [`Bus::ring`]) as it
 //!   publishes; every pod pulling the stage hears it and starts pulling the flow at once. A pass
 //!   over the stream's subject counts every [`DISCOVER_EVERY`] finds flows whose doorbell was
 //!   missed (a restart, a replay from the DLQ, another version). A flow found empty for [`PARK_AFTER`] requests in a row
@@ -98,32 +98,41 @@ impl Flows {
 /// the last second is being pulled.
 pub const RING_EVERY: Duration = Duration::from_secs(1);
 
-/// Rings the doorbells of flows a publisher put work on, each at most once per [`RING_EVERY`].
+/// The doorbells a process rang lately, so it rings each at most once per [`RING_EVERY`].
 #[derive(Debug, Default)]
 pub struct Doorbells {
     rung: Mutex<HashMap<String, Instant>>,
 }
 
 impl Doorbells {
-    /// Rings the doorbell of the flow `subject` belongs to, after publishing work there. Best
-    /// effort (core NATS): a missed ring only delays a new flow until discovery finds it.
-    pub async fn ring(&self, bus: &Bus, subject: &str) {
+    /// Whether `subject`'s doorbell is due a ring, noting it as rung if so.
+    fn due(&self, subject: &str) -> bool {
+        let mut rung = self.rung.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if rung
+            .get(subject)
+            .is_some_and(|at| now.duration_since(*at) < RING_EVERY)
         {
-            let mut rung = self.rung.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if rung
-                .get(subject)
-                .is_some_and(|at| now.duration_since(*at) < RING_EVERY)
-            {
-                return;
-            }
-            if rung.len() >= 4096 {
-                rung.retain(|_, at| now.duration_since(*at) < RING_EVERY);
-            }
-            rung.insert(subject.to_owned(), now);
+            return false;
         }
-        let doorbell = bus.subjects.doorbell(subject);
-        if let Err(e) = bus.client.publish(doorbell, bytes::Bytes::new()).await {
+        if rung.len() >= 4096 {
+            rung.retain(|_, at| now.duration_since(*at) < RING_EVERY);
+        }
+        rung.insert(subject.to_owned(), now);
+        true
+    }
+}
+
+impl Bus {
+    /// Rings the doorbell of the flow whose subject ([`FlowSubjects::subject`]) is `flow`, after
+    /// publishing work there, at most once per [`RING_EVERY`]. Best effort (core NATS): a missed
+    /// ring only delays a new flow until discovery finds it.
+    pub async fn ring(&self, flow: &str) {
+        if !self.doorbells.due(flow) {
+            return;
+        }
+        let doorbell = self.subjects.doorbell(flow);
+        if let Err(e) = self.client.publish(doorbell, bytes::Bytes::new()).await {
             tracing::debug!(error = %e, "doorbell not rung; discovery will find the flow");
         }
     }
@@ -167,7 +176,7 @@ impl Bus {
         let mut scheduler = Scheduler::new(flows.policy.clone());
         let mut pulling: HashMap<Flow, Pulling> = HashMap::new();
         let mut requests: SelectAll<BoxStream<'static, Arrival>> = SelectAll::new();
-        let doorbells = self.subjects.doorbell(&flows.subjects.all());
+        let doorbells = self.subjects.doorbell(&flows.subjects.heads());
         let mut doorbell = self
             .client
             .subscribe(doorbells.clone())
@@ -251,7 +260,7 @@ impl Bus {
                     }
                 }
                 Some(rung) = doorbell.next(), if !stopping => {
-                    if let Some(flow) = flows.subjects.flow(&self.subject_of_doorbell(&rung.subject)) {
+                    if let Some(flow) = flows.subjects.flow_of_head(&self.subject_of_doorbell(&rung.subject)) {
                         self.start_pulling(&pull.stream, flows, flow, &mut pulling).await;
                     }
                 }

@@ -22,6 +22,9 @@ pub mod headers {
     pub const ROUTE: &str = "Chorus-Route";
     /// A job's priority on its LLM calls; a backlog serves higher first.
     pub const PRIORITY: &str = "Chorus-Priority";
+    /// The band ([`crate::fair::Band`]) of the job a work message or event is for, so what
+    /// answers it is queued in the same band.
+    pub const BAND: &str = "Chorus-Band";
     /// A unit of work's estimated tokens: what the fair scheduler charges its tenant.
     pub const COST: &str = "Chorus-Cost";
     /// A JetStream submitter's batch id and the line's own id in it.

@@ -59,6 +59,12 @@ impl Band {
         Self::ALL.into_iter().find(|band| band.as_str() == text)
     }
 
+    /// The band a message's `Chorus-Band` header names; the default for a message without one
+    /// (published by a Chorus before bands).
+    pub fn of_header(value: Option<&str>) -> Self {
+        value.and_then(Self::parse).unwrap_or_default()
+    }
+
     fn index(self) -> usize {
         self as usize
     }

@@ -15,7 +15,7 @@ use crate::fair::Band;
 use crate::ids::{JobId, Tenant};
 
 /// Kinds of job events (results that move a job on); the last token of
-/// `<prefix>.events.<tenant>.<job>.<kind>`.
+/// `<prefix>.events.<band>.<tenant>.<job>.<kind>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -117,6 +117,7 @@ impl Subjects {
         FlowSubjects {
             base: format!("{}.submit", self.prefix),
             laned: false,
+            trailing: 0,
             consumer: "orchestrator-submit".to_owned(),
         }
     }
@@ -127,6 +128,7 @@ impl Subjects {
         FlowSubjects {
             base: format!("{}.work.llm", self.prefix),
             laned: true,
+            trailing: 0,
             consumer: "llm".to_owned(),
         }
     }
@@ -137,7 +139,33 @@ impl Subjects {
         FlowSubjects {
             base: format!("{}.work.llm.limited.{}", self.prefix, token(route)),
             laned: false,
+            trailing: 0,
             consumer: format!("llm-{}", token(route)),
+        }
+    }
+
+    /// The flows of evaluation requests: `<prefix>.work.evaluator.<band>.<tenant>`. (The
+    /// `evaluator` consumer itself drains `<prefix>.work.evaluator`, where a Chorus before flows
+    /// published them.)
+    pub fn evaluator_flows(&self) -> FlowSubjects {
+        FlowSubjects {
+            base: format!("{}.work.evaluator", self.prefix),
+            laned: false,
+            trailing: 0,
+            consumer: "evaluator".to_owned(),
+        }
+    }
+
+    /// The flows of job events, taken by the orchestrator in fair order:
+    /// `<prefix>.events.<band>.<tenant>.<job>.<kind>`, a flow per band and tenant. (The
+    /// `orchestrator` consumer itself drains `<prefix>.events.<tenant>.<job>.<kind>`, where a
+    /// Chorus before flows published them.)
+    pub fn event_flows(&self) -> FlowSubjects {
+        FlowSubjects {
+            base: format!("{}.events", self.prefix),
+            laned: false,
+            trailing: 2,
+            consumer: "orchestrator".to_owned(),
         }
     }
 
@@ -189,19 +217,24 @@ impl Subjects {
     }
 
     /// The name of the flow set a flow's consumer filter (`subject`) belongs to:
-    /// `orchestrator-submit`, `llm` or `llm-<route>`; `None` for any other subject.
+    /// `orchestrator-submit`, `orchestrator` (events), `evaluator`, `llm` or `llm-<route>`;
+    /// `None` for any other subject.
     pub fn flow_set_of(&self, subject: &str) -> Option<String> {
-        let submit = self.submit_flows();
-        match submit.flow(subject) {
-            Some(_) => Some(submit.consumer),
-            None => self.llm_flow_set(subject).map(|flows| flows.consumer),
-        }
+        [
+            self.submit_flows(),
+            self.event_flows(),
+            self.evaluator_flows(),
+        ]
+        .into_iter()
+        .find(|flows| flows.flow(subject).is_some())
+        .or_else(|| self.llm_flow_set(subject))
+        .map(|flows| flows.consumer)
     }
 
-    /// The core-NATS subject a publisher rings when it puts work on `subject` (a flow's), so the
-    /// stages pulling that flow's stage notice a new flow at once:
-    /// `<prefix>.doorbell.<subject after the prefix>`. Pass a flow filter to get the doorbells
-    /// of every flow it matches.
+    /// The core-NATS subject a publisher rings when it puts work on a flow (`subject`, the flow's
+    /// [`FlowSubjects::subject`]), so the stages pulling that flow's stage notice a new flow at
+    /// once: `<prefix>.doorbell.<subject after the prefix>`. Pass [`FlowSubjects::heads`] to get
+    /// the doorbells of every flow of a set.
     pub fn doorbell(&self, subject: &str) -> String {
         let rest = subject
             .strip_prefix(&self.prefix)
@@ -210,18 +243,16 @@ impl Subjects {
         format!("{}.doorbell.{rest}", self.prefix)
     }
 
-    pub fn evaluator_work(&self) -> String {
-        format!("{}.work.evaluator", self.prefix)
-    }
-
     /// Job snapshots for the persister that are not new versions of a job's state: those replayed
     /// from the DLQ (a replay must not rewrite the jobs bucket).
     pub fn persister_work(&self) -> String {
         format!("{}.work.persister", self.prefix)
     }
 
-    pub fn event(&self, tenant: &Tenant, job: JobId, kind: EventKind) -> String {
-        format!("{}.events.{}.{}.{}", self.prefix, tenant, job, kind.token())
+    /// An event of `tenant`'s `job`, in the flow of the job's `band` ([`Self::event_flows`]).
+    pub fn event(&self, band: Band, tenant: &Tenant, job: JobId, kind: EventKind) -> String {
+        let flow = self.event_flows().subject(None, band, tenant);
+        format!("{flow}.{job}.{}", kind.token())
     }
 
     /// Core-NATS notification the persister sends once a job's final state is committed.
@@ -322,12 +353,15 @@ pub enum Queue {
     Llm,
 }
 
-/// The subjects of a stage's work split into flows, `<base>[.<lane>].<band>.<tenant>`, and the
-/// durable consumer of each flow. A lane is a [`token`] (the route of an llm call).
+/// The subjects of a stage's work split into flows, `<base>[.<lane>].<band>.<tenant>` (the
+/// flow's subject) and, for a set with trailing tokens, any subject below it with exactly that
+/// many more (an event's `.<job>.<kind>`); and the durable consumer of each flow. A lane is a
+/// [`token`] (the route of an llm call).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowSubjects {
     base: String,
     laned: bool,
+    trailing: usize,
     consumer: String,
 }
 
@@ -341,7 +375,8 @@ pub struct Flow {
 
 impl FlowSubjects {
     /// The subject of `tenant`'s work at `band` (in `lane`, a name given as it is, for a laned
-    /// set).
+    /// set): where it is published, or, for a set with trailing tokens, what its subjects begin
+    /// with. A publisher rings the flow's doorbell with it.
     pub fn subject(&self, lane: Option<&str>, band: Band, tenant: &Tenant) -> String {
         match lane.filter(|_| self.laned) {
             Some(lane) => format!("{}.{}.{band}.{tenant}", self.base, token(lane)),
@@ -349,16 +384,32 @@ impl FlowSubjects {
         }
     }
 
-    /// A filter matching every flow's subject.
+    /// A filter matching every flow's messages.
     pub fn all(&self) -> String {
+        format!("{}{}", self.heads(), ".*".repeat(self.trailing))
+    }
+
+    /// A filter matching every flow's [`Self::subject`] (and no message's, for a set with
+    /// trailing tokens): what doorbells ring with.
+    pub fn heads(&self) -> String {
         match self.laned {
             true => format!("{}.*.*.*", self.base),
             false => format!("{}.*.*", self.base),
         }
     }
 
-    /// The flow a subject belongs to, if it is one of these.
+    /// The flow a message's subject (or a flow consumer's filter) belongs to, if it is one of
+    /// these.
     pub fn flow(&self, subject: &str) -> Option<Flow> {
+        self.parse(subject, self.trailing)
+    }
+
+    /// The flow whose [`Self::subject`] `subject` is (a doorbell's flow).
+    pub fn flow_of_head(&self, subject: &str) -> Option<Flow> {
+        self.parse(subject, 0)
+    }
+
+    fn parse(&self, subject: &str, trailing: usize) -> Option<Flow> {
         let rest = subject.strip_prefix(&self.base)?.strip_prefix('.')?;
         let mut tokens = rest.split('.');
         let lane = match self.laned {
@@ -367,18 +418,17 @@ impl FlowSubjects {
         };
         let band = Band::parse(tokens.next()?)?;
         let tenant = Tenant::new(tokens.next()?).ok()?;
-        match tokens.next() {
-            Some(_) => None,
-            None => Some(Flow { lane, band, tenant }),
-        }
+        let below = tokens.count();
+        (below == trailing).then_some(Flow { lane, band, tenant })
     }
 
-    /// The subject of a flow (its consumer's filter).
+    /// The filter of a flow's consumer: its subject, and its trailing tokens as wildcards.
     pub fn filter(&self, flow: &Flow) -> String {
-        match &flow.lane {
+        let head = match &flow.lane {
             Some(lane) => format!("{}.{lane}.{}.{}", self.base, flow.band, flow.tenant),
             None => format!("{}.{}.{}", self.base, flow.band, flow.tenant),
-        }
+        };
+        format!("{head}{}", ".*".repeat(self.trailing))
     }
 
     /// The durable consumer of a flow: `<stage consumer>[-<lane>]-<band>-<tenant>`.
@@ -389,7 +439,8 @@ impl FlowSubjects {
         }
     }
 
-    /// The name the stage's flows are known by in logs and metrics (`llm`, `llm-<route>`).
+    /// The name the stage's flows are known by in logs and metrics (`llm`, `llm-<route>`,
+    /// `orchestrator`, `orchestrator-submit`, `evaluator`).
     pub fn name(&self) -> &str {
         &self.consumer
     }
@@ -484,10 +535,39 @@ mod tests {
         assert_eq!(route, "fast");
         let fast = s.llm_flows().subject(Some("fast"), Band::Batch, &tenant);
         assert_eq!(fast, "chorus.work.llm.fast.batch.acme");
+        let event = s.event(Band::Batch, &tenant, job, EventKind::Step);
         assert_eq!(
-            s.event(&tenant, job, EventKind::Step),
-            "chorus.events.acme.0190f5c2-0000-7000-8000-000000000001.step"
+            event,
+            "chorus.events.batch.acme.0190f5c2-0000-7000-8000-000000000001.step"
         );
+        let events = s.event_flows();
+        let flow = events.flow(&event).expect("an event's flow");
+        assert_eq!((flow.band, &flow.tenant), (Band::Batch, &tenant));
+        assert_eq!(events.filter(&flow), "chorus.events.batch.acme.*.*");
+        assert_eq!(events.consumer(&flow), "orchestrator-batch-acme");
+        assert_eq!(events.all(), "chorus.events.*.*.*.*");
+        assert_eq!(events.heads(), "chorus.events.*.*");
+        // A doorbell rings with the flow's subject, without the job and kind.
+        let head = events.subject(None, Band::Batch, &tenant);
+        assert_eq!(events.flow_of_head(&head), Some(flow.clone()));
+        assert_eq!(events.flow(&head), None);
+        // An event published before flows (`events.<tenant>.<job>.<kind>`) is no flow's.
+        assert_eq!(
+            events.flow("chorus.events.acme.0190f5c2-0000-7000-8000-000000000001.step"),
+            None
+        );
+        assert_eq!(
+            s.flow_set_of(&events.filter(&flow)).as_deref(),
+            Some("orchestrator")
+        );
+        assert_eq!(s.queued_work(&event), None);
+        let evaluator = s.evaluator_flows();
+        let request = evaluator.subject(None, Band::Interactive, &tenant);
+        assert_eq!(request, "chorus.work.evaluator.interactive.acme");
+        let flow = evaluator.flow(&request).expect("an evaluation's flow");
+        assert_eq!(evaluator.consumer(&flow), "evaluator-interactive-acme");
+        assert_eq!(s.flow_set_of(&request).as_deref(), Some("evaluator"));
+        assert_eq!(evaluator.flow("chorus.work.evaluator"), None);
         assert_eq!(s.stream("work"), "CHORUS_WORK");
         assert_eq!(
             s.limited_llm_flows("gpt-4o")
@@ -567,7 +647,7 @@ mod tests {
         assert_eq!(s.jobs_bucket(), "team_a_jobs");
         assert_eq!(s.limits_bucket(), "team_a_limits");
         assert_eq!(s.cancels_bucket(), "team_a_cancels");
-        assert_eq!(s.evaluator_work(), "team-a.work.evaluator");
+        assert_eq!(s.evaluator_flows().all(), "team-a.work.evaluator.*.*");
         assert_eq!(
             s.fill(r#"{"name": "KV_${bucket}_jobs", "subjects": ["$KV.${bucket}_jobs.>"], "s": "${PREFIX}_WORK", "f": "${prefix}.work.>"}"#),
             r#"{"name": "KV_team_a_jobs", "subjects": ["$KV.team_a_jobs.>"], "s": "TEAM_A_WORK", "f": "team-a.work.>"}"#

@@ -156,11 +156,11 @@ pub async fn create(
         messages.push(message);
         if messages.len() == PUBLISH_CHUNK {
             publish(&state, &tenant, &batch.id, std::mem::take(&mut messages)).await?;
-            state.doorbells.ring(&state.bus, &flow).await;
+            state.bus.ring(&flow).await;
         }
     }
     publish(&state, &tenant, &batch.id, messages).await?;
-    state.doorbells.ring(&state.bus, &flow).await;
+    state.bus.ring(&flow).await;
     // Every line is in JetStream: the batch is under way.
     state
         .store

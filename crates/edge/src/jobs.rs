@@ -351,7 +351,7 @@ pub async fn submit(
         state.jobs.create(&queued)
     );
     published.map_err(ApiError::publish)?;
-    state.doorbells.ring(&state.bus, &flow).await;
+    state.bus.ring(&flow).await;
     Ok(match created {
         Ok(Write::Stored(_)) => true,
         Ok(Write::Conflict) => false,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chorus_bus::Bus;
 use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::Cancels;
-use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
 use chorus_core::config::{DlqConfig, QueueQuotas};
@@ -33,8 +32,6 @@ pub struct AppState {
     pub max_wait: Duration,
     /// The replay cap and pace of `/v1/admin/dlq/replay`.
     pub dlq: DlqConfig,
-    /// Rung as submissions are published, so the orchestrators pull a new flow at once.
-    pub doorbells: Arc<Doorbells>,
     /// Tenants' waiting work, and how much each may have (`quota`).
     pub backlogs: Arc<Backlogs>,
     pub quotas: QueueQuotas,

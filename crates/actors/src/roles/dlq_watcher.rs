@@ -25,6 +25,7 @@ use chorus_bus::dlq::filing::{MaxDeliveries, header_pairs};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, Delivery};
 use chorus_core::codec::{self, headers};
+use chorus_core::fair::Band;
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::{DeadLetter, JobAbort, LlmCall, StepError, StepOutcome, StepResult};
 use chorus_core::subjects::{EventKind, Stage};
@@ -47,6 +48,7 @@ fn stage_of(consumer: &str) -> Option<Stage> {
         "llm" => Some(Stage::Llm),
         c if c.starts_with("llm-") => Some(Stage::Llm),
         "evaluator" => Some(Stage::Evaluator),
+        c if c.starts_with("evaluator-") => Some(Stage::Evaluator),
         "persister" => Some(Stage::Persister),
         _ => None,
     }
@@ -168,14 +170,16 @@ impl DlqWatcher {
             }
             _ => None,
         };
-        match message {
-            Some(message) => self
-                .bus
-                .publish_all(vec![message.map_err(Failed::End)?])
-                .await
-                .map_err(Failed::End),
-            None => Ok(()),
-        }
+        let Some(message) = message else {
+            return Ok(());
+        };
+        let message = message.map_err(Failed::End)?;
+        self.bus
+            .publish_all(vec![message.clone()])
+            .await
+            .map_err(Failed::End)?;
+        super::ring_event(&self.bus, &message).await;
+        Ok(())
     }
 
     /// The failed step result of an llm call that never completed.
@@ -226,11 +230,15 @@ impl DlqWatcher {
             .headers
             .get(headers::TRACEPARENT)
             .and_then(|v| TraceContext::parse(v.as_str()));
-        let subject = self.bus.subjects.event(tenant, job, kind);
+        let band = original.headers.get(headers::BAND).map(|v| v.as_str());
+        let band = Band::of_header(band);
+        let subject = self.bus.subjects.event(band, tenant, job, kind);
         let trace = chorus_telemetry::trace::outgoing(trace.as_ref());
         let message = Outgoing::envelope(subject, id, value, trace.as_ref())
             .map_err(|e| chorus_bus::BusError::codec("encode an event", e))?;
-        Ok(message.for_job(job, tenant))
+        Ok(message
+            .header(headers::BAND, band.as_str())
+            .for_job(job, tenant))
     }
 
     /// Files the advisory's message and ends its job; see the module docs.

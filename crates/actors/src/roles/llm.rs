@@ -524,7 +524,9 @@ impl LlmWorker {
                 shared.bus.publish_all(vec![message]).await
             }
         })
-        .await
+        .await?;
+        super::ring_event(&shared.bus, &message).await;
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use chorus_bus::cancels::Cancels;
 use chorus_bus::claims::{self, Claims};
 use chorus_bus::definitions::{ConsumerDef, DefinitionError, Definitions};
 use chorus_bus::delivery::Ticket;
-use chorus_bus::fair::{Doorbells, Flows};
+use chorus_bus::fair::Flows;
 use chorus_bus::jobs::JobStore;
 use chorus_bus::limits::{Limits, RouteLimiter, RouteLimits};
 use chorus_bus::publish::Outgoing;
@@ -31,6 +31,7 @@ use chorus_bus::source::{Gate, Pull, WaitingBand};
 use chorus_bus::{Bus, BusError, Delivery};
 use chorus_core::codec::headers;
 use chorus_core::config::Config;
+use chorus_core::fair::Band;
 use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::messages::Envelope;
 use chorus_core::messages::JobAbort;
@@ -60,11 +61,24 @@ fn event_message<T: Envelope>(
     let trace = answering
         .header(headers::TRACEPARENT)
         .and_then(TraceContext::parse);
-    let subject = bus.subjects.event(tenant, job, kind);
+    let band = Band::of_header(answering.header(headers::BAND));
+    let subject = bus.subjects.event(band, tenant, job, kind);
     let trace = chorus_telemetry::trace::outgoing(trace.as_ref());
     let message = Outgoing::envelope(subject, msg_id, value, trace.as_ref())
         .map_err(|e| BusError::codec(format!("encode a {} event", kind.token()), e))?;
-    Ok(message.for_job(job, tenant))
+    Ok(message
+        .header(headers::BAND, band.as_str())
+        .for_job(job, tenant))
+}
+
+/// Rings the doorbell of the flow an event (`message`, from [`event_message`]) was published
+/// on, so an orchestrator pulls it at once.
+async fn ring_event(bus: &Bus, message: &Outgoing) {
+    let events = bus.subjects.event_flows();
+    if let Some(flow) = events.flow(&message.subject) {
+        bus.ring(&events.subject(None, flow.band, &flow.tenant))
+            .await;
+    }
 }
 
 /// Publishes an event (see [`event_message`]) under the failure policy: retried in place while
@@ -95,7 +109,9 @@ async fn publish_event<T: Envelope>(
         stop,
         || bus.publish_all(vec![message.clone()]),
     )
-    .await
+    .await?;
+    ring_event(bus, &message).await;
+    Ok(())
 }
 
 /// Fails `answering`'s job because `stage` cannot carry it on (`error`, at `step`): publishes a
@@ -183,7 +199,6 @@ pub async fn orchestrator(
         limited: limited_routes(&ctx.config).into_keys().collect(),
         cancels: Cancels::open(&ctx.bus).await?.watch().await?,
         config: ctx.config.clone(),
-        doorbells: Doorbells::default(),
         backlogs: ctx.backlogs.clone(),
         quotas: ctx.config.queue_quotas(),
     });
@@ -204,6 +219,18 @@ pub async fn orchestrator(
         // Intake serves every route.
         label: "any".to_owned(),
     }));
+    // Events (step results, evaluations, aborts), in fair order: a flow per band and tenant, so
+    // a batch's thousands of results never hold up an interactive call's.
+    let events = ctx.bus.subjects.stream("events");
+    let mut event_flows = pull(events.clone(), "orchestrator", ctx.config.scheduling.window);
+    event_flows.flows = Some(Arc::new(Flows {
+        subjects: ctx.bus.subjects.event_flows(),
+        template: template(&ctx.config, "orchestrator")?,
+        policy: ctx.config.fair_policy(),
+        caps: HashMap::new(),
+        stage: Stage::Orchestrator,
+        label: "any".to_owned(),
+    }));
     Ok(StageSpec {
         name: "orchestrator",
         bus: ctx.bus.clone(),
@@ -211,11 +238,9 @@ pub async fn orchestrator(
             // JetStream submitters' jobs, in arrival order.
             pull(submit, "orchestrator-submit", config.max_in_flight),
             flows,
-            pull(
-                ctx.bus.subjects.stream("events"),
-                "orchestrator",
-                config.max_in_flight,
-            ),
+            // Events a Chorus before flows published.
+            pull(events, "orchestrator", config.max_in_flight),
+            event_flows,
         ],
         routing: Routing::ByJob,
         workers: config.workers,
@@ -388,15 +413,30 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
     })
 }
 
-pub fn evaluator(ctx: &Context) -> StageSpec<evaluator::EvalWorker> {
+pub fn evaluator(ctx: &Context) -> Result<StageSpec<evaluator::EvalWorker>, ActorsError> {
     let workers = ctx.config.evaluator.workers;
     let bus = ctx.bus.clone();
     let stop = CancellationToken::new();
     let handler_stop = stop.clone();
-    StageSpec {
+    let work = ctx.bus.subjects.stream("work");
+    // Evaluation requests in fair order, a flow per band and tenant.
+    let mut flows = pull(work.clone(), "evaluator", ctx.config.scheduling.window);
+    flows.flows = Some(Arc::new(Flows {
+        subjects: ctx.bus.subjects.evaluator_flows(),
+        template: template(&ctx.config, "evaluator")?,
+        policy: ctx.config.fair_policy(),
+        caps: HashMap::new(),
+        stage: Stage::Evaluator,
+        label: "any".to_owned(),
+    }));
+    Ok(StageSpec {
         name: "evaluator",
         bus: ctx.bus.clone(),
-        sources: vec![pull(ctx.bus.subjects.stream("work"), "evaluator", workers)],
+        sources: vec![
+            // Requests a Chorus before flows published.
+            pull(work, "evaluator", workers),
+            flows,
+        ],
         routing: Routing::Idle,
         workers,
         max_in_flight: workers,
@@ -405,7 +445,7 @@ pub fn evaluator(ctx: &Context) -> StageSpec<evaluator::EvalWorker> {
             evaluator::EvalWorker::new(bus.clone(), handler_stop.clone())
         }),
         stop,
-    }
+    })
 }
 
 pub fn persister(ctx: &Context, store: Store) -> StageSpec<persister::Persister> {

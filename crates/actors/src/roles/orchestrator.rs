@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 
 use chorus_bus::backlog::Backlogs;
 use chorus_bus::cancels::CancelSet;
-use chorus_bus::fair::Doorbells;
 use chorus_bus::jobs::{Applied, JobStore, Start};
 use chorus_bus::publish::Outgoing;
 use chorus_bus::{Bus, BusError, Delivery};
@@ -52,8 +51,6 @@ pub struct Shared {
     pub cancels: CancelSet,
     /// The bands tenants' JetStream submissions are served at.
     pub config: Arc<Config>,
-    /// The flows this process rang lately.
-    pub doorbells: Doorbells,
     /// Tenants' waiting work, and how much each may have: a JetStream submission over its
     /// tenant's quota is answered with an error line instead of being queued.
     pub backlogs: Arc<Backlogs>,
@@ -431,19 +428,33 @@ impl Orchestrator {
                         .header(headers::PRIORITY, &call.priority.to_string())
                         .header(headers::COST, &cost.to_string())
                 }
-                Effect::Evaluate(request) => Outgoing::envelope(
-                    subjects.evaluator_work(),
-                    &msg_id::evaluation_request(state.id),
-                    &request,
-                    trace,
-                )
-                .map_err(nats)?,
+                Effect::Evaluate(request) => {
+                    // Evaluations wait in their tenant's flow at the job's band too.
+                    let subject =
+                        subjects
+                            .evaluator_flows()
+                            .subject(None, state.band, &state.tenant);
+                    if !flows.contains(&subject) {
+                        flows.push(subject.clone());
+                    }
+                    Outgoing::envelope(
+                        subject,
+                        &msg_id::evaluation_request(state.id),
+                        &request,
+                        trace,
+                    )
+                    .map_err(nats)?
+                }
             };
-            messages.push(message.for_job(state.id, &state.tenant));
+            // What answers it (a step result, an evaluation) is queued at the same band.
+            let message = message
+                .header(headers::BAND, state.band.as_str())
+                .for_job(state.id, &state.tenant);
+            messages.push(message);
         }
         self.shared.bus.publish_all(messages).await?;
         for flow in flows {
-            self.shared.doorbells.ring(&self.shared.bus, &flow).await;
+            self.shared.bus.ring(&flow).await;
         }
         Ok(())
     }
