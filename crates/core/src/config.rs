@@ -298,7 +298,9 @@ impl Default for ProbesConfig {
 pub struct OrchestratorConfig {
     /// Worker actors; events for one job always go to the same worker.
     pub workers: usize,
-    /// Messages pulled but not yet settled, across all workers.
+    /// Messages pulled but not yet settled, across all workers. What is handed to a worker waits
+    /// in its mailbox in arrival order, past the fair order: a few per worker keep the workers
+    /// busy, more only lengthen the queue an interactive job waits in.
     pub max_in_flight: usize,
     /// Job states (with their KV revision) each worker keeps to skip a read before a write.
     pub cache_per_worker: usize,
@@ -308,7 +310,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self {
             workers: 32,
-            max_in_flight: 2048,
+            max_in_flight: 256,
             cache_per_worker: 4096,
         }
     }
