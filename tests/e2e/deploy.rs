@@ -175,12 +175,26 @@ fn consumer_definition(config: &Config, stream: &str, consumer: &str) -> Option<
     Some(serde_json::from_str(&text).expect("json"))
 }
 
-/// The Prometheus query the llm role scales on: the calls waiting in every flow set of the work
-/// stream (`llm`, `llm-<route>`), as chorus_consumer_pending sums them.
-const LLM_BACKLOG: &str = r#"sum(max by (consumer) (chorus_consumer_pending{stream="CHORUS_WORK",consumer=~"llm|llm-.+"}))"#;
+/// The Prometheus queries the worker roles that pull flows scale on, by ScaledObject: the
+/// messages waiting in their consumers and flows, as chorus_consumer_pending sums each flow set
+/// under its name ([`flow_sets`]).
+const BACKLOGS: [(&str, &str); 3] = [
+    (
+        "chorus-llm",
+        r#"sum(max by (consumer) (chorus_consumer_pending{stream="CHORUS_WORK",consumer=~"llm|llm-.+"}))"#,
+    ),
+    (
+        "chorus-orchestrator",
+        r#"sum(max by (stream, consumer) (chorus_consumer_pending{stream=~"CHORUS_SUBMIT|CHORUS_EVENTS",consumer=~"orchestrator|orchestrator-submit"}))"#,
+    ),
+    (
+        "chorus-evaluator",
+        r#"max(chorus_consumer_pending{stream="CHORUS_WORK",consumer="evaluator"})"#,
+    ),
+];
 
 /// Checks the triggers of a ScaledObject against `config`; gives the consumers it scales on
-/// (`llm flows` for the llm role's Prometheus trigger).
+/// (`flows` for a Prometheus trigger of [`BACKLOGS`]).
 fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
     let target = object["spec"]["scaleTargetRef"]["name"]
         .as_str()
@@ -189,14 +203,18 @@ fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
     let mut consumers = BTreeSet::new();
     for trigger in object["spec"]["triggers"].as_array().expect("triggers") {
         if trigger["type"] == "prometheus" {
-            assert_eq!(trigger["metadata"]["query"], LLM_BACKLOG, "{target}");
+            let (_, query) = BACKLOGS
+                .iter()
+                .find(|(name, _)| *name == target)
+                .unwrap_or_else(|| panic!("{target} scales on a query of no flow set"));
+            assert_eq!(trigger["metadata"]["query"], *query, "{target}");
             let threshold: u64 = trigger["metadata"]["threshold"]
                 .as_str()
                 .expect("threshold")
                 .parse()
                 .expect("a number");
             assert!(threshold >= 1, "{target}");
-            consumers.insert("llm flows".to_owned());
+            consumers.insert("flows".to_owned());
             continue;
         }
         assert_eq!(trigger["type"], "nats-jetstream", "{target}");
@@ -225,8 +243,7 @@ fn check_triggers(object: &Value, config: &Config) -> BTreeSet<String> {
 /// and `llm-<route>` per route with shared limits.
 fn llm_flow_sets(config: &Config) -> BTreeSet<String> {
     let subjects = Subjects::new(&config.nats.prefix);
-    let tenant = chorus_core::Tenant::new("acme").expect("tenant");
-    let band = chorus_core::fair::Band::Batch;
+    let (tenant, band) = flow_of_acme();
     limited_routes(config)
         .into_keys()
         .map(|route| {
@@ -239,6 +256,11 @@ fn llm_flow_sets(config: &Config) -> BTreeSet<String> {
         .collect()
 }
 
+fn flow_of_acme() -> (chorus_core::Tenant, chorus_core::fair::Band) {
+    let tenant = chorus_core::Tenant::new("acme").expect("tenant");
+    (tenant, chorus_core::fair::Band::Batch)
+}
+
 #[test]
 fn every_keda_trigger_scales_on_a_defined_consumer() {
     let base = kubernetes_config();
@@ -247,9 +269,31 @@ fn every_keda_trigger_scales_on_a_defined_consumer() {
     assert_eq!(scaled.len(), 4, "one ScaledObject per worker role");
     for object in scaled {
         let consumers = check_triggers(object, &base);
-        if object["metadata"]["name"] == "chorus-llm" {
-            assert_eq!(consumers, BTreeSet::from(["llm flows".to_owned()]));
+        let name = object["metadata"]["name"].as_str().expect("name");
+        if BACKLOGS.iter().any(|(pulls_flows, _)| *pulls_flows == name) {
+            assert_eq!(consumers, BTreeSet::from(["flows".to_owned()]), "{name}");
         }
+    }
+    // The orchestrator's and the evaluator's flows are counted under the names their queries
+    // ask for.
+    let subjects = Subjects::new(&base.nats.prefix);
+    let (tenant, band) = flow_of_acme();
+    let flow = chorus_core::subjects::Flow {
+        lane: None,
+        band,
+        tenant,
+    };
+    for (flows, set) in [
+        (subjects.submit_flows(), "orchestrator-submit"),
+        (subjects.event_flows(), "orchestrator"),
+        (subjects.evaluator_flows(), "evaluator"),
+    ] {
+        let filter = flows.filter(&flow);
+        assert_eq!(
+            subjects.flow_set_of(&filter).as_deref(),
+            Some(set),
+            "{filter}"
+        );
     }
     // Production's routes have shared limits, so their calls wait in flows of their own: the
     // llm role's query must count those too, or a backlog there would never add a pod. Its
