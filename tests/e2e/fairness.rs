@@ -717,16 +717,20 @@ async fn overtakes(
 }
 
 /// Two tenants backlogged on one limited route served by three llm processes: each gets half the
-/// tokens while both wait, so acme, whose lines cost three times beta's, gets a third of the calls.
+/// tokens in every 30-second window while both wait, so acme, whose lines cost three times
+/// beta's, gets about a third as many calls. The route serves about 26 calls a second (4 at a
+/// time, 150 ms each), so both stay backlogged for about 45 s.
 #[tokio::test]
 async fn backlogged_tenants_share_tokens_equally_across_three_llm_processes() {
-    const LINES: usize = 400;
+    const A_LINES: usize = 400;
+    const B_LINES: usize = 1200;
+    const WINDOW: Duration = Duration::from_secs(30);
     let nats = NatsServer::start_new().await;
     let db = TestDatabase::sqlite();
     let mock = MockLlm::start().await.unwrap();
     mock.script(
         "shared",
-        Behaviour::answer("ok").with_latency(Duration::from_millis(20)),
+        Behaviour::answer("ok").with_latency(Duration::from_millis(150)),
     );
     let mut config = test_config(&nats, &db);
     config.routes.push(RouteConfig {
@@ -737,40 +741,35 @@ async fn backlogged_tenants_share_tokens_equally_across_three_llm_processes() {
     let config_window = config.scheduling.window;
     let (app, _pods, _processes) = three_llm_pods(config).await;
     tokio::join!(
-        backlog(&app, "acme", "shared", "A", LINES, 300),
-        backlog(&app, "beta", "shared", "B", LINES, 100),
+        backlog(&app, "acme", "shared", "A", A_LINES, 300),
+        backlog(&app, "beta", "shared", "B", B_LINES, 100),
     );
-    wait::until(Duration::from_secs(120), "both backlogs served", || async {
-        (mock.requests("shared").len() >= 2 * LINES).then_some(())
+    wait::until(Duration::from_secs(180), "both backlogs served", || async {
+        (mock.requests("shared").len() >= A_LINES + B_LINES).then_some(())
     })
     .await;
-    let order: Vec<String> = mock
+    let order: Vec<(std::time::SystemTime, String)> = mock
         .requests("shared")
         .iter()
-        .map(|r| said(&r.body))
+        .map(|r| (r.received_at, said(&r.body)))
         .collect();
     // While both were backlogged: from both tenants' first calls until either has no more
     // lines left than the three processes' windows can hold (the rest waits in them, not on
     // the server, and goes as the windows empty).
     let held = 3 * config_window;
-    let first = |who: &str| {
-        order
-            .iter()
-            .position(|t| t.starts_with(who))
-            .expect("served")
-    };
     let nth = |who: &str, n: usize| {
         order
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.starts_with(who))
+            .filter(|(_, (_, t))| t.starts_with(who))
             .nth(n)
             .map(|(i, _)| i)
             .expect("served")
     };
-    let end = nth("A-", LINES - held).min(nth("B-", LINES - held));
-    let both = &order[first("A-").max(first("B-"))..end];
-    let cost = |text: &str, max_tokens| {
+    let end = nth("A-", A_LINES - held).min(nth("B-", B_LINES - held));
+    let both = &order[nth("A-", 0).max(nth("B-", 0))..end];
+    let cost = |text: &str| {
+        let max_tokens = if text.starts_with("A-") { 300 } else { 100 };
         let message = ChatMessage::new(Role::User, text);
         let params = Params {
             max_tokens: Some(max_tokens),
@@ -778,30 +777,56 @@ async fn backlogged_tenants_share_tokens_equally_across_three_llm_processes() {
         };
         f64::from(tokens::estimate_messages(&[message], &params, 1024))
     };
-    let tokens_of = |who: &str, max_tokens| -> f64 {
-        both.iter()
-            .filter(|t| t.starts_with(who))
-            .map(|t| cost(t, max_tokens))
-            .sum()
+    let share_of_acme = |calls: &[(std::time::SystemTime, String)]| {
+        let tokens = |who: &str| -> f64 {
+            calls
+                .iter()
+                .filter(|(_, t)| t.starts_with(who))
+                .map(|(_, t)| cost(t))
+                .sum()
+        };
+        let (a, b) = (tokens("A-"), tokens("B-"));
+        a / (a + b)
     };
-    let (a, b) = (tokens_of("A-", 300), tokens_of("B-", 100));
-    let share = a / (a + b);
-    let calls = |who: &str| both.iter().filter(|t| t.starts_with(who)).count();
+    let (first, last) = (both[0].0, both[both.len() - 1].0);
+    let span = last.duration_since(first).expect("in order");
+    assert!(
+        span >= WINDOW,
+        "both tenants were backlogged for only {span:?}, less than one window"
+    );
+    // Every 30-second window, sliding by a second, that fits in the time both waited.
+    let mut shares = Vec::new();
+    let mut from = first;
+    while from + WINDOW <= last {
+        let calls: Vec<_> = both
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < from + WINDOW)
+            .cloned()
+            .collect();
+        shares.push(share_of_acme(&calls));
+        from += Duration::from_secs(1);
+    }
+    let calls = |who: &str| both.iter().filter(|(_, t)| t.starts_with(who)).count();
     println!(
-        "while both waited: {} calls, acme {} calls ({a} tokens), beta {} calls ({b} tokens); \
-         acme's token share {share:.3}",
+        "while both waited ({span:?}): {} calls, acme {}, beta {}; acme's token share {:.3} overall, \
+         {:.3}..{:.3} over {} windows of 30 s",
         both.len(),
         calls("A-"),
-        calls("B-")
+        calls("B-"),
+        share_of_acme(both),
+        shares.iter().copied().fold(f64::INFINITY, f64::min),
+        shares.iter().copied().fold(0.0, f64::max),
+        shares.len()
     );
-    assert!(
-        (0.475..=0.525).contains(&share),
-        "acme's token share {share:.3} is not within 5% of its weight's 0.5"
-    );
+    for (at, share) in shares.iter().enumerate() {
+        assert!(
+            (0.475..=0.525).contains(share),
+            "acme's token share in the window from {at} s is {share:.3}, not within 5% of its \
+             weight's 0.5"
+        );
+    }
 }
 
-/// A key made with `--max-band batch` is served in the batch band, whatever it asks: its chat
-/// completion's call waits in its tenant's batch flow, never the interactive one.
 #[tokio::test]
 async fn a_key_cannot_use_a_band_above_its_own() {
     let nats = NatsServer::start_new().await;
