@@ -283,6 +283,8 @@ async fn a_429_pauses_its_route_on_every_pod_while_another_route_flows() {
     );
 }
 
+/// Three llm processes share one route's `rpm`: no 15-second window holds more calls than the
+/// limit allows, and a tenant alone gets at least 95% of it.
 #[tokio::test]
 async fn three_llm_pods_share_one_rate_limit() {
     const RPM: u32 = 600;
@@ -324,5 +326,11 @@ async fn three_llm_pods_share_one_rate_limit() {
     assert!(
         most <= ceiling,
         "{most} calls in a {WINDOW:?} window, above the ceiling {ceiling}"
+    );
+    // One tenant alone gets the route: all but a sliver of what the limit allows.
+    assert!(
+        utilisation >= 0.95,
+        "a tenant alone got {:.1}% of the route's limit",
+        utilisation * 100.0
     );
 }
