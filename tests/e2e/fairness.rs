@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use chorus_core::Tenant;
-use chorus_core::config::{Config, RouteConfig};
+use chorus_core::config::{Config, Quota, RouteConfig};
 use chorus_core::fair::Band;
 use chorus_core::spec::{ChatMessage, Params, Role};
 use chorus_core::subjects::Subjects;
@@ -896,6 +896,8 @@ fn tenants_configure_weights_caps_and_bands() {
         max_inflight = 4
         max_band = "batch"
         max_queued = 1000
+        [tenants.gamma]
+        max_queued_bytes = "1 MiB"
         "#,
     )
     .expect("parses");
@@ -916,7 +918,11 @@ fn tenants_configure_weights_caps_and_bands() {
     );
     assert_eq!(config.jetstream_band(&beta, None), Band::Batch);
     let quotas = config.queue_quotas();
-    assert_eq!((quotas.of(&acme), quotas.of(&beta)), (1000, 200_000));
+    let quota = |lines, bytes| Quota { lines, bytes };
+    assert_eq!(quotas.of(&acme), quota(1000, 256 * 1024 * 1024));
+    assert_eq!(quotas.of(&beta), quota(200_000, 256 * 1024 * 1024));
+    let gamma = Tenant::new("gamma").expect("tenant");
+    assert_eq!(quotas.of(&gamma), quota(200_000, 1024 * 1024));
     let bad: Config = toml::from_str("[tenants.Acme]\nweight = 0").expect("parses");
     let problems = bad.validate().expect_err("refused").to_string();
     assert!(

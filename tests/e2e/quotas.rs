@@ -1,6 +1,7 @@
-//! Backlog quotas: a tenant over its quota is refused — `429` with `retry-after` in OpenAI's
-//! error shape at the edge, an error result line for a JetStream submission — while another
-//! tenant's work is accepted and runs, and every job that was accepted finishes.
+//! Backlog quotas, of jobs and calls and of their bytes: a tenant over its quota is refused —
+//! `429` with `retry-after` in OpenAI's error shape at the edge, an error result line for a
+//! JetStream submission — while another tenant's work is accepted and runs, and every job that
+//! was accepted finishes.
 
 use std::time::Duration;
 
@@ -206,4 +207,125 @@ async fn a_tenant_over_its_backlog_quota_is_refused_while_another_runs_and_nothi
     // Its backlog drained, so some run (not necessarily the whole quota: the count the
     // orchestrator holds may be up to a second old).
     assert!(refusals.len() < LINES, "every JetStream line was refused");
+}
+
+/// The same quota in bytes: a tenant whose jobs are large is refused once their bytes waiting
+/// pass its `max_queued_bytes`, long before its count of jobs would be, and a batch file larger
+/// than the quota is refused outright; another tenant runs meanwhile, and every job accepted
+/// finishes.
+#[tokio::test]
+async fn a_tenant_over_its_backlog_quota_in_bytes_is_refused_and_nothing_accepted_is_lost() {
+    const QUOTA_BYTES: u64 = 64 * 1024;
+    const PROMPT: usize = 8 * 1024;
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "slow",
+        Behaviour::answer("ok").with_latency(Duration::from_millis(250)),
+    );
+    let mut config = test_config(&nats, &db);
+    config.routes.push(RouteConfig {
+        max_concurrency: Some(1),
+        timeout: Duration::from_secs(5),
+        ..mock_route("slow", &mock, "slow")
+    });
+    config.tenants.insert(
+        "acme".into(),
+        TenantConfig {
+            max_queued_bytes: Some(bytesize::ByteSize::b(QUOTA_BYTES)),
+            ..TenantConfig::default()
+        },
+    );
+    let app = TestApp::start(config).await;
+    let acme = client_with_key(&create_key(db.url(), "acme", "submit,read").await);
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    let large = |i: usize| format!("A-{i}-{}", "x".repeat(PROMPT));
+
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let response = post_job(&acme, &app.base, &large(i)).await;
+        match response.status().as_u16() {
+            202 => {
+                let job: Value = response.json().await.expect("json");
+                accepted.push(job["id"].as_str().expect("id").to_owned());
+            }
+            429 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("acme's job {i}: {other}"),
+        }
+    }
+    let refused = refused.expect("acme was refused once over its quota in bytes");
+    println!("acme's jobs of {PROMPT} bytes accepted: {}", accepted.len());
+    // Each job weighs a little more than its prompt: at most the quota's worth were taken.
+    assert!(
+        (1..=QUOTA_BYTES as usize / PROMPT).contains(&accepted.len()),
+        "refused after {} jobs of {PROMPT} bytes, with a quota of {QUOTA_BYTES} bytes",
+        accepted.len()
+    );
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "queue_quota_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("tenant acme") && message.contains("bytes"),
+        "{message}"
+    );
+
+    // A batch whose file alone is larger than the quota can never be queued.
+    let content: String = (0..10)
+        .map(|i| {
+            json!({"custom_id": format!("b-{i}"), "method": "POST", "url": "/v1/jobs",
+                   "body": {"model": "slow", "messages": [{"role": "user", "content": large(i)}]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(content.into_bytes()).file_name("b.jsonl"),
+        );
+    let file: Value = acme
+        .post(format!("{}/v1/files", app.base))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let response = acme
+        .post(format!("{}/v1/batches", app.base))
+        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/jobs",
+                      "completion_window": "24h"}))
+        .send()
+        .await
+        .expect("POST /v1/batches");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "over_quota", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("bytes"), "{message}");
+
+    // beta is not held to acme's quota.
+    let response = post_job(&beta, &app.base, &large(0)).await;
+    assert_eq!(response.status(), 202, "beta's job");
+    let job: Value = response.json().await.expect("json");
+    let job = wait_done(
+        &app.base,
+        &beta,
+        job["id"].as_str().expect("id"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // Every job acme had accepted finishes.
+    for id in &accepted {
+        let job = wait_done(&app.base, &acme, id, Duration::from_secs(60)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
 }

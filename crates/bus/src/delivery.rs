@@ -308,6 +308,11 @@ impl Delivery {
         self.message.subject.as_str()
     }
 
+    /// Its size as a stream counts it: headers and payload.
+    pub fn size(&self) -> u64 {
+        self.headers().map_or(0, crate::publish::header_bytes) + self.payload().len() as u64
+    }
+
     pub fn payload(&self) -> &Bytes {
         &self.message.payload
     }

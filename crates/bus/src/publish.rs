@@ -23,7 +23,25 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+/// The bytes `headers` take in a message: what a stream's byte limits count of them.
+pub fn header_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>() as u64
+}
+
 impl Outgoing {
+    /// Its size as a stream counts it: headers and payload.
+    pub fn size(&self) -> u64 {
+        header_bytes(&self.headers) + self.payload.len() as u64
+    }
+
     /// An envelope under `msg_id`, carrying `trace` as its `traceparent` (see
     /// `chorus_telemetry::trace::outgoing` for the context a hop passes on).
     pub fn envelope<T: Envelope>(

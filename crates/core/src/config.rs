@@ -333,6 +333,9 @@ pub struct SchedulingConfig {
     /// and calls it may have waiting in JetStream (at the orchestrator's intake and at the llm
     /// stage). Work over it is refused (`429`, or an error line for a JetStream submission).
     pub max_queued: u64,
+    /// A tenant's backlog quota in bytes, unless `[tenants.<name>] max_queued_bytes` says
+    /// otherwise: the size of the jobs and calls it may have waiting, as [`Self::max_queued`].
+    pub max_queued_bytes: ByteSize,
 }
 
 impl Default for SchedulingConfig {
@@ -342,20 +345,30 @@ impl Default for SchedulingConfig {
             batch_share: 0.1,
             window: 32,
             max_queued: 200_000,
+            max_queued_bytes: ByteSize::mib(256),
         }
     }
 }
 
-/// The jobs and calls each tenant may have waiting in JetStream (see
+/// The jobs and calls each tenant may have waiting in JetStream, and their bytes (see
 /// [`SchedulingConfig::max_queued`]).
 #[derive(Clone, Debug, Default)]
 pub struct QueueQuotas {
-    default: u64,
-    tenants: HashMap<Tenant, u64>,
+    default: Quota,
+    tenants: HashMap<Tenant, Quota>,
+}
+
+/// One tenant's backlog quota.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Jobs and calls waiting.
+    pub lines: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 impl QueueQuotas {
-    pub fn of(&self, tenant: &Tenant) -> u64 {
+    pub fn of(&self, tenant: &Tenant) -> Quota {
         self.tenants.get(tenant).copied().unwrap_or(self.default)
     }
 }
@@ -374,6 +387,8 @@ pub struct TenantConfig {
     pub max_band: Band,
     /// Its backlog quota; None: `scheduling.max_queued`.
     pub max_queued: Option<u64>,
+    /// Its backlog quota in bytes; None: `scheduling.max_queued_bytes`.
+    pub max_queued_bytes: Option<ByteSize>,
 }
 
 impl Default for TenantConfig {
@@ -383,6 +398,7 @@ impl Default for TenantConfig {
             max_inflight: None,
             max_band: Band::Standard,
             max_queued: None,
+            max_queued_bytes: None,
         }
     }
 }
@@ -736,11 +752,26 @@ impl Config {
 
     /// Tenants' backlog quotas.
     pub fn queue_quotas(&self) -> QueueQuotas {
+        let default = Quota {
+            lines: self.scheduling.max_queued,
+            bytes: self.scheduling.max_queued_bytes.as_u64(),
+        };
         QueueQuotas {
-            default: self.scheduling.max_queued,
+            default,
             tenants: self
                 .tenants()
-                .filter_map(|(tenant, config)| Some((tenant, config.max_queued?)))
+                .filter(|(_, config)| {
+                    config.max_queued.is_some() || config.max_queued_bytes.is_some()
+                })
+                .map(|(tenant, config)| {
+                    let quota = Quota {
+                        lines: config.max_queued.unwrap_or(default.lines),
+                        bytes: config
+                            .max_queued_bytes
+                            .map_or(default.bytes, |b| b.as_u64()),
+                    };
+                    (tenant, quota)
+                })
                 .collect(),
         }
     }
@@ -857,6 +888,10 @@ impl Config {
             self.scheduling.max_queued >= 1,
             "scheduling.max_queued: must be at least 1",
         );
+        require(
+            self.scheduling.max_queued_bytes.as_u64() >= 1,
+            "scheduling.max_queued_bytes: must be at least 1 byte",
+        );
         for (name, tenant) in &self.tenants {
             if crate::Tenant::new(name.clone()).is_err() {
                 problems.push(format!(
@@ -875,6 +910,12 @@ impl Config {
                 problems.push(format!(
                     "tenants.{name}.max_queued: must be at least 1 (leave it out for \
                      scheduling.max_queued)"
+                ));
+            }
+            if tenant.max_queued_bytes.is_some_and(|b| b.as_u64() == 0) {
+                problems.push(format!(
+                    "tenants.{name}.max_queued_bytes: must be at least 1 byte (leave it out for \
+                     scheduling.max_queued_bytes)"
                 ));
             }
         }

@@ -11,6 +11,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
+use chorus_bus::backlog::Load;
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
 use chorus_core::auth::Caller;
@@ -104,7 +105,9 @@ pub async fn create(
     let lines = file::parse_file(&content, state.batch_max_lines, &validator)
         .map_err(ApiError::refused_file)?;
     check_endpoints(&lines, endpoint)?;
-    crate::quota::admit(&state, &caller.tenant, lines.len() as u64)?;
+    // Its lines weigh about what its file does.
+    let adding = Load::new(lines.len() as u64, content.len() as u64);
+    crate::quota::admit(&state, &caller.tenant, adding)?;
 
     let created_at = Utc::now();
     let now = created_at.timestamp_millis();

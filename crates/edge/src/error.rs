@@ -92,17 +92,16 @@ pub enum ApiError {
     /// admitted.
     #[error("too many requests for this API key; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
-    /// The tenant's backlog quota is used up: `queued` jobs and calls wait, `adding` more would
-    /// pass `quota`.
+    /// The tenant's backlog quota is used up (`over`: of jobs and calls, or of their bytes):
+    /// `adding` more jobs would pass it.
     #[error(
-        "tenant {tenant} has {queued} jobs and calls waiting and its backlog quota is {quota}: \
-         {adding} more cannot be queued now; retry after {retry_after} s, as its work drains"
+        "tenant {tenant} has {over}: {adding} more jobs cannot be queued now; retry after \
+         {retry_after} s, as its work drains"
     )]
     OverQuota {
         tenant: Tenant,
-        queued: u64,
+        over: chorus_bus::backlog::Over,
         adding: u64,
-        quota: u64,
         retry_after: u64,
     },
     /// A work stream is at its size limit.

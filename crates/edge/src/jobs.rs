@@ -13,6 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chorus_bus::backlog::Load;
 use chorus_bus::jobs::{Start, Write};
 use chorus_bus::publish::Outgoing;
 use chorus_core::Tenant;
@@ -319,7 +320,6 @@ pub async fn submit(
     stream: bool,
     band: Band,
 ) -> Result<bool, ApiError> {
-    crate::quota::admit(state, tenant, 1)?;
     let now = now_millis();
     let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
         .streamed(stream)
@@ -346,6 +346,7 @@ pub async fn submit(
     )
     .map_err(|e| ApiError::unavailable("encoding", e))?
     .for_job(job, tenant);
+    crate::quota::admit(state, tenant, Load::new(1, message.size()))?;
     let (published, created) = tokio::join!(
         state.bus.publish_all(vec![message]),
         state.jobs.create(&queued)

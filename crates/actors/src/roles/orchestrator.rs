@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use chorus_bus::backlog::Backlogs;
+use chorus_bus::backlog::{Backlogs, Load, Over};
 use chorus_bus::cancels::CancelSet;
 use chorus_bus::jobs::{Applied, JobStore, Start};
 use chorus_bus::publish::Outgoing;
@@ -113,14 +113,10 @@ enum Rejected {
     #[error("invalid job spec: {}", join(problems))]
     Invalid { problems: Vec<FieldError> },
     #[error(
-        "tenant {tenant} has {queued} calls waiting and its backlog quota is {quota}: this line \
-         was not queued; submit it again as the backlog drains"
+        "tenant {tenant} has {over}: this line was not queued; submit it again as the backlog \
+         drains"
     )]
-    OverQuota {
-        tenant: Tenant,
-        queued: u64,
-        quota: u64,
-    },
+    OverQuota { tenant: Tenant, over: Over },
 }
 
 fn join(problems: &[FieldError]) -> String {
@@ -296,7 +292,7 @@ impl Orchestrator {
                         .shared
                         .config
                         .jetstream_band(&tenant, spec.service_tier);
-                    self.within_quota(&tenant)?;
+                    self.within_quota(&tenant, delivery.size())?;
                     (
                         external_job_id(&tenant, delivery),
                         spec,
@@ -321,7 +317,7 @@ impl Orchestrator {
                 .streamed(stream)
                 .in_band(band);
             // Its call waits at the llm stage from now: counted there before the next count.
-            self.shared.backlogs.taken(&tenant);
+            self.shared.backlogs.taken(&tenant, delivery.size());
             return Ok(Event {
                 tenant,
                 job,
@@ -495,17 +491,16 @@ impl Orchestrator {
     /// Takes a JetStream submission of `tenant`'s if its calls waiting at the llm stage are
     /// within its backlog quota (its submissions waiting here are in arrival order: those past
     /// the quota are the ones refused).
-    fn within_quota(&self, tenant: &Tenant) -> Result<(), Rejected> {
+    fn within_quota(&self, tenant: &Tenant, bytes: u64) -> Result<(), Rejected> {
         let quota = self.shared.quotas.of(tenant);
         let queued = self.shared.backlogs.of(tenant).llm;
-        if queued >= quota {
-            return Err(Rejected::OverQuota {
+        match queued.over(Load::new(1, bytes), quota) {
+            Some(over) => Err(Rejected::OverQuota {
                 tenant: tenant.clone(),
-                queued,
-                quota,
-            });
+                over,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Publishes the error line of a submission that never became a job.
