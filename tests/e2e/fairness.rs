@@ -565,6 +565,82 @@ async fn a_standard_jobs_evaluation_overtakes_a_batch_backlog_of_evaluations() {
     evaluator.shutdown().await.expect("evaluator stopped");
 }
 
+/// At the persister, which commits final states in the order the jobs bucket stored them (a
+/// batch's thousands ahead of a chat completion's): a waiting client is answered once its job is
+/// committed, and when the persister is behind — here, not running at all — its edge commits the
+/// job itself. A chat completion and a `?wait` job are answered with no persister running, their
+/// jobs stored as succeeded; a persister started later stores nothing twice.
+#[tokio::test]
+async fn a_waiting_client_is_answered_once_its_job_is_committed_even_with_the_persister_behind() {
+    const ROUTE: &str = "sim:echo";
+    let nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let config = test_config(&nats, &db);
+    let app = TestApp::start_roles(
+        config.clone(),
+        &[
+            RoleName::Edge,
+            RoleName::Orchestrator,
+            RoleName::Llm,
+            RoleName::Evaluator,
+        ],
+    )
+    .await;
+    let beta = client_with_key(&create_key(db.url(), "beta", "submit,read").await);
+    let answer = chat(&app, &beta, ROUTE, "C-1").await;
+    assert!(said_back(&answer).ends_with("C-1"), "{answer}");
+    let waited = beta
+        .post(format!("{}/v1/jobs?wait=30", app.base))
+        .json(&json!({"model": ROUTE, "messages": [{"role": "user", "content": "C-2"}]}))
+        .send()
+        .await
+        .expect("POST /v1/jobs?wait");
+    assert_eq!(waited.status(), 200);
+    let waited: Value = waited.json().await.expect("json");
+    assert_eq!(waited["status"], "succeeded", "{waited}");
+
+    let conn = sea_orm::Database::connect(db.url()).await.expect("db");
+    let stored = "SELECT count(*) FROM jobs WHERE tenant = 'beta' AND status = 'succeeded'";
+    assert_eq!(count(&conn, stored).await, 2, "both jobs committed");
+    // The persister, started now, mirrors the same final states: nothing changes.
+    let persister = TestApp::start_roles(config, &[RoleName::Persister]).await;
+    wait_quiet(&app.bus).await;
+    persister_caught_up(&app).await;
+    assert_eq!(count(&conn, stored).await, 2);
+    let all = "SELECT count(*) FROM jobs WHERE tenant = 'beta'";
+    assert_eq!(count(&conn, all).await, 2);
+    persister.shutdown().await.expect("persister stopped");
+}
+
+/// Waits until the persister has taken and acknowledged every version in the jobs bucket.
+async fn persister_caught_up(app: &TestApp) {
+    let stream = app
+        .bus
+        .js
+        .get_stream_no_info(app.bus.subjects.jobs_stream())
+        .await
+        .expect("stream");
+    wait::until(
+        Duration::from_secs(30),
+        "the persister caught up",
+        || async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("persister").await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        },
+    )
+    .await
+}
+
+/// The text a chat completion's answer says (`sim:echo` says the prompt back).
+fn said_back(answer: &Value) -> String {
+    answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// `chorus_tenant_inflight` counts the calls processes hold per route and tenant: a tenant named
 /// in the configuration has its own series, any other is counted as `other`.
 #[tokio::test]

@@ -278,13 +278,18 @@ pub async fn start(
                             source,
                         })?,
                 };
+                // It commits waiting clients' jobs when the persister is behind: the same
+                // database, refusing the same snapshots.
+                let store = store()?;
+                #[cfg(feature = "faults")]
+                let store = store.with_faults(&config.faults);
                 Box::new(HttpRole::new(
                     "edge",
                     listener,
                     chorus_edge::router(AppState {
                         bus: bus.clone(),
                         jobs: JobStore::open(&bus).await?,
-                        store: store()?,
+                        store,
                         routes: routes.clone(),
                         auth: Arc::new(edge_auth(&config.edge)?),
                         body_limit: config.edge.body_limit.as_u64(),

@@ -255,6 +255,12 @@ impl Subjects {
         format!("{flow}.{job}.{}", kind.token())
     }
 
+    /// Core NATS: the orchestrator's word that a job's final state is in the jobs bucket, for
+    /// requests waiting on the job (which commit it themselves if the persister is behind).
+    pub fn finished(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("{}.finished.{}.{}", self.prefix, tenant, job)
+    }
+
     /// Core-NATS notification the persister sends once a job's final state is committed.
     pub fn notify(&self, tenant: &Tenant, job: JobId) -> String {
         format!("{}.notify.{}.{}", self.prefix, tenant, job)

@@ -19,15 +19,12 @@
 //! timeout or an exceeded deadline `504`; any other provider failure, including its refusing our
 //! own credentials, `502`.
 
-use std::time::Duration;
-
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use chorus_core::Tenant;
 use chorus_core::auth::Caller;
 use chorus_core::batch::file::LineErrorCode;
 use chorus_core::codec::headers;
@@ -47,10 +44,7 @@ use crate::extract::{JsonBody, Path};
 use crate::jobs::{submit, trace_of};
 use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
 use crate::state::AppState;
-
-/// How often a wait checks the database besides listening for the commit notification (which
-/// is core NATS, so at most once).
-const POLL: Duration = Duration::from_secs(1);
+use crate::waiter::Waiter;
 
 /// The sim kinds `GET /v1/models` lists beside the configured routes (any `sim:` model works).
 const SIM_MODELS: [&str; 3] = ["sim:echo", "sim:json", "sim:lorem"];
@@ -166,8 +160,9 @@ pub async fn completions(
     let job = JobId::new();
     let created = now_millis().div_euclid(1000);
     let model = spec.model.clone().unwrap_or_default();
-    // Listen before publishing, so neither the commit nor the first text can come first.
-    let notify = subscribe(&state, state.bus.subjects.notify(&tenant, job)).await?;
+    // Listen before publishing, so neither the end nor the first text can come first.
+    let deadline = tokio::time::Instant::now() + state.max_wait;
+    let waiter = Waiter::listen(&state, &tenant, job, deadline).await?;
     let deltas = match streaming {
         Some(_) => Some(subscribe(&state, state.bus.subjects.answer_stream(&tenant, job)).await?),
         None => None,
@@ -183,13 +178,6 @@ pub async fn completions(
         Band::Interactive.capped(caller.max_band),
     )
     .await?;
-    let waiter = Waiter {
-        deadline: tokio::time::Instant::now() + state.max_wait,
-        state,
-        tenant,
-        job,
-        notify,
-    };
     match (streaming, deltas) {
         (Some(options), Some(deltas)) => {
             let chunks = Chunks {
@@ -200,7 +188,7 @@ pub async fn completions(
             stream_answer(waiter, deltas, chunks, options).await
         }
         _ => {
-            let finished = waiter.finished().await?;
+            let finished = finished(waiter).await?;
             answer(&finished).map(|c| Json(c).into_response())
         }
     }
@@ -215,71 +203,14 @@ async fn subscribe(state: &AppState, subject: String) -> Result<async_nats::Subs
         .map_err(|e| ApiError::unavailable("NATS", e))
 }
 
-/// Waits for one job's final state to be committed.
-struct Waiter {
-    state: AppState,
-    tenant: Tenant,
-    job: JobId,
-    notify: async_nats::Subscriber,
-    deadline: tokio::time::Instant,
-}
-
-impl Waiter {
-    /// The job's final state once it is committed; a `504` past the deadline. A read that fails
-    /// (the database or the bucket busy or briefly away) is asked again at the next poll: the job
-    /// runs on regardless, so the caller is answered with the failure only if it lasts until the
-    /// deadline.
-    async fn finished(mut self) -> Result<JobState, ApiError> {
-        let mut poll = tokio::time::interval(POLL);
-        let mut failed = None;
-        loop {
-            tokio::select! {
-                _ = self.notify.next() => {}
-                _ = poll.tick() => {}
-                _ = tokio::time::sleep_until(self.deadline) => {
-                    return Err(failed.unwrap_or_else(|| self.timed_out()));
-                }
-            }
-            match self.committed().await {
-                Ok(Some(state)) => return Ok(state),
-                Ok(None) => failed = None,
-                Err(e) => failed = Some(e),
-            }
-        }
-    }
-
-    /// The final state, if the job is committed as final.
-    async fn committed(&self) -> Result<Option<JobState>, ApiError> {
-        let stored = self
-            .state
-            .store
-            .get_job(&self.tenant, self.job)
-            .await
-            .map_err(|e| ApiError::unavailable("the database", e))?;
-        if !stored.is_some_and(|r| r.summary.status.is_terminal()) {
-            return Ok(None);
-        }
-        let live = self
-            .state
-            .jobs
-            .get(&self.tenant, self.job)
-            .await
-            .map_err(|e| ApiError::unavailable("the job-state bucket", e))?;
-        Ok(live
-            .map(|(state, _)| state)
-            .filter(|s| s.status.is_terminal()))
-    }
-
-    fn timed_out(&self) -> ApiError {
-        ApiError::Upstream {
-            status: StatusCode::GATEWAY_TIMEOUT,
-            code: "timeout".into(),
-            message: format!(
-                "the call did not finish within edge.max_wait; it goes on as job {}",
-                self.job
-            ),
-        }
-    }
+/// The final state of the job `waiter` waits for; a `504` past the deadline.
+async fn finished(waiter: Waiter) -> Result<JobState, ApiError> {
+    let job = waiter.job();
+    waiter.finished().await?.ok_or_else(|| ApiError::Upstream {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        code: "timeout".into(),
+        message: format!("the call did not finish within edge.max_wait; it goes on as job {job}"),
+    })
 }
 
 /// The answer of a finished job, or its failure as OpenAI's error.
@@ -378,7 +309,7 @@ async fn stream_answer(
         }
     });
     let finished =
-        stream::once(waiter.finished()).map(|state| Arrival::Finished(state.map(Box::new)));
+        stream::once(finished(waiter)).map(|state| Arrival::Finished(state.map(Box::new)));
     let mut arrivals = Box::pin(stream::select(deltas, finished));
     // Before the first text the answer can still be a plain error response.
     let mut pending = Vec::new();

@@ -34,6 +34,7 @@ use crate::error::{ApiError, Missing};
 use crate::extract::{JsonBody, Path, Query};
 use crate::openapi::{Accepted, ErrorBody};
 use crate::state::AppState;
+use crate::waiter::Waiter;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -107,16 +108,12 @@ pub async fn create(
         None => JobId::new(),
     };
 
-    // Subscribe before publishing, so a fast job cannot finish before we listen.
-    let mut finished = match wait {
-        Some(_) => Some(
-            state
-                .bus
-                .client
-                .subscribe(state.bus.subjects.notify(&tenant, job))
-                .await
-                .map_err(|e| ApiError::unavailable("NATS", e))?,
-        ),
+    // Listen before publishing, so a fast job cannot finish before we listen.
+    let waiter = match wait {
+        Some(limit) => {
+            let deadline = tokio::time::Instant::now() + limit;
+            Some(Waiter::listen(&state, &tenant, job, deadline).await?)
+        }
         None => None,
     };
 
@@ -138,21 +135,12 @@ pub async fn create(
     )
     .await?;
 
-    if let (Some(limit), Some(subscription)) = (wait, finished.as_mut()) {
-        let done = async {
-            // A retried request may find the job already finished.
-            if !is_new && committed(&state, &tenant, job).await?.is_some() {
-                return Ok::<_, ApiError>(());
-            }
-            subscription.next().await;
-            Ok(())
-        };
-        if let Ok(result) = tokio::time::timeout(limit, done).await {
-            result?;
-            if let Some(record) = committed(&state, &tenant, job).await? {
-                return Ok((StatusCode::OK, Json(record)).into_response());
-            }
-        }
+    // A retried request may find the job already finished: the waiter looks at once.
+    if let Some(waiter) = waiter
+        && waiter.finished().await?.is_some()
+        && let Some(record) = committed(&state, &tenant, job).await?
+    {
+        return Ok((StatusCode::OK, Json(record)).into_response());
     }
     let status = if is_new {
         JobStatus::Queued

@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod probes;
 pub mod quota;
 pub mod state;
+pub mod waiter;
 pub mod waiting;
 
 use axum::Router;

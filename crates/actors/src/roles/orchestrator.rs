@@ -378,7 +378,16 @@ impl Orchestrator {
             .await?
             .ok_or(Failed::Orphan(event.job))?;
         self.publish(&transition.state, transition.effects).await?;
-        if !transition.state.status.is_terminal() {
+        if transition.state.status.is_terminal() {
+            // For a client waiting on the job: it is over (best effort, core NATS).
+            let subject = self.shared.bus.subjects.finished(&event.tenant, event.job);
+            let _ = self
+                .shared
+                .bus
+                .client
+                .publish(subject, bytes::Bytes::new())
+                .await;
+        } else {
             self.cache().put(event.job, (transition.state, revision));
         }
         Ok(())
