@@ -271,8 +271,9 @@ async fn an_interactive_call_overtakes_a_batch_backlog_on_an_unlimited_route() {
 /// completion, submitted while most of tenant `default`'s batch is still waiting, is taken ahead
 /// of it. The jobs bucket records each job as an orchestrator takes it (a batch line's state is
 /// first written then; an edge job's second version is the orchestrator's); of the batch's lines,
-/// at most those the orchestrator had in flight and one more are taken after beta's submission
-/// was queued and before it.
+/// at most twice what the orchestrator holds in flight are taken after beta's submission was
+/// queued and before it: those it held, and those other workers take while beta's job waits in
+/// its own worker's mailbox behind what that worker held (events of the batch's jobs too).
 #[tokio::test]
 async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
     const LINES: usize = 4000;
@@ -374,7 +375,7 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
          {taken_by_then} of {LINES}"
     );
     assert!(
-        ahead <= IN_FLIGHT + 1,
+        ahead <= 2 * IN_FLIGHT,
         "{ahead} batch lines were taken after beta's job was queued and before it"
     );
     assert!(
