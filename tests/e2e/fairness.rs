@@ -271,9 +271,10 @@ async fn an_interactive_call_overtakes_a_batch_backlog_on_an_unlimited_route() {
 /// completion, submitted while most of tenant `default`'s batch is still waiting, is taken ahead
 /// of it. The jobs bucket records each job as an orchestrator takes it (a batch line's state is
 /// first written then; an edge job's second version is the orchestrator's); of the batch's lines,
-/// at most twice what the orchestrator holds in flight are taken after beta's submission was
-/// queued and before it: those it held, and those other workers take while beta's job waits in
-/// its own worker's mailbox behind what that worker held (events of the batch's jobs too).
+/// only a few times what the orchestrator holds in flight (at most 4×) are taken after beta's
+/// submission was queued and before it — those it held, and those other workers take while
+/// beta's job waits in its own worker's mailbox behind what that worker held (events of the
+/// batch's jobs too) — where arrival order would take thousands.
 #[tokio::test]
 async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
     const LINES: usize = 4000;
@@ -375,7 +376,7 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
          {taken_by_then} of {LINES}"
     );
     assert!(
-        ahead <= 2 * IN_FLIGHT,
+        ahead <= 4 * IN_FLIGHT,
         "{ahead} batch lines were taken after beta's job was queued and before it"
     );
     assert!(
@@ -387,8 +388,10 @@ async fn an_interactive_job_overtakes_a_batch_backlog_at_intake() {
 /// At the orchestrator's events, where a batch's results all wait at once: acme's 2,000 step
 /// results are queued (its calls answered while no orchestrator ran), then beta submits a job and
 /// an orchestrator starts. beta's result, published after all of acme's, is taken ahead of them:
-/// of acme's jobs, at most those the orchestrator had in flight, and the few taken while beta's
-/// flow was being found, are finished after beta's result was queued and before beta's job.
+/// of acme's jobs, only a few times what the orchestrator holds in flight (at most 4×: those it
+/// held, and those other workers take while beta's result waits in its worker's mailbox) are
+/// finished after beta's result was queued and before beta's job, where arrival order would
+/// finish nearly all 2,000.
 #[tokio::test]
 async fn a_standard_jobs_result_overtakes_a_batch_backlog_of_results() {
     const LINES: usize = 2000;
@@ -464,7 +467,7 @@ async fn a_standard_jobs_result_overtakes_a_batch_backlog_of_results() {
          {behind} of {LINES}"
     );
     assert!(
-        ahead <= 2 * IN_FLIGHT,
+        ahead <= 4 * IN_FLIGHT,
         "{ahead} of acme's results were taken after beta's was queued and before it"
     );
     assert!(
