@@ -44,7 +44,7 @@ use crate::extract::{JsonBody, Path};
 use crate::jobs::{submit, trace_of};
 use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
 use crate::state::AppState;
-use crate::waiter::Waiter;
+use crate::waiter::{Waiter, subscribe};
 
 /// The sim kinds `GET /v1/models` lists beside the configured routes (any `sim:` model works).
 const SIM_MODELS: [&str; 3] = ["sim:echo", "sim:json", "sim:lorem"];
@@ -192,15 +192,6 @@ pub async fn completions(
             answer(&finished).map(|c| Json(c).into_response())
         }
     }
-}
-
-async fn subscribe(state: &AppState, subject: String) -> Result<async_nats::Subscriber, ApiError> {
-    state
-        .bus
-        .client
-        .subscribe(subject)
-        .await
-        .map_err(|e| ApiError::unavailable("NATS", e))
 }
 
 /// The final state of the job `waiter` waits for; a `504` past the deadline.

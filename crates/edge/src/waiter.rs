@@ -145,7 +145,11 @@ impl Waiter {
     }
 }
 
-async fn subscribe(state: &AppState, subject: String) -> Result<async_nats::Subscriber, ApiError> {
+/// Subscribes to `subject` (core NATS) for a request.
+pub(crate) async fn subscribe(
+    state: &AppState,
+    subject: String,
+) -> Result<async_nats::Subscriber, ApiError> {
     state
         .bus
         .client

@@ -205,32 +205,23 @@ pub async fn orchestrator(
     let cache = config.cache_per_worker;
     let submit = ctx.bus.subjects.stream("submit");
     // The edge's submissions, in fair order: a flow per band and tenant.
-    let mut flows = pull(
+    let flows = fair_source(
+        ctx,
         submit.clone(),
         "orchestrator-submit",
-        ctx.config.scheduling.window,
-    );
-    flows.flows = Some(Arc::new(Flows {
-        subjects: ctx.bus.subjects.submit_flows(),
-        template: template(&ctx.config, "orchestrator-submit")?,
-        policy: ctx.config.fair_policy(),
-        caps: HashMap::new(),
-        stage: Stage::Orchestrator,
-        // Intake serves every route.
-        label: "any".to_owned(),
-    }));
+        ctx.bus.subjects.submit_flows(),
+        Stage::Orchestrator,
+    )?;
     // Events (step results, evaluations, aborts), in fair order: a flow per band and tenant, so
     // a batch's thousands of results never hold up an interactive call's.
     let events = ctx.bus.subjects.stream("events");
-    let mut event_flows = pull(events.clone(), "orchestrator", ctx.config.scheduling.window);
-    event_flows.flows = Some(Arc::new(Flows {
-        subjects: ctx.bus.subjects.event_flows(),
-        template: template(&ctx.config, "orchestrator")?,
-        policy: ctx.config.fair_policy(),
-        caps: HashMap::new(),
-        stage: Stage::Orchestrator,
-        label: "any".to_owned(),
-    }));
+    let event_flows = fair_source(
+        ctx,
+        events.clone(),
+        "orchestrator",
+        ctx.bus.subjects.event_flows(),
+        Stage::Orchestrator,
+    )?;
     Ok(StageSpec {
         name: "orchestrator",
         bus: ctx.bus.clone(),
@@ -249,6 +240,28 @@ pub async fn orchestrator(
         make_handler: Arc::new(move || orchestrator::Orchestrator::new(shared.clone(), cache)),
         stop,
     })
+}
+
+/// A source pulling the flows of `subjects` on `stream` in fair order, each flow's consumer made
+/// from `consumer`'s definition: for a stage whose work serves every route (its
+/// `chorus_queue_wait_seconds` label `route="any"`).
+fn fair_source(
+    ctx: &Context,
+    stream: String,
+    consumer: &'static str,
+    subjects: FlowSubjects,
+    stage: Stage,
+) -> Result<Pull, ActorsError> {
+    let mut source = pull(stream, consumer, ctx.config.scheduling.window);
+    source.flows = Some(Arc::new(Flows {
+        subjects,
+        template: template(&ctx.config, consumer)?,
+        policy: ctx.config.fair_policy(),
+        caps: HashMap::new(),
+        stage,
+        label: "any".to_owned(),
+    }));
+    Ok(source)
 }
 
 /// The consumer definition `consumer`'s flows' consumers are made from.
@@ -420,15 +433,13 @@ pub fn evaluator(ctx: &Context) -> Result<StageSpec<evaluator::EvalWorker>, Acto
     let handler_stop = stop.clone();
     let work = ctx.bus.subjects.stream("work");
     // Evaluation requests in fair order, a flow per band and tenant.
-    let mut flows = pull(work.clone(), "evaluator", ctx.config.scheduling.window);
-    flows.flows = Some(Arc::new(Flows {
-        subjects: ctx.bus.subjects.evaluator_flows(),
-        template: template(&ctx.config, "evaluator")?,
-        policy: ctx.config.fair_policy(),
-        caps: HashMap::new(),
-        stage: Stage::Evaluator,
-        label: "any".to_owned(),
-    }));
+    let flows = fair_source(
+        ctx,
+        work.clone(),
+        "evaluator",
+        ctx.bus.subjects.evaluator_flows(),
+        Stage::Evaluator,
+    )?;
     Ok(StageSpec {
         name: "evaluator",
         bus: ctx.bus.clone(),
