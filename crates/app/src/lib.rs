@@ -14,6 +14,7 @@ use chorus_actors::http::HttpRole;
 use chorus_actors::roles::{self, ActorsError, Context};
 use chorus_actors::{Role, Runtime, RuntimeError};
 use chorus_bus::backlog::Backlogs;
+use chorus_bus::budgets::Budgets;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::definitions::{Applied, DefinitionError, Definitions};
 use chorus_bus::jobs::JobStore;
@@ -210,6 +211,8 @@ pub async fn start(
         tracing::debug!(%applied, "definition");
     }
     let routes = Arc::new(Routes::new(&config.routes).map_err(StartError::Routes)?);
+    let budgets = Budgets::open(&bus).await?;
+    budgets.apply_config(&config.tenant_budgets()).await?;
     let needs_db = roles
         .iter()
         .any(|r| matches!(r, RoleName::Edge | RoleName::Persister));
@@ -301,6 +304,8 @@ pub async fn start(
                         backlogs: backlogs.clone(),
                         quotas: config.queue_quotas(),
                         named: named.clone(),
+                        budget_view: budgets.watch().await?,
+                        budgets: budgets.clone(),
                     }),
                     config.supervision.drain_timeout,
                 ))

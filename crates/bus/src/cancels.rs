@@ -8,15 +8,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
 use chorus_core::subjects::Subjects;
 use chorus_core::{JobId, Tenant};
-use futures::StreamExt;
-use tokio::task::JoinHandle;
 
-use crate::{Bus, BusError, BusErrorKind};
+use crate::mirror::{Mirror, mirror};
+use crate::{Bus, BusError};
 
 /// The cancels bucket, for writing cancels.
 #[derive(Clone)]
@@ -68,67 +66,21 @@ impl Cancels {
     /// Starts mirroring the bucket; returns once the cancels already written are loaded.
     pub async fn watch(&self) -> Result<CancelSet, BusError> {
         let keys: Arc<RwLock<HashSet<String>>> = Arc::default();
-        let mut watch = self
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| BusError::request("watch the cancels bucket", e))?;
-        // Fresh stream info (the KV handle's status is cached from when it was opened).
-        let pending = self
-            .bus
-            .js
-            .get_stream(Subjects::bucket_stream(&self.kv.name))
-            .await
-            .map_err(|e| BusError::request("read the cancels stream", e))?
-            .cached_info()
-            .state
-            .messages;
-        let apply = |keys: &RwLock<HashSet<String>>, entry: async_nats::jetstream::kv::Entry| {
-            let mut keys = keys
+        let live = Arc::clone(&keys);
+        let mirror = mirror(&self.bus, &self.kv, "cancels", move |entry| {
+            let mut keys = live
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match entry.operation {
                 Operation::Put => keys.insert(entry.key),
                 Operation::Delete | Operation::Purge => keys.remove(&entry.key),
             };
-        };
-        // The history: until the entry with nothing left behind it (none when the bucket is empty).
-        if pending > 0 {
-            let loaded = tokio::time::timeout(Duration::from_secs(30), async {
-                while let Some(entry) = watch.next().await {
-                    let entry =
-                        entry.map_err(|e| BusError::request("load the cancels bucket", e))?;
-                    let last = entry.delta == 0;
-                    apply(&keys, entry);
-                    if last {
-                        break;
-                    }
-                }
-                Ok::<_, BusError>(())
-            })
-            .await;
-            loaded.map_err(|elapsed| {
-                BusError::new(
-                    "load the cancels bucket",
-                    BusErrorKind::Unavailable,
-                    elapsed,
-                )
-            })??;
-        }
-        let live = Arc::clone(&keys);
-        let task = tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(entry) => apply(&live, entry),
-                    Err(e) => tracing::warn!(error = %e, "watching the cancels bucket"),
-                }
-            }
-            tracing::warn!("the cancels bucket watch ended");
-        });
+        })
+        .await?;
         Ok(CancelSet {
             subjects: self.bus.subjects.clone(),
             keys,
-            _task: Arc::new(AbortOnDrop(task)),
+            _mirror: Arc::new(mirror),
         })
     }
 }
@@ -138,20 +90,12 @@ impl Cancels {
 pub struct CancelSet {
     subjects: Subjects,
     keys: Arc<RwLock<HashSet<String>>>,
-    _task: Arc<AbortOnDrop>,
+    _mirror: Arc<Mirror>,
 }
 
 impl std::fmt::Debug for CancelSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CancelSet").finish_non_exhaustive()
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -176,6 +120,8 @@ impl CancelSet {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::definitions::Definitions;
     use chorus_testkit::nats::NatsServer;

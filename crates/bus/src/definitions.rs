@@ -45,6 +45,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../nats/streams/limits.json"),
     ),
     (
+        "streams/budgets.json",
+        include_str!("../../../nats/streams/budgets.json"),
+    ),
+    (
         "streams/cancels.json",
         include_str!("../../../nats/streams/cancels.json"),
     ),

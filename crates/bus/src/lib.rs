@@ -12,9 +12,12 @@
 //! - [`jobs`]: job state in the KV bucket, with compare-and-set.
 //! - [`limits`]: route limits shared by every process (rates, concurrency, pauses).
 //! - [`cancels`]: cancelled jobs and batches, mirrored in every process that dispatches work.
+//! - [`budgets`]: spend budgets shared by every process: reserve, settle, expire (a KV ledger).
+//! - [`mirror`]: a KV bucket mirrored in a process (the cancels, the budgets).
 //! - [`natsd`]: the `nats-server` processes Chorus starts itself (dev, bench, tests), and finding one.
 
 pub mod backlog;
+pub mod budgets;
 pub mod cancels;
 pub mod claims;
 pub mod connect;
@@ -25,6 +28,7 @@ pub mod error;
 pub mod fair;
 pub mod jobs;
 pub mod limits;
+pub mod mirror;
 pub mod natsd;
 pub mod publish;
 pub mod source;

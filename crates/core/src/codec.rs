@@ -113,6 +113,7 @@ mod tests {
             judge: true,
             stream: true,
             band: crate::fair::Band::Batch,
+            key: Some("0123456789abcdef".into()),
         }
     }
 

@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::Tenant;
+use crate::budget::{Limit, Period, Scope};
 use crate::fair::{Band, Policy};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,7 @@ pub struct Config {
     faults: Option<serde::de::IgnoredAny>,
     pub dlq: DlqConfig,
     pub scheduling: SchedulingConfig,
+    pub budgets: BudgetsConfig,
     /// Tenants' shares and limits, by tenant name (`[tenants.acme]`).
     pub tenants: BTreeMap<String, TenantConfig>,
     pub routes: Vec<RouteConfig>,
@@ -389,6 +391,11 @@ pub struct TenantConfig {
     pub max_queued: Option<u64>,
     /// Its backlog quota in bytes; None: `scheduling.max_queued_bytes`.
     pub max_queued_bytes: Option<ByteSize>,
+    /// What it may spend per `budget_period` on provider calls, in US dollars; None: no budget
+    /// (unless one is set with `chorus budgets set`).
+    pub budget_usd: Option<f64>,
+    /// `month` (the calendar month, UTC) or a length such as `30d`.
+    pub budget_period: Period,
 }
 
 impl Default for TenantConfig {
@@ -399,6 +406,35 @@ impl Default for TenantConfig {
             max_band: Band::Standard,
             max_queued: None,
             max_queued_bytes: None,
+            budget_usd: None,
+            budget_period: Period::Month,
+        }
+    }
+}
+
+/// How spend budgets are enforced (`crate::budget`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// The completion allowance of a budgeted call whose job and route set no `max_tokens`: it
+    /// is reserved, and sent as the call's `max_tokens`, so the reservation bounds the call.
+    pub max_tokens: u32,
+    /// The price of a budgeted call on a route without `price`. None: such calls are refused
+    /// (`budget_exceeded`), and a configuration with a tenant budget and an unpriced route is
+    /// refused at start-up.
+    pub default_price: Option<Price>,
+    /// How long a call's hold outlives its route's timeout before it is presumed orphaned (its
+    /// process died) and counted as spent at its reserved cost.
+    #[serde(with = "humantime_serde")]
+    pub hold_grace: Duration,
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: 4096,
+            default_price: None,
+            hold_grace: Duration::from_secs(30),
         }
     }
 }
@@ -658,8 +694,9 @@ pub enum ConfigError {
 }
 
 /// Section names, longest first, for splitting `CHORUS_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "orchestrator",
+    "budgets",
     "supervision",
     "scheduling",
     "evaluator",
@@ -743,6 +780,19 @@ impl Config {
             .get(tenant.as_str())
             .map_or(TenantConfig::default().max_band, |t| t.max_band);
         asked.unwrap_or(Band::Batch).capped(ceiling)
+    }
+
+    /// The budgets `[tenants.<name>] budget_usd` sets.
+    pub fn tenant_budgets(&self) -> Vec<(Scope, Limit)> {
+        self.tenants()
+            .filter_map(|(tenant, config)| {
+                let limit = Limit {
+                    usd: config.budget_usd?,
+                    period: config.budget_period,
+                };
+                Some((Scope::Tenant(tenant), limit))
+            })
+            .collect()
     }
 
     /// The tenants `[tenants.<name>]` names.
@@ -892,7 +942,23 @@ impl Config {
             self.scheduling.max_queued_bytes.as_u64() >= 1,
             "scheduling.max_queued_bytes: must be at least 1 byte",
         );
+        require(
+            self.budgets.max_tokens >= 1,
+            "budgets.max_tokens: must be at least 1",
+        );
+        if let Some(price) = self.budgets.default_price
+            && !(price.input_per_mtok >= 0.0 && price.output_per_mtok >= 0.0)
+        {
+            problems.push("budgets.default_price: prices must be numbers >= 0".into());
+        }
         for (name, tenant) in &self.tenants {
+            if let Some(usd) = tenant.budget_usd
+                && !(usd.is_finite() && usd >= 0.0)
+            {
+                problems.push(format!(
+                    "tenants.{name}.budget_usd: must be a number of dollars >= 0"
+                ));
+            }
             if crate::Tenant::new(name.clone()).is_err() {
                 problems.push(format!(
                     "tenants.{name}: a tenant name is 1-64 characters of a-z, 0-9, '_' or '-'"
@@ -916,6 +982,29 @@ impl Config {
                 problems.push(format!(
                     "tenants.{name}.max_queued_bytes: must be at least 1 byte (leave it out for \
                      scheduling.max_queued_bytes)"
+                ));
+            }
+        }
+        let budgeted: Vec<&str> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| t.budget_usd.is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !budgeted.is_empty() && self.budgets.default_price.is_none() {
+            let unpriced: Vec<&str> = self
+                .routes
+                .iter()
+                .filter(|r| r.price.is_none())
+                .map(|r| r.name.as_str())
+                .collect();
+            if !unpriced.is_empty() {
+                problems.push(format!(
+                    "routes {} have no price, so calls on them under the budgets of tenants {} \
+                     could not be counted: give each route a `price`, or set \
+                     budgets.default_price",
+                    unpriced.join(", "),
+                    budgeted.join(", ")
                 ));
             }
         }
@@ -1066,6 +1155,35 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains("llm.workers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_tenant_budget_needs_every_route_priced() {
+        let file = "[tenants.acme]\nbudget_usd = 50\nbudget_period = \"30d\"\n\n\
+                    [[routes]]\nname = \"cheap\"\nprovider = \"openai\"\nmodel = \"m\"\n\
+                    price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }\n\n\
+                    [[routes]]\nname = \"free\"\nprovider = \"openai\"\nmodel = \"m\"\n";
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", file)?;
+            let err = Config::load(Some(Path::new("c.toml")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("routes free have no price") && err.contains("tenants acme"),
+                "{err}"
+            );
+            jail.set_env(
+                "CHORUS_BUDGETS_DEFAULT_PRICE",
+                "{input_per_mtok=1,output_per_mtok=2}",
+            );
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            let [(scope, limit)] = config.tenant_budgets().try_into().unwrap();
+            assert_eq!(scope.to_string(), "tenant acme");
+            assert_eq!(limit.usd, 50.0);
+            assert_eq!(limit.period, Period::parse("30d").unwrap());
             Ok(())
         });
     }

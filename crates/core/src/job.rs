@@ -209,6 +209,9 @@ pub struct JobState {
     /// The class of service its calls are queued in.
     #[serde(default)]
     pub band: Band,
+    /// The API key that submitted it, whose budget its calls are also charged to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The error kind of a step not made, or a job stopped, because it was cancelled.
@@ -337,6 +340,7 @@ impl JobState {
             origin: None,
             stream: false,
             band: Band::default(),
+            key: None,
         }
     }
 
@@ -352,6 +356,12 @@ impl JobState {
 
     pub fn in_band(mut self, band: Band) -> Self {
         self.band = band;
+        self
+    }
+
+    /// Submitted with the API key `key`.
+    pub fn by_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
         self
     }
 
@@ -429,6 +439,7 @@ impl JobState {
             judge: step.kind == StepKind::Judge,
             stream: self.stream && step.kind == StepKind::Fanout,
             band: self.band,
+            key: self.key.clone(),
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`ids`]: job ids, tenants, timestamps.
+//! - [`budget`]: spend budgets: periods, the ledger, reserving and settling.
 //! - [`fair`]: classes of service (bands) and the fair order of waiting work between tenants.
 //! - [`auth`]: API key scopes and the caller a request authenticates as.
 //! - [`spec`]: the job spec clients submit, and its validation.
@@ -20,6 +21,7 @@
 pub mod assertion;
 pub mod auth;
 pub mod batch;
+pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod fair;

@@ -46,6 +46,9 @@ pub struct Submission {
     /// The class of service the edge decided for the job (the caller's ask, capped by its key).
     #[serde(default)]
     pub band: Band,
+    /// The API key that submitted it (none for a JetStream submitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 envelope!(Submission, "job.submit", 1);
 
@@ -77,6 +80,10 @@ pub struct LlmCall {
     /// The job's class of service: the flow the call waits in.
     #[serde(default)]
     pub band: Band,
+    /// The API key that submitted the job: the call is charged to its budget as well as the
+    /// tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 envelope!(LlmCall, "llm.call", 1);
 

@@ -306,6 +306,22 @@ impl Subjects {
         format!("slot.{}.{n}", token(route))
     }
 
+    /// The bucket of spend budgets: one ledger per tenant or key budget (`crate::budget`).
+    pub fn budgets_bucket(&self) -> String {
+        format!("{}_budgets", self.buckets)
+    }
+
+    /// The budgets bucket's key of a budget: `tenant.<tenant>` or `key.<id>`.
+    pub fn budget_key(&self, scope: &crate::budget::Scope) -> String {
+        format!("{}.{}", scope.kind(), token(scope.id()))
+    }
+
+    /// The budget a key of the budgets bucket names.
+    pub fn budget_of_key(&self, key: &str) -> Option<crate::budget::Scope> {
+        let (kind, id) = key.split_once('.')?;
+        crate::budget::Scope::parse(kind, id).ok()
+    }
+
     /// The stream behind a bucket: `KV_<bucket>`.
     pub fn bucket_stream(bucket: &str) -> String {
         format!("KV_{bucket}")

@@ -146,6 +146,7 @@ pub async fn create(
             origin: Some(origin),
             stream: false,
             band: Band::Batch,
+            key: caller.key_id.clone(),
         };
         let message = Outgoing::envelope(
             flow.clone(),

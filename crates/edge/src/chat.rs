@@ -169,7 +169,7 @@ pub async fn completions(
     };
     submit(
         &state,
-        &tenant,
+        &caller,
         job,
         spec,
         trace_of(&request_headers),

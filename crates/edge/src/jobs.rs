@@ -126,7 +126,7 @@ pub async fn create(
     let now = now_millis();
     let is_new = submit(
         &state,
-        &tenant,
+        &caller,
         job,
         spec,
         trace_of(&request_headers),
@@ -301,17 +301,19 @@ pub fn trace_of(headers: &HeaderMap) -> TraceContext {
 /// answer stream as it arrives. `band`: the class of service its calls wait in.
 pub async fn submit(
     state: &AppState,
-    tenant: &Tenant,
+    caller: &Caller,
     job: JobId,
     spec: JobSpec,
     trace: TraceContext,
     stream: bool,
     band: Band,
 ) -> Result<bool, ApiError> {
+    let tenant = &caller.tenant;
     let now = now_millis();
     let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
         .streamed(stream)
-        .in_band(band);
+        .in_band(band)
+        .by_key(caller.key_id.clone());
     let submission = Submission {
         job_id: job,
         spec,
@@ -320,6 +322,7 @@ pub async fn submit(
         origin: None,
         stream,
         band,
+        key: caller.key_id.clone(),
     };
     let flow = state
         .bus

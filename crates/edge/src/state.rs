@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chorus_bus::Bus;
 use chorus_bus::backlog::Backlogs;
+use chorus_bus::budgets::{BudgetView, Budgets};
 use chorus_bus::cancels::Cancels;
 use chorus_bus::jobs::JobStore;
 use chorus_core::Tenant;
@@ -37,6 +38,9 @@ pub struct AppState {
     pub quotas: QueueQuotas,
     /// The tenants named in the configuration (for `chorus_tenant_inflight`).
     pub named: Arc<HashSet<Tenant>>,
+    /// Spend budgets: the ledgers to change, and this process's mirror of them to read.
+    pub budgets: Budgets,
+    pub budget_view: BudgetView,
 }
 
 impl axum::extract::FromRef<AppState> for ProbeState {

@@ -158,6 +158,7 @@ fn stand_in(state: &JobState, reason: &str) -> JobState {
         origin: state.origin.clone(),
         stream: false,
         band: state.band,
+        key: state.key.clone(),
     }
 }
 

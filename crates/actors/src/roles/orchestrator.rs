@@ -262,7 +262,7 @@ impl Orchestrator {
                 .and_then(TraceContext::parse)
                 .or_else(chorus_telemetry::trace::current)
                 .or_else(|| Some(TraceContext::new_root()));
-            let (job, spec, state_created, origin, stream, band) = match kind {
+            let (job, spec, state_created, origin, stream, band, key) = match kind {
                 Some(_) => {
                     let submission: Submission =
                         codec::decode(kind, delivery.payload()).map_err(Rejected::Undecodable)?;
@@ -273,9 +273,10 @@ impl Orchestrator {
                         origin,
                         stream,
                         band,
+                        key,
                         ..
                     } = submission;
-                    (job_id, spec, state_created, origin, stream, band)
+                    (job_id, spec, state_created, origin, stream, band, key)
                 }
                 // A JetStream submitter's own message: a bare spec (or chat completion request)
                 // in JSON or MessagePack, its batch and line ids in headers.
@@ -300,6 +301,7 @@ impl Orchestrator {
                         origin,
                         false,
                         band,
+                        None,
                     )
                 }
             };
@@ -315,7 +317,8 @@ impl Orchestrator {
             let state = JobState::new(job, tenant.clone(), spec, now, trace)
                 .with_origin(origin)
                 .streamed(stream)
-                .in_band(band);
+                .in_band(band)
+                .by_key(key);
             // Its call waits at the llm stage from now: counted there before the next count.
             self.shared.backlogs.taken(&tenant, delivery.size());
             return Ok(Event {
