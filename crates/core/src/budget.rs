@@ -100,18 +100,13 @@ impl fmt::Display for Scope {
 }
 
 /// How long a budget's period lasts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Period {
     /// A fixed length, periods following each other from the budget's anchor.
     Every(Duration),
     /// The calendar month, in UTC.
+    #[default]
     Month,
-}
-
-impl Default for Period {
-    fn default() -> Self {
-        Self::Month
-    }
 }
 
 impl Period {
