@@ -8,12 +8,14 @@
 //! - [`roles`]: orchestrator, llm, evaluator and persister, built from the configuration.
 //! - [`policy`]: the failure policy: retry here, redeliver later, or fail the job — every role asks it.
 //! - [`dlq`]: moving a message that cannot be processed to the dead-letter stream.
+//! - [`spend`]: the llm role's side of spend budgets: hold before each attempt, settle after.
 
 pub mod dlq;
 pub mod http;
 pub mod policy;
 pub mod roles;
 pub mod runtime;
+pub mod spend;
 pub mod stage;
 pub mod supervision;
 

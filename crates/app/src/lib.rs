@@ -248,6 +248,16 @@ pub async fn start(
             metrics::counter!(chorus_telemetry::names::QUOTA_REFUSED, "via" => via).increment(0);
         }
     }
+    // And refusals over budgets, where they happen: at the edge and at each call.
+    if roles
+        .iter()
+        .any(|r| matches!(r, RoleName::Edge | RoleName::Llm))
+    {
+        for scope in ["tenant", "key"] {
+            metrics::counter!(chorus_telemetry::names::BUDGET_REFUSED, "scope" => scope)
+                .increment(0);
+        }
+    }
     let mut started: Vec<Box<dyn Role>> = Vec::new();
     for role in [
         RoleName::Persister,

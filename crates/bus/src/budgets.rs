@@ -240,10 +240,10 @@ impl Budgets {
         .await
     }
 
-    /// Keeps call `id`'s hold alive until `until`.
-    pub async fn renew(&self, scope: &Scope, id: &str, until: UnixMillis) -> Result<(), BusError> {
+    /// Call `id` was not sent after all: its hold is dropped, and it is not counted.
+    pub async fn release(&self, scope: &Scope, id: &str) -> Result<(), BusError> {
         self.update(scope, |ledger, _| match ledger {
-            Some(mut ledger) => match ledger.renew(id, until) {
+            Some(mut ledger) => match ledger.release(id) {
                 true => Change::Write(Some(ledger), ()),
                 false => Change::Keep(()),
             },

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Tenant, UnixMillis};
+use crate::ids::{InvalidTenant, Tenant, UnixMillis};
 
 /// Billionths of a US dollar.
 pub type Nanos = u64;
@@ -54,6 +54,24 @@ pub fn show(nanos: Nanos) -> String {
 /// How many expired holds a ledger remembers for reconciliation.
 pub const EXPIRED_KEPT: usize = 256;
 
+/// A budget's scope or period that does not read as one.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error("`{kind}` (of `{id}`) is not a budget scope; use tenant or key")]
+    Scope { kind: String, id: String },
+    /// An id that is not a tenant's name or a key's id.
+    #[error(transparent)]
+    Id(#[from] InvalidTenant),
+    #[error("`{text}` is neither `month` nor a length such as 30d: {source}")]
+    Period {
+        text: String,
+        #[source]
+        source: humantime_serde::re::humantime::DurationError,
+    },
+    #[error("`{text}` ({length:?}): a period lasts at least 1s")]
+    ShortPeriod { text: String, length: Duration },
+}
+
 /// What a budget covers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "scope", content = "id", rename_all = "snake_case")]
@@ -78,17 +96,17 @@ impl Scope {
         }
     }
 
-    /// `tenant` or `key`, then the id.
-    pub fn parse(kind: &str, id: &str) -> Result<Self, String> {
+    /// `tenant` or `key`, then the id (a key's id is hex; any token a tenant name could be is
+    /// taken, so a budget can be set for a key about to be made).
+    pub fn parse(kind: &str, id: &str) -> Result<Self, BudgetError> {
+        let token = Tenant::new(id)?;
         match kind {
-            "tenant" => Tenant::new(id).map(Self::Tenant).map_err(|e| e.to_string()),
-            "key" if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(Self::Key(id.to_ascii_lowercase()))
-            }
-            "key" => Err(format!("`{id}` is not a key id (hex digits)")),
-            other => Err(format!(
-                "`{other}` is not a budget scope; use tenant or key"
-            )),
+            "tenant" => Ok(Self::Tenant(token)),
+            "key" => Ok(Self::Key(token.as_str().to_owned())),
+            other => Err(BudgetError::Scope {
+                kind: other.to_owned(),
+                id: id.to_owned(),
+            }),
         }
     }
 }
@@ -111,15 +129,22 @@ pub enum Period {
 
 impl Period {
     /// `month`, or a length such as `30d`, `7d`, `12h` (humantime's units).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, BudgetError> {
         let text = text.trim();
         if text == "month" {
             return Ok(Self::Month);
         }
-        let length = humantime_serde::re::humantime::parse_duration(text)
-            .map_err(|e| format!("`{text}` is neither `month` nor a length such as 30d: {e}"))?;
+        let length = humantime_serde::re::humantime::parse_duration(text).map_err(|source| {
+            BudgetError::Period {
+                text: text.to_owned(),
+                source,
+            }
+        })?;
         if length < Duration::from_secs(1) {
-            return Err(format!("`{text}`: a period lasts at least 1s"));
+            return Err(BudgetError::ShortPeriod {
+                text: text.to_owned(),
+                length,
+            });
         }
         Ok(Self::Every(length))
     }
@@ -182,11 +207,21 @@ impl<'de> Deserialize<'de> for Period {
 /// Who set a budget: the configuration file (re-applied at each start-up) or an operator
 /// (`chorus budgets set`, the admin API), which the file then leaves alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     #[default]
     Config,
     Admin,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// What a budget allows.
@@ -244,8 +279,61 @@ pub struct Ledger {
     pub previous: Option<Closed>,
 }
 
+/// A budget as people read it (the API's and the command line's JSON): dollars and times.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Statement {
+    /// `tenant` or `key`.
+    pub scope: &'static str,
+    /// The tenant, or the key's id.
+    pub id: String,
+    pub limit_usd: f64,
+    /// `month` (calendar, UTC) or a length (`30days`).
+    pub period: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// Settled this period, with holds of dead processes counted at their reserved cost.
+    pub spent_usd: f64,
+    /// Held for calls in flight.
+    pub reserved_usd: f64,
+    /// What new calls may still hold.
+    pub remaining_usd: f64,
+    /// Provider calls admitted this period.
+    pub calls: u64,
+    pub calls_in_flight: usize,
+    /// Holds whose process died, counted as spent at their reserved cost (the newest kept).
+    pub expired: Vec<ExpiredHold>,
+    /// `config` (from `[tenants.<name>]`) or `admin` (set live).
+    pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousPeriod>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExpiredHold {
+    pub id: String,
+    pub usd: f64,
+    pub at: DateTime<Utc>,
+}
+
+/// What the period before spent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PreviousPeriod {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub spent_usd: f64,
+    pub calls: u64,
+}
+
+/// A time in milliseconds as a UTC date-time.
+pub fn time(ms: UnixMillis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// Why a call was not admitted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct Refusal {
     pub scope: Scope,
     pub limit: Nanos,
@@ -264,14 +352,26 @@ impl fmt::Display for Refusal {
             .map_or_else(|| self.end.to_string(), |d| d.to_rfc3339());
         write!(
             f,
-            "the budget of {} ({} per {}) cannot cover this call: {} spent and {} held for calls \
-             in flight, the call needs up to {}; the budget renews at {end}",
+            "the budget of {} ({} per {}) ",
             self.scope,
             show(self.limit),
-            self.period,
+            self.period
+        )?;
+        let used = self.spent.saturating_add(self.reserved);
+        if used >= self.limit {
+            f.write_str("is spent")?;
+        } else {
+            write!(
+                f,
+                "cannot cover this call (it needs up to {})",
+                show(self.needed)
+            )?;
+        }
+        write!(
+            f,
+            ": {} spent and {} held for calls in flight; it renews at {end}",
             show(self.spent),
             show(self.reserved),
-            show(self.needed),
         )
     }
 }
@@ -304,6 +404,39 @@ impl Ledger {
         }
         self.limit = limit;
         self.source = source;
+    }
+
+    /// This ledger as `scope`'s statement.
+    pub fn statement(&self, scope: &Scope) -> Statement {
+        Statement {
+            scope: scope.kind(),
+            id: scope.id().to_owned(),
+            limit_usd: self.limit.usd,
+            period: self.limit.period.to_string(),
+            period_start: time(self.start),
+            period_end: time(self.end),
+            spent_usd: usd(self.spent),
+            reserved_usd: usd(self.reserved()),
+            remaining_usd: usd(self.remaining()),
+            calls: self.calls,
+            calls_in_flight: self.holds.len(),
+            expired: self
+                .expired
+                .iter()
+                .map(|e| ExpiredHold {
+                    id: e.id.clone(),
+                    usd: usd(e.nanos),
+                    at: time(e.at),
+                })
+                .collect(),
+            source: self.source,
+            previous: self.previous.map(|p| PreviousPeriod {
+                start: time(p.start),
+                end: time(p.end),
+                spent_usd: usd(p.spent),
+                calls: p.calls,
+            }),
+        }
     }
 
     pub fn limit_nanos(&self) -> Nanos {
@@ -417,15 +550,14 @@ impl Ledger {
         false
     }
 
-    /// Keeps a hold alive until `until` (its call is still running).
-    pub fn renew(&mut self, id: &str, until: UnixMillis) -> bool {
-        match self.holds.get_mut(id) {
-            Some(hold) if hold.until < until => {
-                hold.until = until;
-                true
-            }
-            _ => false,
+    /// Call `id` was not sent after all (another budget refused it): its hold is dropped and it
+    /// is not counted as a call. Whether there was a hold.
+    pub fn release(&mut self, id: &str) -> bool {
+        let released = self.holds.remove(id).is_some();
+        if released {
+            self.calls = self.calls.saturating_sub(1);
         }
+        released
     }
 }
 
@@ -449,13 +581,23 @@ mod tests {
 
     #[test]
     fn periods_parse_and_follow_each_other() {
-        assert_eq!(Period::parse("month"), Ok(Period::Month));
+        assert_eq!(Period::parse("month").ok(), Some(Period::Month));
         assert_eq!(
-            Period::parse("30d"),
-            Ok(Period::Every(Duration::from_secs(30 * 86_400)))
+            Period::parse("30d").ok(),
+            Some(Period::Every(Duration::from_secs(30 * 86_400)))
         );
-        assert!(Period::parse("soon").unwrap_err().contains("`soon`"));
-        assert!(Period::parse("10ms").unwrap_err().contains("at least 1s"));
+        assert!(
+            Period::parse("soon")
+                .unwrap_err()
+                .to_string()
+                .contains("`soon`")
+        );
+        assert!(
+            Period::parse("10ms")
+                .unwrap_err()
+                .to_string()
+                .contains("at least 1s")
+        );
         let day = Period::Every(Duration::from_secs(86_400));
         assert_eq!(day.window(5, 5), (5, 5 + DAY));
         assert_eq!(day.window(5, 5 + DAY), (5 + DAY, 5 + 2 * DAY));
@@ -494,8 +636,8 @@ mod tests {
             .unwrap_err();
         assert_eq!((refused.reserved, refused.needed), (nanos(0.6), nanos(0.6)));
         assert!(refused.to_string().starts_with(
-            "the budget of tenant acme ($1.00 per 1day) cannot cover this call: $0.00 spent and \
-             $0.60 held"
+            "the budget of tenant acme ($1.00 per 1day) cannot cover this call (it needs up to \
+             $0.60): $0.00 spent and $0.60 held for calls in flight; it renews at 1970-01-12"
         ));
         // A call that accepts less (a stream that is cut) gets what remains.
         assert_eq!(
@@ -503,6 +645,14 @@ mod tests {
             Ok(nanos(0.4))
         );
         assert_eq!(l.remaining(), 0);
+        let spent = l
+            .reserve(&scope(), "d", 1, 1, until)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            spent.contains("($1.00 per 1day) is spent: $0.00 spent and $1.00 held"),
+            "{spent}"
+        );
         assert!(l.settle("a", nanos(0.25)));
         assert!(!l.settle("a", nanos(0.25)), "settled once");
         assert_eq!(
@@ -554,7 +704,11 @@ mod tests {
         assert_eq!(show(nanos(0.000_15)), "$0.000150");
         assert_eq!(nanos(-1.0), 0);
         assert_eq!(nanos(f64::NAN), 0);
-        assert_eq!(Scope::parse("key", "ABCD"), Ok(Scope::Key("abcd".into())));
+        assert_eq!(
+            Scope::parse("key", "abcd").ok(),
+            Some(Scope::Key("abcd".into()))
+        );
         assert!(Scope::parse("team", "x").is_err());
+        assert!(Scope::parse("key", "A B").is_err());
     }
 }

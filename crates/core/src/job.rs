@@ -218,6 +218,8 @@ pub struct JobState {
 pub const CANCELLED: &str = "cancelled";
 /// The error kind of a call not made because the job's deadline had passed.
 pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+/// The error kind of a call not made because a budget it is charged to could not cover it.
+pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
 /// The error kind of a job stored as failed because the database refused its snapshot.
 pub const STORAGE_REJECTED: &str = "storage_rejected";
 

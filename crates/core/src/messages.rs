@@ -130,6 +130,10 @@ pub struct StepOutput {
     /// Tool calls the model asked for, in the provider's (OpenAI) shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<serde_json::Value>,
+    /// Why the answer stops short (`finish_reason: "length"`): the budget that could not cover
+    /// more of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 /// Why a step failed, as the llm stage classified it.

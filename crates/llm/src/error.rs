@@ -38,10 +38,15 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// A judge's answers never parsed as a verdict.
     InvalidJudgeAnswer,
+    /// Not a provider error: a budget the call is charged to cannot cover it, so it was not sent.
+    BudgetExceeded,
+    /// Not a provider error: the budget ledger could not be read, so the call waits (it is not
+    /// sent unchecked).
+    BudgetUnavailable,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         Self::RateLimited,
         Self::Overloaded,
         Self::ServerError,
@@ -59,6 +64,8 @@ impl ErrorKind {
         Self::Cancelled,
         Self::DeadlineExceeded,
         Self::InvalidJudgeAnswer,
+        Self::BudgetExceeded,
+        Self::BudgetUnavailable,
     ];
 
     /// The stable name used in step results, dead letters and metric labels.
@@ -81,6 +88,8 @@ impl ErrorKind {
             Self::Cancelled => chorus_core::job::CANCELLED,
             Self::DeadlineExceeded => chorus_core::job::DEADLINE_EXCEEDED,
             Self::InvalidJudgeAnswer => "invalid_judge_answer",
+            Self::BudgetExceeded => chorus_core::job::BUDGET_EXCEEDED,
+            Self::BudgetUnavailable => "budget_unavailable",
         }
     }
 
@@ -112,7 +121,8 @@ impl ErrorKind {
             | Self::Connection
             | Self::Malformed
             | Self::Conflict
-            | Self::RequestTimeout => true,
+            | Self::RequestTimeout
+            | Self::BudgetUnavailable => true,
             Self::BadRequest
             | Self::Unauthorized
             | Self::Forbidden
@@ -121,7 +131,8 @@ impl ErrorKind {
             | Self::ContentPolicy
             | Self::Cancelled
             | Self::DeadlineExceeded
-            | Self::InvalidJudgeAnswer => false,
+            | Self::InvalidJudgeAnswer
+            | Self::BudgetExceeded => false,
         }
     }
 }

@@ -102,6 +102,7 @@ impl Completion {
             route: route.to_owned(),
             cost_usd,
             tool_calls: self.tool_calls,
+            cut: None,
         }
     }
 }

@@ -7,11 +7,15 @@
 //! A `retry-after` longer than `retry_max_delay` ends the in-process attempts at once: the wait is
 //! better spent as a delayed redelivery than as a worker sleeping on the message.
 //!
-//! Every attempt passes through an [`Admission`] (the shared rate limits of its route) before it
-//! is sent, and reports back after, and is recorded as an [`Attempt`] for the step's history.
+//! Every attempt passes through an [`Admission`] (the shared rate limits of its route, the
+//! budgets it is charged to) before it is sent, and reports back after, and is recorded as an
+//! [`Attempt`] for the step's history. An admission may refuse an attempt (it is then not sent)
+//! or [`Grant`] it fewer completion tokens than it asked for: the attempt is sent with that
+//! `max_tokens`, and a streamed answer is metered as it arrives and cut there, ending with
+//! `finish_reason: "length"` and the reason in [`CallOutcome::cut`].
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -22,9 +26,12 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use chorus_core::messages::Usage;
+
 use crate::error::LlmError;
-use crate::provider::{Completion, CompletionRequest, stable_hash};
+use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink, stable_hash};
 use crate::routes::Route;
+use crate::tokens;
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -43,6 +50,9 @@ pub struct CallOutcome {
     pub calls: Vec<Attempt>,
     /// Duration of the last attempt.
     pub latency: Duration,
+    /// Why the answer stops short: its attempt was granted fewer tokens than it asked for, and
+    /// used them all.
+    pub cut: Option<String>,
 }
 
 impl CallOutcome {
@@ -52,16 +62,28 @@ impl CallOutcome {
     }
 }
 
+/// What an admitted attempt may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The completion tokens the attempt may produce, sent as its `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Set when `max_tokens` is less than the call asked for: why. An answer that reaches it is
+    /// cut there (a stream is metered as it arrives) and reports this reason.
+    pub cut: Option<String>,
+}
+
 /// What a call must pass before each attempt and report to after it: the route's limits shared
-/// by every process (rate, tokens, a pause after a 429).
+/// by every process (rate, tokens, a pause after a 429), and the budgets it is charged to.
 pub trait Admission: Send + Sync {
-    /// Waits until `route` may be called with `request` (attempt number `attempt`, from 1).
+    /// Waits until `route` may be called with `request` (attempt number `attempt`, from 1);
+    /// an error refuses the attempt, which is then not sent (and retried only if the error is
+    /// retryable).
     fn admit<'a>(
         &'a self,
         route: &'a Route,
         request: &'a CompletionRequest,
         attempt: u32,
-    ) -> BoxFuture<'a, ()>;
+    ) -> BoxFuture<'a, Result<Grant, LlmError>>;
 
     /// Reports the attempt's result: tokens actually used, or a throttle with its `retry-after`.
     fn settled<'a>(
@@ -77,8 +99,13 @@ pub trait Admission: Send + Sync {
 pub struct Unlimited;
 
 impl Admission for Unlimited {
-    fn admit<'a>(&'a self, _: &'a Route, _: &'a CompletionRequest, _: u32) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    fn admit<'a>(
+        &'a self,
+        _: &'a Route,
+        _: &'a CompletionRequest,
+        _: u32,
+    ) -> BoxFuture<'a, Result<Grant, LlmError>> {
+        Box::pin(async { Ok(Grant::default()) })
     }
 
     fn settled<'a>(
@@ -125,21 +152,42 @@ impl RetryPolicy {
         // Atomics and a mutex (never held across an await) keep the future `Send`.
         let attempts = AtomicU32::new(0);
         let calls = Mutex::new(Vec::new());
+        let cut = Mutex::new(None);
         let attempt = || {
             let n = attempts.fetch_add(1, Relaxed) + 1;
-            let request = CompletionRequest {
+            let mut request = CompletionRequest {
                 seed_key: attempt_seed(request.seed_key, n),
                 ..request.clone()
             };
-            let calls = &calls;
+            let (calls, cut) = (&calls, &cut);
             async move {
-                admission.admit(route, &request, n).await;
+                let grant = admission.admit(route, &request, n).await?;
+                if let Some(max_tokens) = grant.max_tokens {
+                    request.params.max_tokens = Some(max_tokens);
+                }
+                let meter = match (&grant.cut, grant.max_tokens) {
+                    (Some(_), Some(limit)) => Meter::wrap(&mut request, limit),
+                    _ => None,
+                };
                 let span = call_span(route, &request, n);
                 let (started, started_at) = (Instant::now(), now_millis());
-                let result = tokio::time::timeout(route.timeout, route.provider.complete(&request))
-                    .instrument(span.clone())
-                    .await
-                    .unwrap_or_else(|_| Err(LlmError::timeout(route.timeout)));
+                let call = tokio::time::timeout(route.timeout, route.provider.complete(&request))
+                    .instrument(span.clone());
+                let result = match &meter {
+                    None => call.await,
+                    Some(meter) => tokio::select! {
+                        result = call => result,
+                        () = meter.reached() => Ok(Ok(meter.completion(&request))),
+                    },
+                }
+                .unwrap_or_else(|_| Err(LlmError::timeout(route.timeout)))
+                .map(|completion| with_usage(completion, &request));
+                let used_all = result
+                    .as_ref()
+                    .is_ok_and(|c| c.finish_reason.as_deref() == Some("length"));
+                if let Ok(mut cut) = cut.lock() {
+                    *cut = grant.cut.filter(|_| used_all);
+                }
                 let latency = started.elapsed();
                 record_outcome(&span, &result);
                 admission.settled(route, &request, &result).await;
@@ -166,6 +214,10 @@ impl RetryPolicy {
             .await;
         let calls = calls.into_inner().unwrap_or_default();
         CallOutcome {
+            cut: cut
+                .into_inner()
+                .unwrap_or_default()
+                .filter(|_| result.is_ok()),
             result,
             latency: calls
                 .last()
@@ -185,6 +237,90 @@ impl RetryPolicy {
             .saturating_mul(2_u32.saturating_pow(doublings))
             .min(self.nak_max_delay);
         backoff.max(error.retry_after.unwrap_or_default())
+    }
+}
+
+/// `completion`, with its usage estimated if its provider reported none (some do not for a
+/// stream): an answer is never counted as free.
+fn with_usage(mut completion: Completion, request: &CompletionRequest) -> Completion {
+    let answered = !completion.text.is_empty() || completion.tool_calls.is_some();
+    if completion.usage == Usage::default() && answered {
+        let calls = completion.tool_calls.as_ref().map(ToString::to_string);
+        completion.usage = Usage {
+            prompt_tokens: tokens::prompt(&request.messages),
+            completion_tokens: tokens::count(&completion.text)
+                + calls.as_deref().map_or(0, tokens::count),
+        };
+    }
+    completion
+}
+
+/// Counts a streamed answer's tokens as they arrive, and stops it at its grant: the text that
+/// would cross it is neither forwarded nor kept.
+struct Meter {
+    state: Arc<Mutex<Metered>>,
+    reached: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct Metered {
+    text: String,
+    tokens: u32,
+    stopped: bool,
+}
+
+impl Meter {
+    /// Puts a meter between a streaming request and its sink; `None` for a call that does not
+    /// stream.
+    fn wrap(request: &mut CompletionRequest, limit: u32) -> Option<Self> {
+        let sink = request.stream_to()?.clone();
+        let state: Arc<Mutex<Metered>> = Arc::default();
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let (metered, notify) = (Arc::clone(&state), Arc::clone(&reached));
+        request.deltas = Some(DeltaSink::new(move |delta| {
+            let Ok(mut state) = metered.lock() else {
+                return;
+            };
+            match delta {
+                Delta::Begin => {
+                    *state = Metered::default();
+                    sink.send(delta);
+                }
+                Delta::Text(_) if state.stopped => {}
+                Delta::Text(text) => {
+                    let tokens = state.tokens.saturating_add(tokens::count(text));
+                    if tokens > limit {
+                        state.stopped = true;
+                        notify.notify_one();
+                    } else {
+                        state.tokens = tokens;
+                        state.text.push_str(text);
+                        sink.send(delta);
+                    }
+                }
+            }
+        }));
+        Some(Self { state, reached })
+    }
+
+    /// Once the answer reached the grant.
+    async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// The answer as far as it went: what was forwarded, its tokens as counted.
+    fn completion(&self, request: &CompletionRequest) -> Completion {
+        let state = self.state.lock().map(|s| (s.text.clone(), s.tokens));
+        let (text, completion_tokens) = state.unwrap_or_default();
+        Completion {
+            text,
+            usage: Usage {
+                prompt_tokens: tokens::prompt(&request.messages),
+                completion_tokens,
+            },
+            finish_reason: Some("length".into()),
+            tool_calls: None,
+        }
     }
 }
 
@@ -335,9 +471,9 @@ mod tests {
             _: &'a Route,
             _: &'a CompletionRequest,
             attempt: u32,
-        ) -> BoxFuture<'a, ()> {
+        ) -> BoxFuture<'a, Result<Grant, LlmError>> {
             self.admitted.lock().unwrap().push(attempt);
-            Box::pin(async {})
+            Box::pin(async { Ok(Grant::default()) })
         }
 
         fn settled<'a>(
@@ -420,7 +556,15 @@ mod tests {
         assert_eq!(outcomes, ["server_error", "connection", "ok"]);
         assert_eq!(outcome.calls[0].status, Some(500));
         assert!(outcome.calls.iter().all(|c| c.route == "scripted"));
-        assert_eq!((outcome.attempts(), outcome.result), (3, Ok(answer)));
+        // The script reports no usage: it is estimated, never free.
+        let estimated = Completion {
+            usage: Usage {
+                prompt_tokens: 0,
+                completion_tokens: 1,
+            },
+            ..answer
+        };
+        assert_eq!((outcome.attempts(), outcome.result), (3, Ok(estimated)));
         let seeds = provider.seeds.lock().unwrap().clone();
         assert_eq!(
             seeds,

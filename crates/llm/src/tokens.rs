@@ -45,11 +45,15 @@ pub fn estimate_messages(
     params: &Params,
     default_completion: u32,
 ) -> u32 {
-    let prompt: u32 = messages
+    prompt(messages).saturating_add(params.max_tokens.unwrap_or(default_completion))
+}
+
+/// The prompt's tokens: each message's content and the chat format's wrapping.
+pub fn prompt(messages: &[ChatMessage]) -> u32 {
+    messages
         .iter()
         .map(|m| count(&m.content).saturating_add(PER_MESSAGE))
-        .fold(0, u32::saturating_add);
-    prompt.saturating_add(params.max_tokens.unwrap_or(default_completion))
+        .fold(0, u32::saturating_add)
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub enum AuditAction {
     KeyCreate,
     #[serde(rename = "key.revoke")]
     KeyRevoke,
+    #[serde(rename = "budget.set")]
+    BudgetSet,
+    #[serde(rename = "budget.remove")]
+    BudgetRemove,
 }
 
 impl AuditAction {
@@ -33,6 +37,8 @@ impl AuditAction {
             Self::DlqPurge => "dlq.purge",
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
+            Self::BudgetSet => "budget.set",
+            Self::BudgetRemove => "budget.remove",
         }
     }
 }

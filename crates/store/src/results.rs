@@ -239,6 +239,7 @@ mod tests {
             route: "backup".into(),
             cost_usd: None,
             tool_calls,
+            cut: None,
         });
         state.status = JobStatus::Succeeded;
         state.finished_at = Some(FINISHED);

@@ -117,6 +117,7 @@ fn answer(text: &str) -> StepOutcome {
         route: "fast".into(),
         cost_usd: None,
         tool_calls: None,
+        cut: None,
     })
 }
 

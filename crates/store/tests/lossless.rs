@@ -119,6 +119,7 @@ fn odd_job(status: JobStatus, origin: Option<Origin>) -> JobState {
                 cost_usd: None,
                 tool_calls: Some(json!([{"id": "call\0", "type": "function",
                     "function": {"name": "f", "arguments": "{\"a\\u0000\":\"\\u0000\"}"}}])),
+                cut: None,
             });
         } else {
             step.status = StepStatus::Failed;

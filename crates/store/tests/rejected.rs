@@ -86,6 +86,7 @@ fn job(id: JobId, version: u64, answer: Option<&str>, origin: Option<Origin>) ->
             route: "fast".into(),
             cost_usd: None,
             tool_calls: None,
+            cut: None,
         });
         state.status = JobStatus::Succeeded;
         state.finished_at = Some(state.updated_at);

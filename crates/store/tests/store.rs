@@ -96,6 +96,7 @@ fn answer(step: u32) -> StepOutcome {
         route: "sim:echo".into(),
         cost_usd: None,
         tool_calls: None,
+        cut: None,
     })
 }
 

@@ -80,9 +80,14 @@ pub mod names {
     pub const QUEUE_WAIT: &str = "chorus_queue_wait_seconds";
     pub const QUOTA_REFUSED: &str = "chorus_quota_refused_total";
     pub const TENANT_INFLIGHT: &str = "chorus_tenant_inflight";
+    pub const BUDGET_LIMIT: &str = "chorus_budget_limit_usd";
+    pub const BUDGET_SPENT: &str = "chorus_budget_spent_usd";
+    pub const BUDGET_RESERVED: &str = "chorus_budget_reserved_usd";
+    pub const BUDGET_REMAINING: &str = "chorus_budget_remaining_usd";
+    pub const BUDGET_REFUSED: &str = "chorus_budget_refused_total";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 24] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -102,11 +107,42 @@ pub mod names {
         QUEUE_WAIT,
         QUOTA_REFUSED,
         TENANT_INFLIGHT,
+        BUDGET_LIMIT,
+        BUDGET_SPENT,
+        BUDGET_RESERVED,
+        BUDGET_REMAINING,
+        BUDGET_REFUSED,
     ];
 }
 
 fn describe() {
     use names::*;
+    describe_gauge!(
+        BUDGET_LIMIT,
+        Unit::Count,
+        "A spend budget's limit for its period in US dollars, by scope (tenant or key) and id."
+    );
+    describe_gauge!(
+        BUDGET_SPENT,
+        Unit::Count,
+        "Spent this period in US dollars (settled calls, and holds of dead processes at their \
+         reserved cost), by scope and id."
+    );
+    describe_gauge!(
+        BUDGET_RESERVED,
+        Unit::Count,
+        "Held for calls in flight in US dollars, by scope and id."
+    );
+    describe_gauge!(
+        BUDGET_REMAINING,
+        Unit::Count,
+        "What new calls may still hold this period in US dollars, by scope and id."
+    );
+    describe_counter!(
+        BUDGET_REFUSED,
+        Unit::Count,
+        "Calls not sent because a budget could not cover them, by scope (tenant or key)."
+    );
     describe_counter!(
         LLM_CALLS,
         Unit::Count,

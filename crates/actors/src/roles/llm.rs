@@ -14,8 +14,8 @@
 //! large for the bus fails the step with the reason instead.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_bus::BusError;
@@ -31,7 +31,7 @@ use chorus_core::ids::{msg_id, now_millis};
 use chorus_core::judge;
 use chorus_core::messages::{Attempt, LlmCall, StepError, StepOutcome, StepOutput, StepResult};
 use chorus_core::subjects::{EventKind, Stage};
-use chorus_llm::retry::Admission;
+use chorus_llm::retry::{Admission, Grant};
 use chorus_llm::{
     Completion, CompletionRequest, Delta, DeltaSink, ErrorKind, LlmError, RetryPolicy, Route,
     Routes, seed_key, tokens,
@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
 use crate::policy::{self, GaveUp, Verdict};
+use crate::spend::{Held, Spend};
 use crate::stage::{Handler, Next};
 
 #[cfg(feature = "faults")]
@@ -71,6 +72,8 @@ pub struct Shared {
     pub limiters: HashMap<String, RouteLimiter>,
     /// Cancelled jobs and batches, checked before each call is sent.
     pub cancels: CancelSet,
+    /// The spend budgets each attempt is held against.
+    pub spend: Spend,
 }
 
 pub struct LlmWorker {
@@ -83,13 +86,17 @@ impl LlmWorker {
     }
 }
 
-/// The limits of the routes a call may use, as one [`Admission`] for the retry policy.
+/// The limits of the routes a call may use and the budgets it is charged to, as one
+/// [`Admission`] for the retry policy.
 struct Limited<'a> {
     shared: &'a Shared,
+    call: &'a LlmCall,
     /// The gate already admitted the first request of the call's own route.
     gate_admitted: AtomicBool,
     /// Tokens reserved for the attempt in flight.
     reserved: AtomicU32,
+    /// Money held for the attempt in flight.
+    held: Mutex<Option<Held>>,
 }
 
 impl Admission for Limited<'_> {
@@ -98,30 +105,12 @@ impl Admission for Limited<'_> {
         route: &'a Route,
         request: &'a CompletionRequest,
         _: u32,
-    ) -> BoxFuture<'a, ()> {
+    ) -> BoxFuture<'a, Result<Grant, LlmError>> {
         Box::pin(async move {
-            let Some(limiter) = self.shared.limiters.get(&route.name) else {
-                return;
-            };
-            // The gate admitted the first request earlier; a pause may have begun since.
-            let admitted = if self.gate_admitted.swap(false, Ordering::SeqCst) {
-                limiter.wait_pause().await
-            } else {
-                limiter.admit_request().await
-            };
-            if let Err(e) = admitted {
-                tracing::warn!(route = %route.name, error = %e, "limits unavailable; calling anyway");
-            }
-            if limiter.limits().tpm.is_some() {
-                let estimate = tokens::estimate(
-                    request,
-                    route.max_tokens.unwrap_or(tokens::DEFAULT_COMPLETION),
-                );
-                self.reserved.store(estimate, Ordering::SeqCst);
-                if let Err(e) = limiter.reserve_tokens(estimate).await {
-                    tracing::warn!(route = %route.name, error = %e, "token budget unavailable; calling anyway");
-                }
-            }
+            self.admit_limits(route, request).await;
+            let (grant, held) = self.shared.spend.reserve(self.call, route, request).await?;
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+            Ok(grant)
         })
     }
 
@@ -132,28 +121,65 @@ impl Admission for Limited<'_> {
         result: &'a Result<Completion, LlmError>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(limiter) = self.shared.limiters.get(&route.name) else {
-                return;
-            };
-            match result {
-                Ok(completion) => {
-                    let reserved = self.reserved.swap(0, Ordering::SeqCst);
-                    let _ = limiter
-                        .reconcile_tokens(reserved, completion.usage.total())
-                        .await;
-                }
-                Err(error) => {
-                    if let Some(wait) = error.retry_after
-                        && matches!(error.kind, ErrorKind::RateLimited | ErrorKind::Overloaded)
-                    {
-                        let until =
-                            now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                        tracing::info!(route = %route.name, ?wait, "provider throttled; pausing the route everywhere");
-                        let _ = limiter.pause_until(until).await;
-                    }
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(held) = held {
+                let usage = result.as_ref().ok().map(|c| &c.usage);
+                self.shared.spend.settled(&held, usage).await;
+            }
+            self.settle_limits(route, result).await;
+        })
+    }
+}
+
+impl Limited<'_> {
+    /// Waits for `route`'s shared limits: its request rate, a pause, its token budget.
+    async fn admit_limits(&self, route: &Route, request: &CompletionRequest) {
+        let Some(limiter) = self.shared.limiters.get(&route.name) else {
+            return;
+        };
+        // The gate admitted the first request earlier; a pause may have begun since.
+        let admitted = if self.gate_admitted.swap(false, Ordering::SeqCst) {
+            limiter.wait_pause().await
+        } else {
+            limiter.admit_request().await
+        };
+        if let Err(e) = admitted {
+            tracing::warn!(route = %route.name, error = %e, "limits unavailable; calling anyway");
+        }
+        if limiter.limits().tpm.is_some() {
+            let estimate = tokens::estimate(
+                request,
+                route.max_tokens.unwrap_or(tokens::DEFAULT_COMPLETION),
+            );
+            self.reserved.store(estimate, Ordering::SeqCst);
+            if let Err(e) = limiter.reserve_tokens(estimate).await {
+                tracing::warn!(route = %route.name, error = %e, "token budget unavailable; calling anyway");
+            }
+        }
+    }
+
+    /// Reports an attempt to `route`'s shared limits: the tokens it used, or a throttle.
+    async fn settle_limits(&self, route: &Route, result: &Result<Completion, LlmError>) {
+        let Some(limiter) = self.shared.limiters.get(&route.name) else {
+            return;
+        };
+        match result {
+            Ok(completion) => {
+                let reserved = self.reserved.swap(0, Ordering::SeqCst);
+                let _ = limiter
+                    .reconcile_tokens(reserved, completion.usage.total())
+                    .await;
+            }
+            Err(error) => {
+                if let Some(wait) = error.retry_after
+                    && matches!(error.kind, ErrorKind::RateLimited | ErrorKind::Overloaded)
+                {
+                    let until = now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                    tracing::info!(route = %route.name, ?wait, "provider throttled; pausing the route everywhere");
+                    let _ = limiter.pause_until(until).await;
                 }
             }
-        })
+        }
     }
 }
 
@@ -202,8 +228,10 @@ impl Handler for LlmWorker {
 
         let admission = Limited {
             shared,
+            call: &call,
             gate_admitted: AtomicBool::new(delivery.admitted()),
             reserved: AtomicU32::new(0),
+            held: Mutex::new(None),
         };
         let attempt = {
             let attempt = self.answer(&call, delivered, &admission);
@@ -378,12 +406,20 @@ impl LlmWorker {
                 Ok(completion) => {
                     let cost = route.cost(&completion.usage);
                     record_answer(&route, &completion, cost, index > 1);
-                    let output = completion.into_step_output(outcome.latency, &route.name, cost);
+                    let mut output =
+                        completion.into_step_output(outcome.latency, &route.name, cost);
+                    output.cut = outcome.cut;
                     return RoutesOutcome {
                         result: Ok(output),
                         retryable: false,
                         calls,
                     };
+                }
+                // A budget that cannot cover the call is not a failure a fallback can help.
+                Err(error) if error.kind == ErrorKind::BudgetExceeded => {
+                    last_error = Some(error);
+                    retryable = false;
+                    break;
                 }
                 Err(error) => {
                     if index < names.len() {

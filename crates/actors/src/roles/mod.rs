@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chorus_bus::backlog::Backlogs;
+use chorus_bus::budgets::Budgets;
 use chorus_bus::cancels::Cancels;
 use chorus_bus::claims::{self, Claims};
 use chorus_bus::definitions::{ConsumerDef, DefinitionError, Definitions};
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dlq::{Failure, dead_letter};
 use crate::policy::{self, GaveUp, Verdict};
+use crate::spend::Spend;
 use crate::stage::{Routing, StageSpec};
 
 /// The message publishing a result that moves a job on (a step result, an evaluation, an abort),
@@ -400,6 +402,13 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         }
         limiters.insert(name, limiter);
     }
+    let budgets = Budgets::open(&ctx.bus).await?;
+    let spend = Spend::new(
+        budgets.clone(),
+        budgets.watch().await?,
+        ctx.config.budgets.clone(),
+    );
+    tokio::spawn(spend.clone().sweep(stop.clone()));
     let shared = Arc::new(llm::Shared {
         bus: ctx.bus.clone(),
         stop: stop.clone(),
@@ -412,6 +421,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         jobs: JobStore::open(&ctx.bus).await?,
         limiters,
         cancels: Cancels::open(&ctx.bus).await?.watch().await?,
+        spend,
     });
     Ok(StageSpec {
         name: "llm",

@@ -42,6 +42,7 @@ fn ok(state: &JobState, step: u32, text: &str) -> Input {
             route: "sim:echo".into(),
             cost_usd: None,
             tool_calls: None,
+            cut: None,
         }),
         attempts: 1,
         calls: Vec::new(),
