@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use chorus_core::config::{Price, RouteConfig};
+use chorus_core::config::{Price, RouteConfig, TenantConfig};
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::{NatsServer, free_port};
 use chorus_testkit::wait;
@@ -97,6 +97,18 @@ async fn every_process_exports_every_documented_series_in_valid_exposition_forma
         }),
         ..RouteConfig::new("backup", "sim", "echo")
     });
+    // A budget, for its gauges (calls on unpriced routes counted at a default price).
+    config.budgets.default_price = Some(Price {
+        input_per_mtok: 1.0,
+        output_per_mtok: 1.0,
+    });
+    config.tenants.insert(
+        "thrifty".into(),
+        TenantConfig {
+            budget_usd: Some(1.0),
+            ..TenantConfig::default()
+        },
+    );
     let base = free_edge(&mut config);
     let processes = Processes::new(&config);
     assert!(processes.run(&["migrate"]).await.status.success());

@@ -76,6 +76,8 @@ async fn the_openapi_document_describes_every_served_route() {
             let request = match method.as_str() {
                 "get" => app.client.get(&url),
                 "post" => app.client.post(&url).json(&json!({})),
+                "put" => app.client.put(&url).json(&json!({})),
+                "delete" => app.client.delete(&url),
                 other => panic!("{other} {path} is not a method Chorus serves"),
             };
             let response = request.send().await.expect("request");

@@ -5,18 +5,20 @@
 //! - [`dev`]: `chorus dev`, everything in one process on embedded defaults.
 //! - [`bench`]: `chorus bench`, benchmark scenarios (pipeline throughput, shared rate limits).
 //! - [`keys`]: `chorus keys`, API keys in the database.
+//! - [`budgets`]: `chorus budgets`, spend budgets of tenants and keys in the NATS budgets bucket.
 //! - [`check`]: `chorus config check`.
 //! - [`healthcheck`]: `chorus healthcheck`, for container health checks.
 //! - [`job`], [`batch`]: `chorus job` and `chorus batch`, clients of a running edge's REST API
 //!   through [`client`].
 //!
 //! Errors: this file's dispatch and the command modules it calls (`dev`, `bench`, `keys`,
-//! `check`, `healthcheck`, `job`, `batch`, `dlq`, `mock`) are the binary's top level, where errors
-//! are `anyhow` and end in one printed line. The library module commands and tests share
+//! `budgets`, `check`, `healthcheck`, `job`, `batch`, `dlq`, `mock`) are the binary's top level,
+//! where errors are `anyhow` and end in one printed line. The library module commands and tests share
 //! (`client`) returns typed errors. `tests/code_rules.rs` holds this.
 
 pub mod batch;
 pub mod bench;
+pub mod budgets;
 pub mod check;
 pub mod client;
 pub mod dev;
@@ -84,6 +86,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// API keys per tenant: create (shown once), list, revoke.
     Keys(keys::KeysArgs),
+    /// Spend budgets per tenant or API key: list, show, set and remove them live.
+    Budgets(budgets::BudgetsArgs),
     /// Ask this host's Chorus process whether it is alive (or ready): exit 0 or 1. For container
     /// health checks.
     Healthcheck(healthcheck::HealthcheckArgs),
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(args) => job::run(args).await,
         Command::Batch(args) => batch::run(args).await,
         Command::Keys(args) => keys::run(config_file, args).await,
+        Command::Budgets(args) => budgets::run(config_file, args).await,
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(config_file).await,

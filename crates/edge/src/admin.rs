@@ -144,7 +144,7 @@ fn point_in_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, BadTime> {
 
 /// Who the audit log names: the API key (`key:<id>@<tenant>`), or the peer address when
 /// authentication is off.
-fn actor(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
+pub(crate) fn actor(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
     match (&caller.key_id, peer) {
         (Some(key), _) => format!("key:{key}@{}", caller.tenant),
         (None, Some(Extension(ConnectInfo(addr)))) => format!("http:{addr}"),

@@ -107,6 +107,7 @@ pub async fn create(
     check_endpoints(&lines, endpoint)?;
     // Its lines weigh about what its file does.
     let adding = Load::new(lines.len() as u64, content.len() as u64);
+    crate::quota::within_budget(&state, &caller)?;
     crate::quota::admit(&state, &caller.tenant, adding)?;
 
     let created_at = Utc::now();

@@ -132,6 +132,7 @@ fn model(state: &AppState, name: &str) -> Option<Model> {
         (status = 400, description = "The provider refused the request", body = ErrorBody),
         (status = 404, description = "A model that names no route (`model_not_found`), or one the provider does not have", body = ErrorBody),
         (status = 409, description = "The call was cancelled", body = ErrorBody),
+        (status = 429, description = "A budget of the caller's tenant or key cannot cover the call (`budget_exceeded`; a stream a budget cuts short ends with `finish_reason: \"length\"` and an error event with this code), or the key's rate or the tenant's backlog quota is used up", body = ErrorBody),
         (status = 422, description = "Does not fit: the field and the problem; or `max_tokens` and `max_completion_tokens` disagree (`conflicting_parameters`)", body = ErrorBody),
         (status = 500, description = "Chorus could not carry the call through: its answer too large for the bus (`too_large`), refused by the database (`storage_rejected`), or a message that kept crashing its workers (`max_deliveries`); the job keeps the reason", body = ErrorBody),
         (status = 502, description = "The provider failed", body = ErrorBody),
@@ -224,7 +225,7 @@ fn failure(state: &JobState) -> ApiError {
         "bad_request" | "content_policy" => StatusCode::BAD_REQUEST,
         "not_found" => StatusCode::NOT_FOUND,
         "unprocessable" => StatusCode::UNPROCESSABLE_ENTITY,
-        "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited" | chorus_core::job::BUDGET_EXCEEDED => StatusCode::TOO_MANY_REQUESTS,
         "timeout" | "request_timeout" | "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
         "cancelled" => StatusCode::CONFLICT,
         // Chorus's own failures (the failure policy's kinds), not the provider's.
@@ -448,6 +449,19 @@ impl Forward {
         events.push(self.chunks.event(json!({}), Some(&choice.finish_reason)));
         if self.options.include_usage {
             events.push(self.chunks.usage(&completion));
+        }
+        // An answer a budget cut short ends with an error naming the budget.
+        if let Some(cut) = state
+            .steps
+            .first()
+            .and_then(|s| s.output.as_ref()?.cut.clone())
+        {
+            let error = ApiError::Upstream {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: chorus_core::job::BUDGET_EXCEEDED.into(),
+                message: format!("the answer was cut short: {cut} (job {})", state.id),
+            };
+            events.push(error_event(&error));
         }
         events.push(Event::default().data("[DONE]"));
         events

@@ -104,6 +104,9 @@ pub enum ApiError {
         adding: u64,
         retry_after: u64,
     },
+    /// A budget the request is charged to (its tenant's or its key's) is spent.
+    #[error(transparent)]
+    BudgetExceeded(Box<chorus_core::budget::Refusal>),
     /// A work stream is at its size limit.
     #[error("the work queues are full; retry after {retry_after} s, as they drain")]
     QueuesFull { retry_after: u64 },
@@ -123,6 +126,8 @@ pub enum Missing {
     Job,
     File,
     Batch,
+    /// A budget, named `<scope> <id>`.
+    Budget,
     DeadLetter,
 }
 
@@ -132,6 +137,7 @@ impl std::fmt::Display for Missing {
             Self::Job => "job",
             Self::File => "file",
             Self::Batch => "batch",
+            Self::Budget => "budget of",
             Self::DeadLetter => "dead letter at sequence",
         })
     }
@@ -325,8 +331,16 @@ impl ApiError {
                 None,
                 "queues_full",
             ),
+            Self::BudgetExceeded(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                None,
+                chorus_core::job::BUDGET_EXCEEDED,
+            ),
             Self::Upstream { status, code, .. } => {
                 let kind = match status.as_u16() {
+                    // A budget's refusal reads as OpenAI's quota error, as at the edge.
+                    429 if code == chorus_core::job::BUDGET_EXCEEDED => "insufficient_quota",
                     429 => "rate_limit_error",
                     400..=499 => "invalid_request_error",
                     _ => "api_error",

@@ -337,6 +337,7 @@ pub async fn submit(
     )
     .map_err(|e| ApiError::unavailable("encoding", e))?
     .for_job(job, tenant);
+    crate::quota::within_budget(state, caller)?;
     crate::quota::admit(state, tenant, Load::new(1, message.size()))?;
     let (published, created) = tokio::join!(
         state.bus.publish_all(vec![message]),

@@ -7,6 +7,9 @@
 //! - [`files`] and [`batches`]: the OpenAI Batch API (`/v1/files`, `/v1/batches`) and batch reports.
 //! - [`events`]: `/v1/jobs/{id}/events`, a job's lifecycle as Server-Sent Events.
 //! - [`admin`]: `/v1/admin/dlq` list, show, replay, purge (audited).
+//! - [`usage`]: `/v1/usage` (a tenant's own) and `/v1/admin/usage` (across tenants): steps,
+//!   tokens and cost over a window, per day, key, route, model or tenant.
+//! - [`budgets`]: `/v1/budgets` (the caller's) and `/v1/admin/budgets` (list, set, remove).
 //! - [`probes`]: `/health`, `/ready` and `/metrics`, here and on the probe port of processes
 //!   without the edge.
 //! - [`auth`]: API keys, scopes and per-key request rates on every `/v1` route.
@@ -21,6 +24,7 @@
 pub mod admin;
 pub mod auth;
 pub mod batches;
+pub mod budgets;
 pub mod chat;
 pub mod contract;
 pub mod error;
@@ -32,6 +36,7 @@ pub mod openapi;
 pub mod probes;
 pub mod quota;
 pub mod state;
+pub mod usage;
 pub mod waiter;
 pub mod waiting;
 
@@ -74,6 +79,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::replay))
         .routes(routes!(admin::purge))
         .routes(routes!(admin::show))
+        .routes(routes!(usage::own))
+        .routes(routes!(usage::admin))
+        .routes(routes!(budgets::own))
+        .routes(routes!(budgets::list))
+        .routes(routes!(budgets::get, budgets::set, budgets::remove))
         .routes(routes!(probes::health))
         .routes(routes!(probes::ready))
         .routes(routes!(probes::metrics))

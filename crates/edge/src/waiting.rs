@@ -6,8 +6,10 @@
 //! when it is next (or already held at them), else behind its own tenant's earlier calls — its
 //! tenant's share. `position` counts the calls ahead of it in its flow, those a process holds
 //! at the route's gate or runs included. A call a worker runs on a route without limits, and a
-//! job between steps, do not wait.
+//! job between steps, do not wait. A job whose tenant's or key's budget is spent waits for the
+//! budget (`budget: tenant acme is spent`): its next call will not be made.
 
+use chorus_core::budget::Scope;
 use chorus_core::fair::Waiting;
 use chorus_core::job::{JobState, JobStatus, StepStatus};
 use chorus_core::subjects::{Flow, FlowSubjects, token};
@@ -17,6 +19,20 @@ use crate::state::AppState;
 /// Why and where `live` waits, if it does; `None` too when the flows cannot be read (the rest
 /// of the job is still answered).
 pub async fn of(state: &AppState, live: &JobState) -> Option<Waiting> {
+    let mut waiting = place(state, live).await?;
+    let key = live.key.clone().map(Scope::Key);
+    let scopes: Vec<Scope> = [Some(Scope::Tenant(live.tenant.clone())), key]
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Some(refusal) = state.budget_view.spent(&scopes) {
+        waiting.reason = format!("budget: {} is spent", refusal.scope);
+    }
+    Some(waiting)
+}
+
+/// Where `live` waits in its flows, and for what.
+async fn place(state: &AppState, live: &JobState) -> Option<Waiting> {
     let subjects = &state.bus.subjects;
     let flow = |lane: Option<String>| Flow {
         lane,

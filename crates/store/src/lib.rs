@@ -12,6 +12,7 @@
 //! - [`results`]: a finished batch job's line of its batch's output or error file.
 //! - [`report`]: a batch's evaluation report, per metric, model and persona.
 //! - [`keys`]: API keys per tenant: generated, stored hashed, checked in constant time.
+//! - [`usage`]: steps, tokens and cost over a time window, per day, key, route or tenant.
 //! - [`audit`]: the audit log of operator actions (dead-letter replays and purges).
 //! - [`entity`]: one sea-orm entity per table; [`migration`]: the schema's history.
 //! - [`lossless`]: the value types that store any text and any JSON as it was (NUL included).
@@ -33,6 +34,7 @@ pub mod read;
 pub mod report;
 pub mod results;
 pub mod store;
+pub mod usage;
 pub mod view;
 pub mod write;
 
@@ -45,6 +47,7 @@ pub use lossless::{StoredJson, StoredText};
 pub use report::{BatchReport, MetricStats, OverallStats, TargetStats};
 pub use results::{ChatCompletion, ResultLine, chat_completion, error_line, result_line};
 pub use store::Store;
+pub use usage::{UsageGroup, UsageRow};
 pub use view::{
     AssertionRecord, ErrorRecord, EvaluationRecord, JobPage, JobRecord, JobSummary,
     StepErrorRecord, StepRecord, TargetRecord, UsageRecord,

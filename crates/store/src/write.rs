@@ -236,6 +236,7 @@ impl Rows {
             line: origin.map(|o| int(o.line)),
             result_ok: result.as_ref().map(|r| r.ok),
             result_line: result.map(|r| r.json.into()),
+            key_id: state.key,
         });
         Ok(())
     }

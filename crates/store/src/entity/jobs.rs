@@ -38,6 +38,9 @@ pub struct Model {
     /// the error file (false), and the line itself (one JSON object, no newline).
     pub result_ok: Option<bool>,
     pub result_line: Option<StoredText>,
+    /// The id of the API key that submitted the job (None: a JetStream submitter, or
+    /// authentication off).
+    pub key_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ mod m0003_step_calls;
 mod m0004_batches;
 mod m0005_api_keys;
 mod m0006_key_bands;
+mod m0007_job_keys;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_batches::Migration),
             Box::new(m0005_api_keys::Migration),
             Box::new(m0006_key_bands::Migration),
+            Box::new(m0007_job_keys::Migration),
         ]
     }
 }
