@@ -8,8 +8,10 @@
 //! already stops without NATS, so the ledger adds no new way to fail: when it cannot be read,
 //! a budgeted call waits (fails closed) and is retried, and nothing is lost.
 //!
-//! Each process queues its own writers of a ledger behind one lock, so compare-and-set conflicts
-//! happen only between processes. Every write first brings the ledger to now
+//! A process batches its own calls' changes to a ledger: reserves, settlements and releases
+//! that arrive while one compare-and-set is in flight are applied together by the next, so a
+//! busy budget costs a round trip per batch, not per call, and compare-and-set conflicts happen
+//! only between processes. Every write first brings the ledger to now
 //! ([`Ledger::advance`]): a period that ended is closed, and holds past their time (their
 //! process died) are counted as spent. [`Budgets::watch`] mirrors the bucket, so a process knows
 //! without a round trip whether a call is budgeted at all, and the edge can refuse work of a
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use chorus_core::budget::{Ledger, Limit, Nanos, Refusal, Scope, Source};
 use chorus_core::ids::{UnixMillis, now_millis};
+use tokio::sync::oneshot;
 
 use crate::mirror::{Mirror, mirror};
 use crate::{Bus, BusError, BusErrorKind};
@@ -32,6 +35,33 @@ pub struct Budgets {
     kv: Store,
     /// One writer per ledger at a time in this process.
     serial: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Calls' changes waiting for their ledger's next write, per ledger.
+    batches: Arc<Mutex<HashMap<String, Arc<Mutex<Batch>>>>>,
+}
+
+/// One call's change to a ledger.
+#[derive(Clone, Debug)]
+enum Op {
+    Reserve {
+        id: String,
+        want: Nanos,
+        least: Nanos,
+        until: UnixMillis,
+    },
+    Settle {
+        id: String,
+        actual: Nanos,
+    },
+    Release {
+        id: String,
+    },
+}
+
+/// The changes waiting for a ledger's next write, and whether a task is writing them.
+#[derive(Default)]
+struct Batch {
+    waiting: Vec<(Op, oneshot::Sender<Result<Reserved, BusError>>)>,
+    writing: bool,
 }
 
 impl std::fmt::Debug for Budgets {
@@ -69,6 +99,7 @@ impl Budgets {
             bus: bus.clone(),
             kv,
             serial: Arc::default(),
+            batches: Arc::default(),
         })
     }
 
@@ -216,40 +247,96 @@ impl Budgets {
         least: Nanos,
         until: UnixMillis,
     ) -> Result<Reserved, BusError> {
-        self.update(scope, |ledger, _| {
-            let Some(mut ledger) = ledger else {
-                return Change::Keep(Reserved::Unbudgeted);
-            };
-            match ledger.reserve(scope, id, want, least, until) {
-                Ok(granted) => Change::Write(Some(ledger), Reserved::Granted(granted)),
-                Err(refusal) => Change::Keep(Reserved::Refused(refusal)),
-            }
-        })
-        .await
+        let op = Op::Reserve {
+            id: id.to_owned(),
+            want,
+            least,
+            until,
+        };
+        self.batched(scope, op).await
     }
 
     /// Call `id` cost `actual` (0 when it failed): its hold is settled, or its expiry reconciled.
     pub async fn settle(&self, scope: &Scope, id: &str, actual: Nanos) -> Result<(), BusError> {
-        self.update(scope, |ledger, _| match ledger {
-            Some(mut ledger) => match ledger.settle(id, actual) {
-                true => Change::Write(Some(ledger), ()),
-                false => Change::Keep(()),
-            },
-            None => Change::Keep(()),
-        })
-        .await
+        let op = Op::Settle {
+            id: id.to_owned(),
+            actual,
+        };
+        self.batched(scope, op).await.map(drop)
     }
 
     /// Call `id` was not sent after all: its hold is dropped, and it is not counted.
     pub async fn release(&self, scope: &Scope, id: &str) -> Result<(), BusError> {
-        self.update(scope, |ledger, _| match ledger {
-            Some(mut ledger) => match ledger.release(id) {
-                true => Change::Write(Some(ledger), ()),
-                false => Change::Keep(()),
-            },
-            None => Change::Keep(()),
-        })
-        .await
+        let op = Op::Release { id: id.to_owned() };
+        self.batched(scope, op).await.map(drop)
+    }
+
+    /// Applies `op` to `scope`'s ledger in the next batch of this process's changes to it: the
+    /// first change to arrive starts a task that writes whatever has gathered, and goes on
+    /// until nothing waits. A task, so that a caller that gives up does not strand the others.
+    async fn batched(&self, scope: &Scope, op: Op) -> Result<Reserved, BusError> {
+        let key = self.bus.subjects.budget_key(scope);
+        let batch = {
+            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(batches.entry(key).or_default())
+        };
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut batch = batch.lock().unwrap_or_else(|p| p.into_inner());
+            batch.waiting.push((op, answer));
+            !std::mem::replace(&mut batch.writing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().write_batches(scope.clone(), batch));
+        }
+        answered
+            .await
+            .map_err(|e| BusError::new("write a budget", BusErrorKind::Unavailable, e))?
+    }
+
+    /// Writes `batch`'s changes to `scope`'s ledger, one compare-and-set per batch, until no
+    /// change waits.
+    async fn write_batches(self, scope: Scope, batch: Arc<Mutex<Batch>>) {
+        loop {
+            let waiting = {
+                let mut batch = batch.lock().unwrap_or_else(|p| p.into_inner());
+                if batch.waiting.is_empty() {
+                    batch.writing = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let (ops, answers): (Vec<Op>, Vec<_>) = waiting.into_iter().unzip();
+            let written = self
+                .update(&scope, |ledger, _| {
+                    let Some(mut ledger) = ledger else {
+                        return Change::Keep(vec![Reserved::Unbudgeted; ops.len()]);
+                    };
+                    let mut changed = false;
+                    let outcomes = ops
+                        .iter()
+                        .map(|op| apply(&mut ledger, &scope, op, &mut changed))
+                        .collect();
+                    match changed {
+                        true => Change::Write(Some(ledger), outcomes),
+                        false => Change::Keep(outcomes),
+                    }
+                })
+                .await;
+            match written {
+                Ok(outcomes) => {
+                    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                        let _ = answer.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for answer in answers {
+                        let each = BusError::new("write a budget", e.kind(), e.to_string());
+                        let _ = answer.send(Err(each));
+                    }
+                }
+            }
+        }
     }
 
     /// Brings `scope`'s ledger to now in the bucket: expired holds counted, an ended period
@@ -285,6 +372,32 @@ impl Budgets {
             ledgers,
             _mirror: Arc::new(mirror),
         })
+    }
+}
+
+/// One call's change to `ledger`; what it came to (`Unbudgeted` for a settlement or release).
+fn apply(ledger: &mut Ledger, scope: &Scope, op: &Op, changed: &mut bool) -> Reserved {
+    match op {
+        Op::Reserve {
+            id,
+            want,
+            least,
+            until,
+        } => match ledger.reserve(scope, id, *want, *least, *until) {
+            Ok(granted) => {
+                *changed = true;
+                Reserved::Granted(granted)
+            }
+            Err(refusal) => Reserved::Refused(refusal),
+        },
+        Op::Settle { id, actual } => {
+            *changed |= ledger.settle(id, *actual);
+            Reserved::Unbudgeted
+        }
+        Op::Release { id } => {
+            *changed |= ledger.release(id);
+            Reserved::Unbudgeted
+        }
     }
 }
 
