@@ -4,6 +4,9 @@
 //! the concurrency leases of a process that died holding them. The errors say what to do, not only
 //! what failed.
 //!
+//! `url` is one server or a comma-separated list of a cluster's servers: the client connects to
+//! one of them, and reconnects through them and the servers the cluster announces.
+//!
 //! [`Bus::connect_config`] authenticates as `[nats]` says (a credentials file, an nkey seed, a user
 //! and password, or a token, the secrets read from their variable or file) and speaks TLS with the
 //! given CA and client certificate. Secrets are only ever handed to the client: the errors name
@@ -12,8 +15,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Context};
-use async_nats::{Client, ConnectOptions};
-use chorus_core::config::{NatsConfig, SecretError, load_secret};
+use async_nats::{Client, ConnectOptions, ServerAddr};
+use chorus_core::config::{NatsConfig, SecretError, load_secret, redact_url};
 use chorus_core::subjects::Subjects;
 use secrecy::ExposeSecret;
 
@@ -34,6 +37,8 @@ pub struct Bus {
     pub subjects: Subjects,
     /// The flows' doorbells this process rang lately ([`Bus::ring`]).
     pub(crate) doorbells: std::sync::Arc<crate::fair::Doorbells>,
+    /// How long [`Bus::publish_all_retrying`] retries (`nats.retry_window`).
+    pub(crate) retry_window: Duration,
 }
 
 impl std::fmt::Debug for Bus {
@@ -46,14 +51,23 @@ impl std::fmt::Debug for Bus {
 
 impl Bus {
     /// Connects without credentials and runs the start-up checks. `name` shows in the server's
-    /// connection list.
+    /// connection list. Publishes are retried for the default `nats.retry_window`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         name: &str,
         timeout: Duration,
     ) -> Result<Self, BusError> {
-        Self::connect_with(ConnectOptions::new(), url, prefix, name, timeout).await
+        let retry_window = NatsConfig::default().retry_window;
+        Self::connect_with(ConnectOptions::new(), url, prefix, name, timeout)
+            .await
+            .map(|bus| bus.with_retry_window(retry_window))
+    }
+
+    /// The same connection, retrying publishes for `window` ([`Bus::publish_all_retrying`]).
+    pub fn with_retry_window(mut self, window: Duration) -> Self {
+        self.retry_window = window;
+        self
     }
 
     /// Connects as `[nats]` configures it (credentials, TLS) and runs the start-up checks.
@@ -67,6 +81,7 @@ impl Bus {
             config.connect_timeout,
         )
         .await
+        .map(|bus| bus.with_retry_window(config.retry_window))
     }
 
     async fn connect_with(
@@ -80,11 +95,13 @@ impl Bus {
         // the HTTP client), so rustls cannot pick one by itself: name ring before a TLS
         // connection needs it. A provider already installed stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let servers = servers(url)?;
+        let url = &redact_url(url);
         let client = options
             .name(name)
             .connection_timeout(timeout)
             .request_timeout(Some(Duration::from_secs(10)))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|cause| BusError::Unreachable {
                 url: url.to_owned(),
@@ -120,8 +137,31 @@ impl Bus {
             js,
             subjects: Subjects::new(prefix),
             doorbells: Default::default(),
+            retry_window: Duration::ZERO,
         })
     }
+}
+
+/// The servers of `nats.url`: one URL, or a comma-separated list of them.
+pub fn servers(url: &str) -> Result<Vec<ServerAddr>, BusError> {
+    url.split(',')
+        .map(|server| {
+            let server = server.trim();
+            if server.is_empty() {
+                return Err(BusError::Settings {
+                    setting: "url",
+                    source: "an empty server in the list".into(),
+                });
+            }
+            server
+                .parse::<ServerAddr>()
+                .map_err(|e| BusError::Settings {
+                    setting: "url",
+                    source: format!("`{}` is not a NATS server URL: {e}", redact_url(server))
+                        .into(),
+                })
+        })
+        .collect()
 }
 
 /// The client options for `[nats]`'s credentials and TLS, with its secrets read.
@@ -205,6 +245,25 @@ mod tests {
             .find_map(|l| l.trim().strip_prefix("max_payload:"))
             .and_then(|v| v.trim().parse::<usize>().ok());
         assert_eq!(configured, Some(MAX_PAYLOAD));
+    }
+
+    #[test]
+    fn takes_a_list_of_servers() {
+        let list = servers("nats://127.0.0.1:14222, nats://127.0.0.1:14223,tls://h:4443").unwrap();
+        let ports: Vec<u16> = list.iter().map(ServerAddr::port).collect();
+        assert_eq!(ports, [14222, 14223, 4443]);
+        assert_eq!(servers("nats://localhost").unwrap()[0].port(), 4222);
+        let error = servers("nats://a:1,nats://b:99999").unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("nats.url") && message.contains("b:99999"),
+            "{message}"
+        );
+        let error = servers("nats://a:1,http://user:secret@b:4222").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("invalid scheme"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+        assert!(servers("nats://a:1,").is_err());
     }
 
     #[test]

@@ -173,7 +173,10 @@ fn api(error: &jetstream::Error) -> BusErrorKind {
         | ErrorCode::CONSUMER_NOT_FOUND
         | ErrorCode::NO_MESSAGE_FOUND
         | ErrorCode::SEQUENCE_NOT_FOUND => BusErrorKind::NotFound,
-        ErrorCode::CLUSTER_NOT_AVAILABLE
+        // "duplicate message id is in process": the same message, published again, is still
+        // being stored from the first publish (a retry through an election); its ack comes later.
+        ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+        | ErrorCode::CLUSTER_NOT_AVAILABLE
         | ErrorCode::CLUSTER_NOT_LEADER
         | ErrorCode::CLUSTER_NOT_ACTIVE
         | ErrorCode::CLUSTER_NOT_ASSIGNED
@@ -523,6 +526,17 @@ mod tests {
         );
         let api_error: jetstream::Error = serde_json::from_str(
             r#"{"code": 503, "err_code": 10008, "description": "JetStream cluster not available"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            kind(async_nats::jetstream::context::PublishError::with_source(
+                PublishErrorKind::Other,
+                api_error
+            )),
+            BusErrorKind::Unavailable
+        );
+        let api_error: jetstream::Error = serde_json::from_str(
+            r#"{"code": 409, "err_code": 10158, "description": "duplicate message id is in process"}"#,
         )
         .unwrap();
         assert_eq!(

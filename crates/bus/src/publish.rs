@@ -3,17 +3,27 @@
 //! Every message carries a `Nats-Msg-Id` derived from ids (so a repeated publish is dropped by the
 //! stream's duplicate window), its `Chorus-Type`, and a `traceparent`. [`Bus::publish_all`] sends a
 //! whole set before waiting for any ack: one round trip for the lot, not one per message.
+//!
+//! [`Bus::publish_all_retrying`] is for a publish a client is waiting on (the edge's `202`): what
+//! the cluster cannot take now — a stream between leaders, a connection moving to another
+//! server, a lost quorum — is sent again, under the same `Nats-Msg-Id`, until it is acknowledged
+//! or `nats.retry_window` has passed. The roles do not use it: their failure policy retries in
+//! place and keeps the message they work on alive meanwhile.
+
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chorus_core::codec::{self, CodecError, headers};
 use chorus_core::messages::Envelope;
 use chorus_core::trace::TraceContext;
 use chorus_core::{JobId, Tenant};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
+use tokio::time::Instant;
 
-use crate::{Bus, BusError};
+use crate::{Bus, BusError, BusErrorKind};
 
 /// A message ready to publish.
 #[derive(Clone, Debug)]
@@ -98,18 +108,65 @@ impl Bus {
             .map_err(|e| BusError::request(format!("publish to {subject}"), e))
     }
 
+    /// Publishes one message and waits for its ack.
+    async fn publish_acked(&self, message: Outgoing) -> Result<(), BusError> {
+        let subject = message.subject.clone();
+        self.publish(message)
+            .await?
+            .await
+            .map(drop)
+            .map_err(|e| BusError::request(format!("publish to {subject}"), e))
+    }
+
     /// Publishes every message, then waits for all their acks.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), BusError> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            let subject = message.subject.clone();
-            pending.push((subject, self.publish(message).await?));
+        try_join_all(messages.into_iter().map(|m| self.publish_acked(m)))
+            .await
+            .map(drop)
+    }
+
+    /// Publishes every message as [`Bus::publish_all`] does, retrying those the cluster cannot
+    /// take now (an [`BusErrorKind::Unavailable`] failure) after a growing pause, for up to
+    /// `nats.retry_window` (see the module docs). Any other failure, or one still there when the
+    /// window closes, is returned.
+    pub async fn publish_all_retrying(&self, messages: Vec<Outgoing>) -> Result<(), BusError> {
+        let deadline = Instant::now() + self.retry_window;
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut pending = messages;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let results = join_all(pending.iter().map(|m| self.publish_acked(m.clone()))).await;
+            let mut failure = None;
+            pending = pending
+                .into_iter()
+                .zip(results)
+                .filter_map(|(message, result)| {
+                    let error = result.err()?;
+                    if failure.as_ref().is_none_or(|f: &BusError| {
+                        f.kind() == BusErrorKind::Unavailable
+                            && error.kind() != BusErrorKind::Unavailable
+                    }) {
+                        failure = Some(error);
+                    }
+                    Some(message)
+                })
+                .collect();
+            let Some(error) = failure else {
+                return Ok(());
+            };
+            let pause = pauses.next().unwrap_or(Duration::from_secs(2));
+            if error.kind() != BusErrorKind::Unavailable || Instant::now() + pause > deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, attempt, unacknowledged = pending.len(), ?pause,
+                "JetStream cannot take the messages now (a leader election?); publishing them again");
+            tokio::time::sleep(pause).await;
         }
-        try_join_all(pending.into_iter().map(|(subject, ack)| async move {
-            ack.await
-                .map_err(|e| BusError::request(format!("publish to {subject}"), e))
-        }))
-        .await
-        .map(|_| ())
     }
 }

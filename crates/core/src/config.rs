@@ -50,6 +50,9 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// The server, or a comma-separated list of a cluster's servers (`nats://a:4222,nats://b:4222`):
+    /// the client connects to any of them and reconnects through them and the servers the
+    /// cluster announces.
     pub url: String,
     /// Prefix of every subject; stream names use it upper-cased, the jobs bucket as `<prefix>_jobs`.
     pub prefix: String,
@@ -59,6 +62,11 @@ pub struct NatsConfig {
     pub definitions: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long the edge keeps retrying a publish a client waits on — through a stream leader's
+    /// election, a reconnect to another server, a lost quorum — before it answers `503`. Every
+    /// retry carries the same `Nats-Msg-Id`, so the stream keeps one copy.
+    #[serde(with = "humantime_serde")]
+    pub retry_window: Duration,
     /// How to authenticate: at most one of a credentials file (JWT and nkey seed, as `nsc`
     /// writes it), an nkey seed file, a user (with a password), or a token. Secrets come from a
     /// variable (`*_env`, its name) or a file (`*_file`), never from this file.
@@ -85,6 +93,7 @@ impl Default for NatsConfig {
             replicas: 1,
             definitions: None,
             connect_timeout: Duration::from_secs(5),
+            retry_window: Duration::from_secs(30),
             credentials_file: None,
             nkey_seed_file: None,
             user: None,
@@ -125,15 +134,18 @@ impl DatabaseConfig {
     }
 }
 
-/// A URL with its password (if any) replaced by `***`.
+/// A URL, or a comma-separated list of them, with every password in it replaced by `***`.
 pub fn redact_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => text.to_owned(),
-    }
+    text.split(',')
+        .map(|part| match url::Url::parse(part.trim()) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Why [`DatabaseConfig::connect_url`] cannot make the URL to connect with.
@@ -844,6 +856,17 @@ impl Config {
             }
         };
         require(self.nats.replicas >= 1, "nats.replicas: must be at least 1");
+        require(
+            self.nats
+                .url
+                .split(',')
+                .all(|server| !server.trim().is_empty()),
+            "nats.url: a server, or a comma-separated list of servers, with none empty",
+        );
+        require(
+            self.nats.retry_window < self.edge.max_wait,
+            "nats.retry_window: must be shorter than edge.max_wait (a waiting client would give up first)",
+        );
         #[cfg(not(feature = "faults"))]
         require(
             self.faults.is_none(),
@@ -1184,6 +1207,32 @@ mod tests {
             assert_eq!(scope.to_string(), "tenant acme");
             assert_eq!(limit.usd, 50.0);
             assert_eq!(limit.period, Period::parse("30d").unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_servers_and_the_retry_window_ends_before_a_client_gives_up() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "CHORUS_NATS_URL",
+                "nats://n1:4222,nats://user:pw@n2:4222, nats://n3:4222",
+            );
+            jail.set_env("CHORUS_NATS_RETRY_WINDOW", "20s");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.nats.retry_window, Duration::from_secs(20));
+            assert_eq!(
+                redact_url(&config.nats.url),
+                "nats://n1:4222,nats://user:***@n2:4222, nats://n3:4222"
+            );
+            jail.set_env("CHORUS_NATS_URL", "nats://n1:4222,,nats://n3:4222");
+            jail.set_env("CHORUS_NATS_RETRY_WINDOW", "10m");
+            let err = Config::load(None)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("nats.url: "), "{err}");
+            assert!(err.contains("nats.retry_window: "), "{err}");
             Ok(())
         });
     }

@@ -191,7 +191,7 @@ async fn publish(
     if messages.is_empty() {
         return Ok(());
     }
-    if let Err(e) = state.bus.publish_all(messages).await {
+    if let Err(e) = state.bus.publish_all_retrying(messages).await {
         let _ = state
             .store
             .set_batch_status(tenant, batch, BatchStatus::Failed, now_millis())

@@ -458,7 +458,7 @@ fn shared_responses(document: &mut Value) {
                     ("401", "No live API key (`Authorization: Bearer <key>`)", json!({"WWW-Authenticate": {"schema": {"type": "string"}}})),
                     ("403", "The key lacks the route's scope", json!({})),
                     ("429", "The key's request rate is used up", json!({"Retry-After": {"description": "Whole seconds until a request is admitted", "schema": {"type": "integer"}}})),
-                    ("503", "NATS or the database is unavailable; retry shortly", json!({})),
+                    ("503", "NATS or the database is unavailable (for longer than `nats.retry_window`, for a publish); retry shortly", json!({"Retry-After": {"description": "Whole seconds to wait before retrying", "schema": {"type": "integer"}}})),
                 ]);
             }
             if query {

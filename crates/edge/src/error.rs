@@ -34,6 +34,10 @@ pub const SEMANTIC_CODES: [&str; 5] = [
 /// at the pace of the providers behind them, so sooner rarely helps.
 pub const RETRY_QUEUED: Duration = Duration::from_secs(10);
 
+/// The `retry-after` of a `503`: NATS or the database was unavailable for longer than the edge
+/// retries (`nats.retry_window`), so it is out for a while — a node's restart, a lost quorum.
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -364,6 +368,12 @@ impl IntoResponse for ApiError {
             | Self::OverQuota { retry_after, .. }
             | Self::QueuesFull { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::Unavailable { .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(RETRY_UNAVAILABLE.as_secs()),
+                );
             }
 
             _ => {}

@@ -340,7 +340,7 @@ pub async fn submit(
     crate::quota::within_budget(state, caller)?;
     crate::quota::admit(state, tenant, Load::new(1, message.size()))?;
     let (published, created) = tokio::join!(
-        state.bus.publish_all(vec![message]),
+        state.bus.publish_all_retrying(vec![message]),
         state.jobs.create(&queued)
     );
     published.map_err(ApiError::publish)?;

@@ -1,5 +1,5 @@
-//! `/health` (the process is alive), `/ready` (it can do its work: NATS connected, streams
-//! present, its database answering) and `/metrics` (Prometheus's text format), for load
+//! `/health` (the process is alive), `/ready` (it can do its work: NATS connected, JetStream
+//! answering — on a cluster, a quorum — the submit stream led, its database answering) and `/metrics` (Prometheus's text format), for load
 //! balancers, Kubernetes probes and scrapers. The edge serves them beside its API; a process
 //! without the edge serves them alone on its probe port ([`probe_router`]).
 //!
@@ -59,7 +59,12 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// The process can do its work: NATS connected, streams present, its database answering.
+/// How long a readiness check waits for NATS to answer.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The process can do its work: NATS connected; JetStream answering through the server it is
+/// connected to (on a cluster, only while that server is in a quorum with a meta leader); the
+/// submit stream answering (it has a leader); its database answering.
 #[utoipa::path(
     get, path = "/ready", operation_id = "ready", tag = "probes", security(()),
     responses(
@@ -69,24 +74,32 @@ pub async fn health() -> Json<Health> {
 )]
 pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Readiness>) {
     let nats = match state.bus.client.connection_state() {
-        async_nats::connection::State::Connected => Ok(()),
-        other => Err(format!("{other:?}")),
+        async_nats::connection::State::Connected => None,
+        other => Some(format!("{other:?}")),
     };
-    let streams = state
-        .bus
-        .js
-        .get_stream_no_info(state.bus.subjects.stream("submit"))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    let mut checks = vec![("nats", nats), ("streams", streams)];
+    let js = &state.bus.js;
+    let submit = state.bus.subjects.stream("submit");
+    let (jetstream, streams) = tokio::join!(
+        within(async { js.query_account().await.err().map(|e| e.to_string()) }),
+        within(async {
+            js.get_stream(&submit)
+                .await
+                .err()
+                .map(|e| format!("{submit}: {e}"))
+        })
+    );
+    let mut checks = vec![
+        ("nats", nats),
+        ("jetstream", jetstream),
+        ("streams", streams),
+    ];
     if let Some(store) = &state.store {
-        checks.push(("database", store.ping().await.map_err(|e| e.to_string())));
+        checks.push(("database", store.ping().await.err().map(|e| e.to_string())));
     }
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let ready = checks.iter().all(|(_, problem)| problem.is_none());
     let checks = checks
         .into_iter()
-        .map(|(name, result)| (name.to_owned(), result.err().unwrap_or_else(|| "ok".into())))
+        .map(|(name, problem)| (name.to_owned(), problem.unwrap_or_else(|| "ok".into())))
         .collect();
     let status = if ready {
         StatusCode::OK
@@ -101,6 +114,13 @@ pub async fn ready(State(state): State<ProbeState>) -> (StatusCode, Json<Readine
             checks,
         }),
     )
+}
+
+/// A readiness check's problem (none when it passed), or that NATS did not answer in time.
+async fn within(check: impl std::future::Future<Output = Option<String>>) -> Option<String> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Some(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())))
 }
 
 /// The process's metrics, with the NATS gauges read now.
