@@ -13,7 +13,7 @@
 //! retried in place while NATS is unavailable (idempotent by its message id), and a result too
 //! large for the bus fails the step with the reason instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +74,40 @@ pub struct Shared {
     pub cancels: CancelSet,
     /// The spend budgets each attempt is held against.
     pub spend: Spend,
+    /// The step results this process published lately.
+    pub answered: Mutex<Answered>,
+}
+
+/// The step results a process published lately, by message id (the newest [`Answered::KEPT`]).
+///
+/// A call can come back after its result was published: its ack was lost with a consumer leader
+/// (a node's crash, a lost quorum), so the new leader delivers it again — possibly before the
+/// orchestrator has recorded the result in the job's state, where the check for redeliveries
+/// looks. A call whose result this process published is acknowledged without calling the
+/// provider again. (A redelivery that reaches another process in that moment is not caught here.)
+#[derive(Default)]
+pub struct Answered {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Answered {
+    const KEPT: usize = 16_384;
+
+    fn insert(&mut self, id: String) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 pub struct LlmWorker {
@@ -203,6 +237,17 @@ impl Handler for LlmWorker {
             .header(headers::REPLAYS)
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
+        let result_id = msg_id::step_result(call.job_id, call.step, replays);
+        let answered_here = shared
+            .answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&result_id);
+        if answered_here {
+            tracing::debug!(job = %call.job_id, step = call.step, delivered, "call delivered again after this process published its result");
+            let _ = delivery.ack().await;
+            return Next::Done;
+        }
         if delivered > 1 && replays == 0 && self.already_settled(&call).await {
             tracing::debug!(job = %call.job_id, step = call.step, "redelivered call already has its result");
             let _ = delivery.ack().await;
@@ -496,7 +541,15 @@ impl LlmWorker {
         let (bus, stop) = (&self.shared.bus, &self.shared.stop);
         let published = self.publish(&delivery, result).await;
         let (delivery, kept) = match published {
-            Ok(()) => (delivery, keep),
+            Ok(()) => {
+                let id = msg_id::step_result(result.job_id, result.step, result.replays);
+                self.shared
+                    .answered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id);
+                (delivery, keep)
+            }
             Err(gave_up) => {
                 let Some((delivery, error)) = gave_up.give_back(delivery).await else {
                     return;

@@ -422,6 +422,7 @@ pub async fn llm(ctx: &Context) -> Result<StageSpec<llm::LlmWorker>, ActorsError
         limiters,
         cancels: Cancels::open(&ctx.bus).await?.watch().await?,
         spend,
+        answered: Default::default(),
     });
     Ok(StageSpec {
         name: "llm",
