@@ -2,8 +2,11 @@
 //! exports (and the dashboard shows them all), the Kubernetes PrometheusRule carries the alert file
 //! unchanged, every KEDA trigger scales on a stream and consumer `nats/` defines, every probe asks
 //! the port its role serves, the shipped configurations load, the pods' grace period outlasts
-//! the drain, and every NATS server shipped or started takes the largest message a stream holds.
-//! `deploy/check.py` checks the manifests' shape; this checks their meaning.
+//! the drain, every NATS server shipped or started takes the largest message a stream holds, and
+//! the durability decisions hold: staging and prod give every stream 3 replicas, production's NATS
+//! servers fsync before acknowledging (`sync_interval: always`, read back from a real nats-server
+//! for compose), development's say their 2 minutes out loud. `deploy/check.py` checks the
+//! manifests' shape; this checks their meaning.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -378,6 +381,7 @@ fn every_probe_asks_the_port_and_paths_its_role_serves() {
 fn the_shipped_configurations_load() {
     for path in [
         "deploy/k8s/base/chorus.toml",
+        "deploy/k8s/overlays/staging/chorus.toml",
         "deploy/k8s/overlays/prod/chorus.toml",
         "deploy/compose/chorus.toml",
     ] {
@@ -415,6 +419,7 @@ fn the_grace_period_outlasts_the_drain() {
         .unwrap_or(0);
     for path in [
         "deploy/k8s/base/chorus.toml",
+        "deploy/k8s/overlays/staging/chorus.toml",
         "deploy/k8s/overlays/prod/chorus.toml",
     ] {
         let config = Config::load(Some(&repo(path))).expect("loads");
@@ -544,4 +549,201 @@ async fn the_nats_servers_chorus_starts_take_the_largest_message() {
     assert_eq!(server.port(), port);
     let client = async_nats::connect(server.url()).await.expect("reconnect");
     assert_eq!(client.server_info().max_payload, payload);
+}
+
+#[test]
+fn staging_and_prod_give_every_stream_three_replicas() {
+    // The chart runs a JetStream cluster of three.
+    let values = &yaml_documents("deploy/k8s/nats/values.yaml")[0];
+    assert_eq!(values["config"]["cluster"]["enabled"], true);
+    assert_eq!(values["config"]["cluster"]["replicas"], 3);
+    for overlay in ["staging", "prod"] {
+        let kustomization =
+            &yaml_documents(&format!("deploy/k8s/overlays/{overlay}/kustomization.yaml"))[0];
+        let generators = kustomization["configMapGenerator"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{overlay} generates no ConfigMap"));
+        assert!(
+            generators.iter().any(|g| g["name"] == "chorus-config"
+                && g["behavior"] == "replace"
+                && g["files"] == serde_json::json!(["chorus.toml"])),
+            "{overlay} must replace chorus-config with its chorus.toml: {generators:?}"
+        );
+        let path = format!("deploy/k8s/overlays/{overlay}/chorus.toml");
+        let config = Config::load(Some(&repo(&path))).expect("loads");
+        assert_eq!(config.nats.replicas, 3, "{path}");
+        // Every stream and KV bucket it defines takes them.
+        let definitions =
+            chorus_bus::definitions::Definitions::configured(&config.nats).expect("definitions");
+        assert_eq!(definitions.replicas(), Some(3), "{path}");
+    }
+}
+
+#[test]
+fn production_nats_fsyncs_before_acknowledging_and_development_says_its_interval() {
+    // Kubernetes: the chart merges it into the server's `jetstream` block.
+    let values = &yaml_documents("deploy/k8s/nats/values.yaml")[0];
+    assert_eq!(
+        values["config"]["jetstream"]["merge"]["sync_interval"], "always",
+        "deploy/k8s/nats/values.yaml"
+    );
+    // Development (and the tests, and `chorus dev`): nats-server's default, written down, and
+    // quoted (an unquoted 2m is 2,000,000 seconds).
+    assert!(
+        chorus_bus::natsd::SERVER_CONFIG
+            .lines()
+            .any(|l| l.trim() == r#"sync_interval: "2m""#),
+        "nats/server/chorus.conf"
+    );
+    // Compose production: the overrides run NATS on nats-prod.conf.
+    let (conf, _) = compose_nats(&prod_compose());
+    assert_eq!(conf, "/etc/nats/nats-prod.conf");
+}
+
+/// docker-compose.yml with the production overrides over it (compose's merge: a service's
+/// command replaced, its volumes added).
+fn prod_compose() -> Value {
+    let mut merged = compose();
+    let text = read("deploy/compose/docker-compose.prod.yml");
+    let prod: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+    let nats = &prod["services"]["nats"];
+    if !nats["command"].is_null() {
+        merged["services"]["nats"]["command"] = nats["command"].clone();
+    }
+    if let Some(volumes) = nats["volumes"].as_array() {
+        merged["services"]["nats"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .extend(volumes.iter().cloned());
+    }
+    merged
+}
+
+/// The configuration file (`-c`, as the container sees it) of a compose file's NATS service and
+/// its bind-mounted files: the container path and the file here.
+fn compose_nats(compose: &Value) -> (String, Vec<(String, PathBuf)>) {
+    let nats = &compose["services"]["nats"];
+    let command: Vec<&str> = nats["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let conf = command
+        .windows(2)
+        .find(|w| w[0] == "-c")
+        .map(|w| w[1].to_owned())
+        .expect("nats runs with -c");
+    let mounts = nats["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|volume| {
+            let mut parts = volume.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            source
+                .strip_prefix("./")
+                .map(|source| (target.to_owned(), repo(source)))
+        })
+        .collect();
+    (conf, mounts)
+}
+
+/// The `jetstream.config` a real nats-server reports (`/varz`) when run as `compose` runs it: its
+/// configuration files laid out as the container sees them, JetStream and a store directory from
+/// the command line.
+async fn jetstream_as_compose_runs_it(compose: &Value) -> Value {
+    let (conf, mounts) = compose_nats(compose);
+    let dir = tempfile::tempdir().expect("dir");
+    for (target, source) in &mounts {
+        // Every file sits in the container's /etc/nats, so includes resolve beside each other.
+        let name = target
+            .strip_prefix("/etc/nats/")
+            .unwrap_or_else(|| panic!("{target} is not in /etc/nats"));
+        std::fs::copy(source, dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    }
+    let conf = dir
+        .path()
+        .join(conf.strip_prefix("/etc/nats/").expect("in /etc/nats"));
+    let binary = chorus_bus::natsd::locate().expect("nats-server");
+    let ports = dir.path().join("ports");
+    std::fs::create_dir(&ports).expect("ports dir");
+    let mut server = tokio::process::Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-js", "-sd"])
+        .arg(dir.path().join("data"))
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "-1",
+            "-m",
+            "-1",
+            "--ports_file_dir",
+        ])
+        .arg(&ports)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let monitoring =
+        chorus_testkit::wait::until(Duration::from_secs(15), "nats-server's ports file", || {
+            let ports = ports.clone();
+            async move {
+                let file = std::fs::read_dir(&ports).ok()?.flatten().next()?;
+                let text = std::fs::read_to_string(file.path()).ok()?;
+                let ports: Value = serde_json::from_str(&text).ok()?;
+                ports["monitoring"][0].as_str().map(str::to_owned)
+            }
+        })
+        .await;
+    let varz: Value = reqwest::get(format!("{monitoring}/varz"))
+        .await
+        .expect("/varz")
+        .json()
+        .await
+        .expect("json");
+    server.kill().await.expect("stop nats-server");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = server.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = pipe.read_to_string(&mut stderr).await;
+    }
+    // nats-server warns on stderr about a value it reads oddly (an unquoted duration).
+    assert!(!stderr.contains("sync_interval"), "{stderr}");
+    assert_eq!(
+        varz["max_payload"].as_u64(),
+        Some(max_payload()),
+        "{}",
+        conf.display()
+    );
+    assert_eq!(
+        varz["jetstream"]["config"]["store_dir"],
+        dir.path()
+            .join("data")
+            .join("jetstream")
+            .display()
+            .to_string(),
+        "the command line's store directory"
+    );
+    varz["jetstream"]["config"].clone()
+}
+
+#[tokio::test]
+async fn compose_nats_servers_run_with_the_decided_sync_interval() {
+    // Development: an fsync every 2 minutes (nats-server reports nanoseconds), not on every write.
+    let dev = jetstream_as_compose_runs_it(&compose()).await;
+    assert_eq!(
+        dev["sync_interval"].as_u64(),
+        Some(120_000_000_000),
+        "{dev}"
+    );
+    assert_eq!(dev["sync_always"], Value::Null, "{dev}");
+    // Production: an fsync before every acknowledgement.
+    let prod = jetstream_as_compose_runs_it(&prod_compose()).await;
+    assert_eq!(prod["sync_always"], true, "{prod}");
 }

@@ -16,7 +16,7 @@ use chorus_actors::{Role, Runtime, RuntimeError};
 use chorus_bus::backlog::Backlogs;
 use chorus_bus::budgets::Budgets;
 use chorus_bus::cancels::Cancels;
-use chorus_bus::definitions::{Applied, DefinitionError, Definitions};
+use chorus_bus::definitions::{Applied, DefinitionError, Definitions, SingleReplica};
 use chorus_bus::jobs::JobStore;
 use chorus_bus::{Bus, BusError};
 use chorus_core::Tenant;
@@ -150,11 +150,25 @@ pub async fn connect(config: &Config, name: &str) -> Result<Bus, BusError> {
     Bus::connect_config(&config.nats, name).await
 }
 
+/// Creates or updates the configured streams and consumers, as every process does at start-up:
+/// streams of one replica on a clustered server are applied with a warning.
 pub async fn apply_definitions(
     config: &Config,
     bus: &Bus,
 ) -> Result<Vec<Applied>, DefinitionError> {
-    Definitions::configured(&config.nats)?.apply(bus).await
+    apply_definitions_with(config, bus, SingleReplica::Warn).await
+}
+
+/// [`apply_definitions`], with `single` deciding about streams of one replica on a clustered
+/// server (`chorus nats apply` refuses them unless told otherwise).
+pub async fn apply_definitions_with(
+    config: &Config,
+    bus: &Bus,
+    single: SingleReplica,
+) -> Result<Vec<Applied>, DefinitionError> {
+    Definitions::configured(&config.nats)?
+        .apply_with(bus, single)
+        .await
 }
 
 /// Opens the database and migrates it; with `migrate` false, checks instead that every migration

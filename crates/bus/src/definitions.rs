@@ -4,6 +4,11 @@
 //! with what the server has: equal is a no-op, different is an in-place update (other fields are
 //! left as an operator set them), and a change JetStream refuses in place (retention, storage, …)
 //! is an error naming the fields and quoting the server. Unknown fields in a file are errors too.
+//!
+//! Every stream, the KV buckets' too, takes the configured replicas (`nats.replicas`); consumers
+//! set none, so they follow their stream's. On a clustered server, one replica means a stream
+//! lives on one node and is lost with it: [`Definitions::apply_with`] refuses that, or warns,
+//! as its caller asks ([`SingleReplica`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -125,6 +130,14 @@ pub enum DefinitionError {
         #[source]
         source: FieldsError,
     },
+    /// Streams with one replica on a server that is part of a cluster: each would live on one
+    /// node and be lost with it.
+    #[error(
+        "the NATS server is part of cluster {cluster}: streams with 1 replica lose their messages \
+         with that node; set nats.replicas = 3 (CHORUS_NATS_REPLICAS=3), or pass \
+         --allow-single-replica to `chorus nats apply` to keep 1"
+    )]
+    SingleReplicaOnCluster { cluster: String },
     /// Reading or writing the stream or consumer failed; the source's kind says whether trying
     /// again can help.
     #[error("{kind} {name}: {source}")]
@@ -237,6 +250,18 @@ impl std::fmt::Display for Applied {
 #[derive(Clone, Debug)]
 pub struct Definitions {
     pub streams: Vec<StreamDef>,
+}
+
+/// What applying does with streams of one replica on a clustered server
+/// ([`DefinitionError::SingleReplicaOnCluster`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SingleReplica {
+    /// Fail with the error, applying nothing (`chorus nats apply`).
+    Refuse,
+    /// Log the error as a warning and apply (processes applying at start-up).
+    Warn,
+    /// Apply without a word (`chorus nats apply --allow-single-replica`).
+    Allow,
 }
 
 impl Definitions {
@@ -375,8 +400,57 @@ impl Definitions {
         })
     }
 
-    /// Creates, updates or leaves alone every stream and consumer; reports what it did.
+    /// The smallest replica count of the streams (`None` without streams).
+    pub fn replicas(&self) -> Option<u64> {
+        self.streams
+            .iter()
+            .map(|s| {
+                s.fields
+                    .get("num_replicas")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+            })
+            .min()
+    }
+
+    /// [`DefinitionError::SingleReplicaOnCluster`] when a stream has one replica and the server
+    /// `bus` is connected to is part of a cluster (it names one in its `INFO`; nats-server refuses
+    /// to run JetStream in a cluster without routes, so a name means peers).
+    pub fn check_replicas(&self, bus: &Bus) -> Result<(), DefinitionError> {
+        let cluster = bus
+            .client
+            .server_info()
+            .cluster
+            .filter(|name| !name.is_empty());
+        match (cluster, self.replicas()) {
+            (Some(cluster), Some(replicas)) if replicas <= 1 => {
+                Err(DefinitionError::SingleReplicaOnCluster { cluster })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates, updates or leaves alone every stream and consumer; reports what it did. Streams
+    /// of one replica on a clustered server are applied with a warning
+    /// ([`SingleReplica::Warn`]).
     pub async fn apply(&self, bus: &Bus) -> Result<Vec<Applied>, DefinitionError> {
+        self.apply_with(bus, SingleReplica::Warn).await
+    }
+
+    /// [`Definitions::apply`], with `single` deciding about streams of one replica on a
+    /// clustered server.
+    pub async fn apply_with(
+        &self,
+        bus: &Bus,
+        single: SingleReplica,
+    ) -> Result<Vec<Applied>, DefinitionError> {
+        if let Err(e) = self.check_replicas(bus) {
+            match single {
+                SingleReplica::Refuse => return Err(e),
+                SingleReplica::Warn => tracing::warn!("{e}"),
+                SingleReplica::Allow => {}
+            }
+        }
         let mut applied = Vec::new();
         for def in &self.streams {
             applied.push(apply_stream(bus, def).await?);
@@ -611,5 +685,51 @@ async fn apply_consumer(
             changed,
             BusError::request("update the consumer", e),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_and_bucket_takes_the_configured_replicas_and_consumers_follow() {
+        let definitions = Definitions::builtin("chorus", 3).expect("the built-in definitions");
+        let buckets: Vec<&str> = definitions
+            .streams
+            .iter()
+            .map(StreamDef::name)
+            .filter(|name| name.starts_with("KV_"))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "KV_chorus_budgets",
+                "KV_chorus_cancels",
+                "KV_chorus_jobs",
+                "KV_chorus_limits"
+            ]
+        );
+        for stream in &definitions.streams {
+            assert_eq!(
+                stream.fields.get("num_replicas"),
+                Some(&Value::from(3)),
+                "{}",
+                stream.file
+            );
+            // A consumer without replicas of its own has its stream's.
+            for consumer in &stream.consumers {
+                assert!(
+                    !consumer.fields.contains_key("num_replicas"),
+                    "{} sets its own replicas",
+                    consumer.file
+                );
+            }
+        }
+        assert_eq!(definitions.replicas(), Some(3));
+        assert_eq!(
+            Definitions::builtin("chorus", 1).expect("defs").replicas(),
+            Some(1)
+        );
     }
 }

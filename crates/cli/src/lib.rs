@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chorus_app as app;
+use chorus_bus::definitions::SingleReplica;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -106,8 +107,14 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum NatsCommand {
-    /// Create or update the streams and consumers (idempotent).
-    Apply,
+    /// Create or update the streams and consumers (idempotent). Refuses streams of one replica
+    /// (`nats.replicas = 1`) on a server that is part of a cluster.
+    Apply {
+        /// Apply streams of one replica on a clustered server all the same: each lives on one
+        /// node and its messages are lost with that node.
+        #[arg(long)]
+        allow_single_replica: bool,
+    },
 }
 
 /// Entry point of the binary.
@@ -158,11 +165,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nats {
-            command: NatsCommand::Apply,
+            command: NatsCommand::Apply {
+                allow_single_replica,
+            },
         } => {
             let config = app::load_config(config_file)?;
             let bus = app::connect(&config, "chorus nats apply").await?;
-            for applied in app::apply_definitions(&config, &bus).await? {
+            let single = match allow_single_replica {
+                true => SingleReplica::Allow,
+                false => SingleReplica::Refuse,
+            };
+            for applied in app::apply_definitions_with(&config, &bus, single).await? {
                 println!("{applied}");
             }
             Ok(())
