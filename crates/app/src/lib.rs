@@ -272,6 +272,13 @@ pub async fn start(
                 .increment(0);
         }
     }
+    // And the edge's publishes JetStream could not take at once (elections, a stalled stream).
+    if roles.contains(&RoleName::Edge) {
+        for outcome in ["retried", "gave_up"] {
+            metrics::counter!(chorus_telemetry::names::PUBLISH_RETRIES, "outcome" => outcome)
+                .increment(0);
+        }
+    }
     let mut started: Vec<Box<dyn Role>> = Vec::new();
     for role in [
         RoleName::Persister,

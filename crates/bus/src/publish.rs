@@ -20,6 +20,7 @@ use chorus_core::codec::{self, CodecError, headers};
 use chorus_core::messages::Envelope;
 use chorus_core::trace::TraceContext;
 use chorus_core::{JobId, Tenant};
+use chorus_telemetry::names;
 use futures::future::{join_all, try_join_all};
 use tokio::time::Instant;
 
@@ -141,7 +142,23 @@ impl Bus {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let results = join_all(pending.iter().map(|m| self.publish_acked(m.clone()))).await;
+            let sent = join_all(pending.iter().map(|m| self.publish_acked(m.clone())));
+            // A retry ends with the window (the first attempt has its ack timeout).
+            let results = match attempt {
+                1 => sent.await,
+                _ => match tokio::time::timeout_at(deadline, sent).await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        metrics::counter!(names::PUBLISH_RETRIES, "outcome" => "gave_up")
+                            .increment(1);
+                        return Err(BusError::new(
+                            format!("publish {} messages", pending.len()),
+                            BusErrorKind::Unavailable,
+                            "no acknowledgement within nats.retry_window",
+                        ));
+                    }
+                },
+            };
             let mut failure = None;
             pending = pending
                 .into_iter()
@@ -162,8 +179,12 @@ impl Bus {
             };
             let pause = pauses.next().unwrap_or(Duration::from_secs(2));
             if error.kind() != BusErrorKind::Unavailable || Instant::now() + pause > deadline {
+                if error.kind() == BusErrorKind::Unavailable {
+                    metrics::counter!(names::PUBLISH_RETRIES, "outcome" => "gave_up").increment(1);
+                }
                 return Err(error);
             }
+            metrics::counter!(names::PUBLISH_RETRIES, "outcome" => "retried").increment(1);
             tracing::warn!(%error, attempt, unacknowledged = pending.len(), ?pause,
                 "JetStream cannot take the messages now (a leader election?); publishing them again");
             tokio::time::sleep(pause).await;

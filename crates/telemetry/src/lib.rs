@@ -85,9 +85,10 @@ pub mod names {
     pub const BUDGET_RESERVED: &str = "chorus_budget_reserved_usd";
     pub const BUDGET_REMAINING: &str = "chorus_budget_remaining_usd";
     pub const BUDGET_REFUSED: &str = "chorus_budget_refused_total";
+    pub const PUBLISH_RETRIES: &str = "chorus_publish_retries_total";
 
     /// Every series Chorus exports.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         LLM_CALLS,
         LLM_CALL_SECONDS,
         LLM_TOKENS,
@@ -112,6 +113,7 @@ pub mod names {
         BUDGET_RESERVED,
         BUDGET_REMAINING,
         BUDGET_REFUSED,
+        PUBLISH_RETRIES,
     ];
 }
 
@@ -142,6 +144,13 @@ fn describe() {
         BUDGET_REFUSED,
         Unit::Count,
         "Calls not sent because a budget could not cover them, by scope (tenant or key)."
+    );
+    describe_counter!(
+        PUBLISH_RETRIES,
+        Unit::Count,
+        "Publishes of submissions a client waits on that JetStream could not take at once, by \
+         outcome: retried (again, under the same message id) or gave_up (nats.retry_window passed; \
+         the client got 503)."
     );
     describe_counter!(
         LLM_CALLS,
