@@ -17,8 +17,13 @@ pub use chorus_app::RoleName;
 
 /// A configuration for tests: fast retries, short drains, small pools.
 pub fn test_config(nats: &NatsServer, db: &TestDatabase) -> Config {
+    test_config_at(&nats.url(), db)
+}
+
+/// [`test_config`] for NATS at `url` (one server, or a cluster's list).
+pub fn test_config_at(url: &str, db: &TestDatabase) -> Config {
     let mut config = Config::default();
-    config.nats.url = nats.url();
+    config.nats.url = url.to_owned();
     config.database.url = db.url().to_owned();
     config.edge.listen = "127.0.0.1:0".parse().expect("addr");
     config.probes.listen = "127.0.0.1:0".parse().expect("addr");

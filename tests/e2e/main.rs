@@ -14,6 +14,8 @@ mod budgets;
 mod chat;
 mod cli;
 mod cli_budgets;
+mod cluster;
+mod cluster_apply;
 mod deploy;
 mod dlq;
 mod drain;
