@@ -189,9 +189,8 @@ async fn concurrent_calls_never_spend_past_a_key_budget_through_a_crash() {
     let limit = ledger["limit_usd"].as_f64().expect("limit");
     let admitted =
         ledger["calls"].as_u64().expect("calls") - before["calls"].as_u64().expect("calls");
-    let expired: f64 = ledger["expired"]
-        .as_array()
-        .expect("expired")
+    let expired_holds = ledger["expired"].as_array().expect("expired");
+    let expired: f64 = expired_holds
         .iter()
         .map(|e| e["usd"].as_f64().expect("usd"))
         .sum();
@@ -220,9 +219,12 @@ async fn concurrent_calls_never_spend_past_a_key_budget_through_a_crash() {
         spent <= limit + worst_error + 1e-9,
         "spent ${spent} past the budget ${limit} by more than one call's estimation error"
     );
-    assert_eq!(
-        seen, admitted,
-        "the provider saw a call the ledger did not admit, or the reverse"
+    // Every call the provider saw was admitted. An admitted call it did not see can only be one
+    // the killed process held but had not sent yet: its hold expired, counted at its worst case.
+    assert!(
+        seen <= admitted && admitted - seen <= expired_holds.len() as u64,
+        "the provider saw {seen} calls, the ledger admitted {admitted} with {} expired holds",
+        expired_holds.len()
     );
     assert!(
         (spent - (settled + expired)).abs() < 1e-6,
