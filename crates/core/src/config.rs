@@ -863,10 +863,6 @@ impl Config {
                 .all(|server| !server.trim().is_empty()),
             "nats.url: a server, or a comma-separated list of servers, with none empty",
         );
-        require(
-            self.nats.retry_window < self.edge.max_wait,
-            "nats.retry_window: must be shorter than edge.max_wait (a waiting client would give up first)",
-        );
         #[cfg(not(feature = "faults"))]
         require(
             self.faults.is_none(),
@@ -1212,7 +1208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_is_a_list_of_servers_and_the_retry_window_ends_before_a_client_gives_up() {
+    fn a_cluster_is_a_list_of_servers() {
         Jail::expect_with(|jail| {
             jail.set_env(
                 "CHORUS_NATS_URL",
@@ -1226,13 +1222,11 @@ mod tests {
                 "nats://n1:4222,nats://user:***@n2:4222, nats://n3:4222"
             );
             jail.set_env("CHORUS_NATS_URL", "nats://n1:4222,,nats://n3:4222");
-            jail.set_env("CHORUS_NATS_RETRY_WINDOW", "10m");
             let err = Config::load(None)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains("nats.url: "), "{err}");
-            assert!(err.contains("nats.retry_window: "), "{err}");
             Ok(())
         });
     }
