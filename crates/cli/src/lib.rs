@@ -75,7 +75,8 @@ enum Command {
         #[command(subcommand)]
         command: NatsCommand,
     },
-    /// Benchmarks: pipeline throughput beside raw JetStream (default), or shared rate limits.
+    /// Benchmarks: pipeline throughput beside raw JetStream (default), shared rate limits,
+    /// fairness between tenants, or chat completions beside the provider alone.
     Bench(bench::BenchArgs),
     /// Inspect, replay and purge dead letters.
     Dlq(dlq::DlqArgs),

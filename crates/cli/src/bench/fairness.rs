@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::{Bench, Target, ceiling, exited, show, spawn_worker, stop, submit};
+use super::{Bench, Target, ceiling, exited, ms, percentile, show, spawn_worker, stop, submit};
 use chorus_app::{self, RoleName};
 
 #[derive(Debug, clap::Args)]
@@ -591,15 +591,6 @@ fn jain(xs: &[f64]) -> f64 {
     sum * sum / (xs.len() as f64 * squares)
 }
 
-/// The nearest-rank `q` quantile of `sorted` (ascending); zero when empty.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// c's calls: end-to-end latencies of those answered, and each one's time to the provider.
 fn summarise(calls: &[Call], recorded: &[RecordedRequest], args: &FairnessArgs) -> Interactive {
     let mut latencies: Vec<Duration> = calls
@@ -678,10 +669,6 @@ fn missed(report: &Report) -> Vec<String> {
         ));
     }
     missed
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn print_report(r: &Report) {

@@ -5,11 +5,14 @@
 //! - [`pipeline`] (the default): jobs through every role, beside raw JetStream rates.
 //! - [`ratelimit`]: llm processes sharing one rate-limited route on the mock provider.
 //! - [`fairness`]: three tenants on one limited route: two batch backlogs and interactive calls.
+//! - [`chat`]: `/v1/chat/completions` through Chorus beside the mock provider alone, at several
+//!   concurrencies; or against a Chorus already running (`--url`).
 //!
 //! The scenarios on a limited route share the pieces here: llm worker processes
 //! ([`spawn_worker`], [`stop`], [`exited`]), JetStream submissions ([`submit`]) and the most
 //! calls a limit admits in a window ([`ceiling`]).
 
+mod chat;
 mod fairness;
 mod pipeline;
 mod ratelimit;
@@ -48,6 +51,10 @@ enum Scenario {
     /// Three tenants on one limited route: a's and b's batch backlogs share it by weight while
     /// c's chat completions go first; c's latency, the token shares, the ceiling, utilisation.
     Fairness(fairness::FairnessArgs),
+    /// Chat completions through Chorus beside the mock provider alone, at 1, 50 and 200
+    /// concurrent callers: req/s, p50/p99 and Chorus's ratio to the mock; `--url` for a Chorus
+    /// already running.
+    Chat(chat::ChatArgs),
 }
 
 /// Where the server and database come from.
@@ -68,6 +75,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
         Some(Scenario::Pipeline(args)) => pipeline::run(config, args).await,
         Some(Scenario::Ratelimit(args)) => ratelimit::run(config, args).await,
         Some(Scenario::Fairness(args)) => fairness::run(config, args).await,
+        Some(Scenario::Chat(args)) => chat::run(config, args).await,
     }
 }
 
@@ -216,6 +224,20 @@ async fn submit(
 /// limiter spaces requests at least 60 s / rpm apart.
 fn ceiling(window: Duration, rpm: u32) -> usize {
     (window.as_secs_f64() * f64::from(rpm) / 60.0) as usize + 1
+}
+
+/// The `q` quantile of `sorted` latencies (nearest rank); zero for none.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A duration in milliseconds, for reports.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Prints a scenario's report: as JSON with `--json`, else as text.
