@@ -35,5 +35,6 @@ mod quotas;
 mod sdk;
 mod secrets;
 mod startup;
+mod stop;
 mod traces;
 mod usage;

@@ -123,6 +123,7 @@ impl Role for HttpRole {
             Ok(RoleHandle {
                 name,
                 cell: server.get_cell(),
+                entry: true,
                 drain: Box::new(move || {
                     Box::pin(async move {
                         stop.cancel();

@@ -2,8 +2,12 @@
 //!
 //! The root starts each role's supervisor, does not restart them (a role supervisor only fails
 //! once its own restart budget is spent), and on such a failure stops everything so the process
-//! exits non-zero. On shutdown it drains roles upstream first: the edge stops accepting, then the
-//! orchestrator, llm and evaluator finish what they hold, and the persister flushes last.
+//! exits non-zero. On shutdown it drains the HTTP servers first (the edge stops accepting and
+//! answers the requests it holds, while the other roles still work for them), then every other
+//! role at once: each stops pulling, finishes or gives back what it holds, and the persister
+//! flushes. What one stage publishes while draining is in JetStream, for the next process to
+//! take, so the order among them does not matter and a stop takes the longest drain, not their
+//! sum.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +32,8 @@ pub trait Role: Send + 'static {
 pub struct RoleHandle {
     pub name: &'static str,
     pub cell: ActorCell,
+    /// Requests from outside enter the process here (an HTTP server): drained before the rest.
+    pub entry: bool,
     pub drain: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
 }
 
@@ -48,6 +54,7 @@ impl<H: Handler> Role for StageSpec<H> {
             Ok(RoleHandle {
                 name,
                 cell: stage.get_cell(),
+                entry: false,
                 drain: Box::new(move || {
                     Box::pin(async move {
                         let wait = timeout.as_millis() as u64 + 5_000;
@@ -103,10 +110,14 @@ impl Actor for Root {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RootMsg::Shutdown(reply) => {
-                // Roles were started downstream first; drain upstream first.
-                for handle in state.handles.drain(..).rev() {
-                    tracing::info!(role = handle.name, "draining");
-                    (handle.drain)().await;
+                let (entries, stages): (Vec<_>, Vec<_>) =
+                    state.handles.drain(..).partition(|handle| handle.entry);
+                for group in [entries, stages] {
+                    let drains = group.into_iter().map(|handle| {
+                        tracing::info!(role = handle.name, "draining");
+                        (handle.drain)()
+                    });
+                    futures::future::join_all(drains).await;
                 }
                 myself
                     .stop_children_and_wait(None, Some(Duration::from_secs(10)))

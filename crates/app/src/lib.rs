@@ -208,8 +208,9 @@ pub async fn serve(
     roles: &[RoleName],
     listener: Option<TcpListener>,
 ) -> Result<(), StartError> {
+    let stop = shutdown_signal();
     let runtime = start(config, roles, listener).await?;
-    Ok(runtime.run_until(shutdown_signal()).await?)
+    Ok(runtime.run_until(stop).await?)
 }
 
 /// Connects, prepares NATS and the database, and starts the roles (downstream first).
@@ -397,23 +398,38 @@ fn edge_auth(config: &EdgeConfig) -> Result<Auth, InvalidTenant> {
     Ok(Auth::new(mode, config.key_rpm, config.key_outage_grace))
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or ctrl-c (SIGINT). The handlers are installed when this is called, not
+/// when the future is first polled: call it before starting anything, so a signal that comes
+/// during start-up is kept for the drain (with the default action it would kill the process).
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = signal(SignalKind::terminate()).and_then(|term| {
+            let interrupt = signal(SignalKind::interrupt())?;
+            Ok((term, interrupt))
+        });
+        async move {
+            match signals {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle SIGTERM; stop with SIGKILL");
+                    std::future::pending().await
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let ctrl_c = tokio::signal::ctrl_c();
+        async move {
+            let _ = ctrl_c.await;
+        }
     }
 }

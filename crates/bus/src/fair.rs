@@ -52,9 +52,12 @@ use crate::{Bus, BusError, BusErrorKind, Delivery};
 /// How often a pod looks for flows with work whose doorbell it did not hear.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
-/// Empty pull requests in a row (each [`REQUEST_EXPIRES`] long) after which a flow is dropped
-/// from the loop until its doorbell rings or discovery finds it again.
-pub const PARK_AFTER: u32 = 12;
+/// How long a flow stays in the loop without work before it is dropped from it, until its
+/// doorbell rings or discovery finds it again.
+pub const PARK_IDLE: Duration = Duration::from_secs(60);
+
+/// [`PARK_IDLE`] in empty pull requests in a row (each [`REQUEST_EXPIRES`] long).
+pub const PARK_AFTER: u32 = (PARK_IDLE.as_millis() / REQUEST_EXPIRES.as_millis()) as u32;
 
 /// A flow consumer no pod pulled for this long is removed by the server.
 pub const FLOW_INACTIVE: Duration = Duration::from_secs(3600);

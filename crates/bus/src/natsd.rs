@@ -10,7 +10,8 @@
 //! port itself (`-p -1`) and reads it back from the ports file the server writes, so no other
 //! process can take the port in between; a restart (for tests of what survives one) uses the
 //! same port and store. A stop is a SIGTERM (a clean shutdown of the store) and, after 10 s, a
-//! kill; dropping the process kills it.
+//! kill; dropping the process kills it, and on Linux the child dies with this process even when
+//! it is killed (a parent-death signal).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -189,7 +190,10 @@ impl NatsProcess {
             source,
         })?;
         let port = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        #[cfg(target_os = "linux")]
+        die_with_parent(&mut command);
+        let child = command
             .arg("-c")
             .arg(&self.config)
             .envs(self.env.iter().cloned())
@@ -279,6 +283,28 @@ impl NatsProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+}
+
+/// Has the child killed when this process dies, however it dies (`PR_SET_PDEATHSIG`), so a
+/// SIGKILLed `chorus dev` (or test) leaves no nats-server behind holding its store. Linux sends
+/// the signal when the *thread* that started the child ends: start it from a runtime thread
+/// (they live as long as the process), never from `spawn_blocking`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // calls are allowed: it makes two system calls (prctl, getppid) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The parent died before the signal was set: nothing would ever send it.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            Ok(())
+        });
     }
 }
 

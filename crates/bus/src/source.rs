@@ -274,8 +274,12 @@ impl<'a> Room<'a> {
 }
 
 /// How long the server keeps one pull request open: how often an idle role asks again, and the
-/// longest a stop waits for its last request to end.
-pub const REQUEST_EXPIRES: Duration = Duration::from_secs(5);
+/// longest a stop waits for its last request to end. A request cannot be called off: a message
+/// the server sends on it after the client stopped listening would come back only after the
+/// consumer's AckWait, so a stop reads it to its end. One second keeps an idle process's stop
+/// near a second (at five, an idle `chorus serve` took 28 s to exit), for one request a second
+/// per idle consumer, which costs the server nothing it notices.
+pub const REQUEST_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Waits before retrying after a failure; true if `stop` came meanwhile.
 pub(crate) async fn pause(stop: &CancellationToken) -> bool {

@@ -3,7 +3,9 @@
 //! credentials are in the environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `OLLAMA_HOST`) get a
 //! route of their name unless the configuration already has one; `sim:` routes are always there.
 //! API keys are on, as everywhere: dev makes an admin key for `edge.tenant`, keeps it in
-//! `.chorus/dev-api-key` for the next run, and prints it.
+//! `.chorus/dev-api-key` for the next run, and prints it. One `chorus dev` per folder: a second
+//! one in the same folder refuses (a lock on `.chorus/dev.lock`), and the nats-server child dies
+//! with its parent, even a killed one.
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +44,12 @@ const EXAMPLE: &str = r#"{
 }"#;
 
 pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()> {
+    let stop = chorus_app::shutdown_signal();
     let mut config = chorus_app::load_config(config_file)?;
     let providers = env_routes(&mut config.routes, |name| std::env::var(name).ok());
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let _lock = lock(&args.dir)?;
     let external_nats = std::env::var_os("CHORUS_NATS_URL").is_some()
         || config.nats.url != chorus_core::config::NatsConfig::default().url;
     let child = match external_nats {
@@ -120,13 +124,53 @@ pub async fn run(config_file: Option<&Path>, args: DevArgs) -> anyhow::Result<()
             "curl -s '{url}/v1/jobs?wait=30'{auth_header} -H 'Content-Type: application/json' -d '{EXAMPLE}'\n"
         );
         println!("Press ctrl-c to stop.");
-        Ok(runtime.run_until(chorus_app::shutdown_signal()).await?)
+        Ok(runtime.run_until(stop).await?)
     }
     .await;
     if let Some(mut child) = child {
         child.stop().await;
     }
     result
+}
+
+/// The file in the dev directory that makes it one `chorus dev`'s while it runs.
+const LOCK_FILE: &str = "dev.lock";
+
+/// Locks `dir` for this process, or says which `chorus dev` has it: two would share one NATS
+/// store and one SQLite file. The operating system drops the lock when the process ends, however
+/// it ends, so a killed `chorus dev` never leaves its folder locked; the file keeps the holder's
+/// pid for the message.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another `chorus dev` (pid {}) is already running in {}; stop it first, or give \
+                 this one a folder of its own with --dir",
+                holder.trim(),
+                dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// The file in the dev directory that keeps the dev API key between runs.
