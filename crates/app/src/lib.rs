@@ -225,7 +225,12 @@ pub async fn start(
     for applied in apply_definitions(&config, &bus).await? {
         tracing::debug!(%applied, "definition");
     }
-    let routes = Arc::new(Routes::new(&config.routes).map_err(StartError::Routes)?);
+    // Only the llm role calls providers: the others start where no API key is mounted.
+    let routes = match roles.contains(&RoleName::Llm) {
+        true => Routes::new(&config.routes),
+        false => Routes::without_credentials(&config.routes),
+    };
+    let routes = Arc::new(routes.map_err(StartError::Routes)?);
     let budgets = Budgets::open(&bus).await?;
     budgets.apply_config(&config.tenant_budgets()).await?;
     let needs_db = roles

@@ -17,7 +17,7 @@ use chorus_core::spec::{ChatMessage, Params};
 
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{CompletionRequest, Provider};
-use crate::providers::{self, ProviderError};
+use crate::providers::{self, Credentials, ProviderError};
 use crate::sim::{self, SimModel, SimModelError, SimProvider};
 
 /// Prefix of ad-hoc simulator routes (`sim:echo?latency=50ms`).
@@ -116,8 +116,17 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds every configured route; the error lists every bad one.
+    /// Builds every configured route, API keys read; the error lists every bad one.
     pub fn new(configs: &[RouteConfig]) -> Result<Self, RoutesError> {
+        Self::build(configs, Credentials::Load)
+    }
+
+    /// [`Routes::new`] for a process that never calls a provider: no API key is read.
+    pub fn without_credentials(configs: &[RouteConfig]) -> Result<Self, RoutesError> {
+        Self::build(configs, Credentials::Skip)
+    }
+
+    fn build(configs: &[RouteConfig], credentials: Credentials) -> Result<Self, RoutesError> {
         let sim: Arc<dyn Provider> = Arc::new(SimProvider);
         let mut configured = BTreeMap::new();
         let mut problems = Vec::new();
@@ -136,7 +145,7 @@ impl Routes {
                     route: name.clone(),
                 });
             } else {
-                match provider_for(config, &sim) {
+                match provider_for(config, &sim, credentials) {
                     Ok(provider) => {
                         let route = Route {
                             fallbacks: config.fallbacks.clone(),
@@ -243,6 +252,7 @@ impl fmt::Debug for Routes {
 fn provider_for(
     config: &RouteConfig,
     sim: &Arc<dyn Provider>,
+    credentials: Credentials,
 ) -> Result<Arc<dyn Provider>, RouteError> {
     if config.provider == sim::PROVIDER_NAME {
         return SimModel::parse(&config.model)
@@ -252,7 +262,7 @@ fn provider_for(
                 source,
             });
     }
-    providers::build(config)
+    providers::build(config, credentials)
 }
 
 /// The configured routes that cannot be used, every one of them (the message joins them with
@@ -512,5 +522,27 @@ mod tests {
              route `a`: fallback `nope` is not a configured route or a valid `sim:` route; \
              route `a`: fallback `sim:chat` is not a configured route or a valid `sim:` route"
         );
+    }
+
+    #[test]
+    fn a_process_without_the_llm_role_reads_no_api_key() {
+        let mut claude = config("claude", "anthropic", "claude-3-5-haiku-latest");
+        claude.api_key_file = Some("/run/secrets/not-mounted-here".into());
+        let mut gpt = config("gpt", "openai", "gpt-4o-mini");
+        gpt.api_key_env = Some("CHORUS_TEST_UNSET_OPENAI_KEY".into());
+        let unkeyed = config("plain", "anthropic", "claude-3-5-haiku-latest");
+        let configs = [claude, gpt, unkeyed];
+        assert_eq!(Routes::new(&configs).unwrap_err().problems.len(), 3);
+
+        let routes = Routes::without_credentials(&configs).unwrap();
+        assert_eq!(
+            routes.names().collect::<Vec<_>>(),
+            ["claude", "gpt", "plain"]
+        );
+        assert_eq!(routes.resolve("gpt").unwrap().model, "gpt-4o-mini");
+        // What is wrong without a key is still refused.
+        let mut bad_url = config("u", "openai", "m");
+        bad_url.base_url = Some("localhost:8000".into());
+        assert!(Routes::without_credentials(&[bad_url]).is_err());
     }
 }

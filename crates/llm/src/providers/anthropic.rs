@@ -19,8 +19,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::ProviderError;
 use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint, sse_data};
+use super::{Credentials, ProviderError};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
@@ -39,11 +39,11 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
+    pub fn new(config: &RouteConfig, credentials: Credentials) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let version = config.api_version.as_deref().unwrap_or(DEFAULT_VERSION);
-        let http = Http::new(config)?;
-        if !http.has_key() {
+        let http = Http::new(config, credentials)?;
+        if credentials == Credentials::Load && !http.has_key() {
             return Err(ProviderError::NoKey {
                 provider: PROVIDER_NAME,
             });

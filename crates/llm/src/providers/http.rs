@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::ProviderError;
+use super::{Credentials, ProviderError};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, DeltaSink};
 
@@ -84,7 +84,7 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
+    pub fn new(config: &RouteConfig, credentials: Credentials) -> Result<Self, ProviderError> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -94,7 +94,10 @@ impl Http {
             client,
             timeout: config.timeout,
             connect_timeout: config.connect_timeout,
-            key: ApiKey::load(config)?,
+            key: match credentials {
+                Credentials::Load => ApiKey::load(config)?,
+                Credentials::Skip => None,
+            },
         })
     }
 

@@ -88,18 +88,31 @@ pub enum ProviderError {
     },
 }
 
+/// Whether a process reads the routes' API keys: only one that calls providers (the llm role)
+/// does. The others need a route's name, model, price and fallbacks, and must start where the
+/// key files are not mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    Load,
+    Skip,
+}
+
 /// Builds the HTTP provider a route names (the simulator is the caller's). The error names the
-/// route and, for a missing key, the variable or file — never the key.
-pub fn build(config: &RouteConfig) -> Result<Arc<dyn Provider>, RouteError> {
+/// route and, for a missing key, the variable or file — never the key. With
+/// [`Credentials::Skip`] no key is read and none is required; its calls would go unauthenticated.
+pub fn build(
+    config: &RouteConfig,
+    credentials: Credentials,
+) -> Result<Arc<dyn Provider>, RouteError> {
     fn shared<P: Provider + 'static>(
         provider: Result<P, ProviderError>,
     ) -> Result<Arc<dyn Provider>, ProviderError> {
         provider.map(|p| Arc::new(p) as Arc<dyn Provider>)
     }
     match config.provider.as_str() {
-        openai::PROVIDER_NAME => shared(OpenAi::new(config)),
-        anthropic::PROVIDER_NAME => shared(Anthropic::new(config)),
-        ollama::PROVIDER_NAME => shared(Ollama::new(config)),
+        openai::PROVIDER_NAME => shared(OpenAi::new(config, credentials)),
+        anthropic::PROVIDER_NAME => shared(Anthropic::new(config, credentials)),
+        ollama::PROVIDER_NAME => shared(Ollama::new(config, credentials)),
         other => {
             return Err(RouteError::UnknownProvider {
                 route: config.name.clone(),

@@ -18,8 +18,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::ProviderError;
 use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint};
+use super::{Credentials, ProviderError};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
@@ -34,10 +34,10 @@ pub struct Ollama {
 }
 
 impl Ollama {
-    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
+    pub fn new(config: &RouteConfig, credentials: Credentials) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
-            http: Http::new(config)?,
+            http: Http::new(config, credentials)?,
             url: endpoint(base, "api/chat")?,
             max_tokens: config.max_tokens,
         })

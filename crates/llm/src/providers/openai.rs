@@ -21,8 +21,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ProviderError;
 use super::http::{ErrorBody, Http, LineStream, decode, ended_early, endpoint, sse_data};
+use super::{Credentials, ProviderError};
 use crate::error::{ErrorKind, LlmError};
 use crate::provider::{Completion, CompletionRequest, Delta, DeltaSink};
 
@@ -38,14 +38,14 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(config: &RouteConfig) -> Result<Self, ProviderError> {
+    pub fn new(config: &RouteConfig, credentials: Credentials) -> Result<Self, ProviderError> {
         let base = config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         let mut url = endpoint(base, "chat/completions")?;
         if let Some(version) = &config.api_version {
             url.query_pairs_mut().append_pair("api-version", version);
         }
         Ok(Self {
-            http: Http::new(config)?,
+            http: Http::new(config, credentials)?,
             url,
             azure: config.api_version.is_some(),
             max_tokens: config.max_tokens,
