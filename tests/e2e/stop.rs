@@ -1,8 +1,9 @@
 //! Stopping, as a developer's ctrl-c and a rolling update do it: a process with nothing in flight
 //! exits soon after SIGTERM whatever its roles (its drains end when its work does, not when a
 //! timeout does), and `chorus dev` owns its folder: its nats-server child dies with it even when
-//! it is killed, and a second `chorus dev` in the same folder refuses. Each stop's time is
-//! printed (`--nocapture`); the bound is the issue's, the aim about a second.
+//! it is killed, and a second `chorus dev` in the same folder refuses; a process whose NATS
+//! server is gone exits as soon. Each stop's time is printed (`--nocapture`); the bound is the
+//! issue's, the aim about a second.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -112,6 +113,32 @@ async fn an_idle_process_exits_soon_after_sigterm_whatever_its_roles() {
         let took = serve.stop().await;
         eprintln!("serve --roles {roles}: exited {took:?} after SIGTERM");
     }
+}
+
+#[tokio::test]
+async fn a_process_whose_nats_server_is_gone_still_exits_soon_after_sigterm() {
+    let mut nats = NatsServer::start_new().await;
+    let db = TestDatabase::sqlite();
+    let processes = Processes::new(&test_config(&nats, &db));
+    assert!(processes.run(&["migrate"]).await.status.success());
+    let mut serve = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("--config")
+            .arg(&processes.config_path)
+            .args([
+                "serve",
+                "--roles",
+                "edge,orchestrator,llm,evaluator,persister",
+            ]),
+    );
+    serve.wait_for("chorus is running").await;
+
+    // As `podman-compose stop` does it: NATS goes at the same moment as the roles. Open pull
+    // requests can never end then, nor a flush succeed; neither may hold up the exit.
+    nats.stop().await;
+    serve.wait_for("disconnected").await;
+    let took = serve.stop().await;
+    eprintln!("serve, every role, NATS gone: exited {took:?} after SIGTERM");
 }
 
 /// `chorus dev` in `dir`, on a free port, with nothing of the test's environment.

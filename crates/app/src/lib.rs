@@ -375,14 +375,9 @@ pub async fn start(
             config.supervision.drain_timeout,
         )));
     }
-    let client = bus.client.clone();
     let runtime = Runtime::start(started).await?.finally(Box::pin(async move {
         drop(counting);
-        match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),
-            Err(_) => tracing::warn!("flushing NATS on exit timed out"),
-        }
+        bus.flush_on_exit(Duration::from_secs(5)).await;
     }));
     tracing::info!(roles = %names.join(","), "chorus is running");
     Ok(runtime)

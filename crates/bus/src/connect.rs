@@ -64,6 +64,28 @@ impl Bus {
             .map(|bus| bus.with_retry_window(retry_window))
     }
 
+    /// Whether the connection to NATS is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends what the client still buffers (acks, NAKs, publishes) before a process exits,
+    /// waiting up to `timeout`. Without a connection now, it returns at once: a flush would wait
+    /// for one, and what it could not send comes back to another process after its AckWait.
+    pub async fn flush_on_exit(&self, timeout: Duration) {
+        if !self.is_connected() {
+            tracing::warn!(
+                "NATS is unreachable: exiting without flushing; unacknowledged messages come back after their AckWait"
+            );
+            return;
+        }
+        match tokio::time::timeout(timeout, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on exit failed"),
+            Err(_) => tracing::warn!("flushing NATS on exit timed out"),
+        }
+    }
+
     /// The same connection, retrying publishes for `window` ([`Bus::publish_all_retrying`]).
     pub fn with_retry_window(mut self, window: Duration) -> Self {
         self.retry_window = window;

@@ -26,7 +26,8 @@
 //!   consumers' `max_ack_pending`: the server enforces it across every pod.
 //!
 //! Stopping is as in [`crate::source`]: ask for nothing more, read the open requests to their
-//! end, then NAK everything held so another pod takes it at once.
+//! end (unless the connection is down: then nothing can come on them), then NAK everything held
+//! so another pod takes it at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::definitions::ConsumerDef;
 use crate::delivery::Holding;
-use crate::source::{Pull, REQUEST_EXPIRES, Room, Window};
+use crate::source::{Pull, REQUEST_EXPIRES, Room, STOP_RECHECK, Window};
 use crate::{Bus, BusError, BusErrorKind, Delivery};
 
 /// How often a pod looks for flows with work whose doorbell it did not hear.
@@ -238,7 +239,8 @@ impl Bus {
                     }
                 }
             }
-            if stopping && requests.is_empty() {
+            // Without a connection nothing can come on the open requests: stop at once.
+            if stopping && (requests.is_empty() || !self.is_connected()) {
                 for (_, state) in pulling.drain() {
                     state.window.release().await;
                 }
@@ -255,6 +257,7 @@ impl Bus {
             let waiting = best.is_some();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
+                () = tokio::time::sleep(STOP_RECHECK), if stopping => {}
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
                 // `None`: the last request's stream ended, and the set is empty now.
                 arrival = requests.next(), if !requests.is_empty() => {
@@ -262,14 +265,22 @@ impl Bus {
                         arrived(flows, &holding, &mut pulling, flow, arrival);
                     }
                 }
+                // Requests to the server, each given up at a stop: one it does not answer (gone,
+                // or electing a leader) must not hold up the stop for its timeout.
                 Some(rung) = doorbell.next(), if !stopping => {
                     if let Some(flow) = flows.subjects.flow_of_head(&self.subject_of_doorbell(&rung.subject)) {
-                        self.start_pulling(&pull.stream, flows, flow, &mut pulling).await;
+                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling);
+                        stopping = stop.run_until_cancelled(started).await.is_none();
                     }
                 }
                 _ = discover.tick(), if !stopping => {
-                    for flow in self.flows_with_work(&pull.stream, flows).await {
-                        self.start_pulling(&pull.stream, flows, flow, &mut pulling).await;
+                    let found = self.flows_with_work(&pull.stream, flows);
+                    for flow in stop.run_until_cancelled(found).await.unwrap_or_default() {
+                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling);
+                        if stop.run_until_cancelled(started).await.is_none() {
+                            stopping = true;
+                            break;
+                        }
                     }
                 }
             }

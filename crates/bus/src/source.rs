@@ -113,7 +113,8 @@ impl Bus {
     /// room the window has. A stop asks for nothing more, holds what the open request still
     /// brings (the server may be sending on it already, and a message sent to a process that has
     /// stopped listening would come back only after the consumer's AckWait) and, once that
-    /// request has ended, NAKs the whole window, so another pod takes it at once.
+    /// request has ended (or the connection is down, when nothing more can come), NAKs the whole
+    /// window, so another pod takes it at once.
     pub async fn pull(
         &self,
         pull: &Pull,
@@ -167,13 +168,15 @@ impl Bus {
             // Stopped, and no request is open any more: what is given back now can only go to
             // another pod. (NAKed while this process still had a request open, a message could
             // be sent straight back to it, again and again, up to its max_deliver.)
-            if stopping && request.is_none() {
+            // Without a connection nothing can come on the open request: stop at once.
+            if stopping && (request.is_none() || !self.is_connected()) {
                 window.release().await;
                 break;
             }
             let waiting = !window.is_empty();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
+                () = tokio::time::sleep(STOP_RECHECK), if stopping => {}
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
                 next = async { request.as_mut()?.next().await }, if request.is_some() => match next {
                     Some(Ok(message)) => window.push(Delivery::new(message, &holding)),
@@ -280,6 +283,10 @@ impl<'a> Room<'a> {
 /// near a second (at five, an idle `chorus serve` took 28 s to exit), for one request a second
 /// per idle consumer, which costs the server nothing it notices.
 pub const REQUEST_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How often a stopping pull loop that waits for its open requests to end looks whether its
+/// connection is still up.
+pub(crate) const STOP_RECHECK: Duration = Duration::from_millis(100);
 
 /// Waits before retrying after a failure; true if `stop` came meanwhile.
 pub(crate) async fn pause(stop: &CancellationToken) -> bool {
