@@ -185,6 +185,10 @@ async fn a_message_that_kills_its_worker_process_every_time_is_dead_lettered_thr
             "delivery {delivery}: the process should have aborted ({status})"
         );
     }
+    // And once more: the server gives up on the message (and says so) when a puller next asks
+    // for it past max_deliver; this process never gets it, and lives. (Until 1 s pull requests,
+    // the dead third process's 5 s request, still open at the server, was that puller.)
+    let survivor = processes.spawn(&["serve", "--roles", "llm"]);
 
     let entry = dead_letter(&app.bus, &job, 0).await;
     assert_eq!(entry.letter.error_kind, "max_deliveries");
@@ -198,6 +202,7 @@ async fn a_message_that_kills_its_worker_process_every_time_is_dead_lettered_thr
     })
     .await;
     assert_eq!(entries(&app.bus).await.len(), 1, "filed exactly once");
+    drop(survivor);
 }
 
 #[tokio::test]
