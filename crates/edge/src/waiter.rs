@@ -11,10 +11,15 @@
 //! stored, never behind other tenants' commits, and the persister's write of the same state
 //! later changes nothing. A batch line's final state is left to the persister, which publishes
 //! its result line; a write the database refuses is too (the persister stores the refusal).
+//!
+//! The persister's word (`<prefix>.notify.<tenant>.<job>`) carries the status it committed. A
+//! `succeeded` word is answered with the bucket's final state, which is then exactly what was
+//! committed, without reading the job back from the database; any other word, and the polls,
+//! read the database.
 
 use std::time::Duration;
 
-use chorus_core::job::JobState;
+use chorus_core::job::{JobState, JobStatus};
 use chorus_core::{JobId, Tenant};
 use futures::StreamExt;
 
@@ -71,7 +76,11 @@ impl Waiter {
         let mut told = false;
         loop {
             tokio::select! {
-                _ = self.notify.next() => {}
+                Some(word) = self.notify.next() => {
+                    if let Some(state) = self.committed_as_succeeded(&word.payload).await {
+                        return Ok(Some(state));
+                    }
+                }
                 Some(_) = self.finished.next(), if !told => {
                     told = true;
                     grace.as_mut().reset(tokio::time::Instant::now() + GRACE);
@@ -93,6 +102,23 @@ impl Waiter {
                 Err(e) => failed = Some(e),
             }
         }
+    }
+
+    /// The job's final state when the persister's word (the status it committed) says
+    /// `succeeded` and the bucket's final state agrees: what the persister committed, answered
+    /// without reading the job back from the database. Only a refused snapshot makes the two
+    /// differ, and it is committed as failed; any other word, or a read that fails, is left to
+    /// [`Waiter::committed`].
+    async fn committed_as_succeeded(&self, word: &[u8]) -> Option<JobState> {
+        let status = std::str::from_utf8(word).ok().and_then(JobStatus::parse);
+        if status != Some(JobStatus::Succeeded) {
+            return None;
+        }
+        self.final_state()
+            .await
+            .ok()
+            .flatten()
+            .filter(|state| state.status == JobStatus::Succeeded)
     }
 
     /// The final state, if the job is committed as final.
