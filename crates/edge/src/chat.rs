@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::events::sse;
 use crate::extract::{JsonBody, Path};
-use crate::jobs::{submit, trace_of};
+use crate::jobs::{Queued, submit, trace_of};
 use crate::openapi::{ChatCompletionChunk, ChatCompletionRequest, ErrorBody};
 use crate::state::AppState;
 use crate::waiter::{Waiter, subscribe};
@@ -177,6 +177,7 @@ pub async fn completions(
         streaming.is_some(),
         // A chat completion's caller waits for it; its key may cap it lower.
         Band::Interactive.capped(caller.max_band),
+        Queued::ByOrchestrator,
     )
     .await?;
     match (streaming, deltas) {

@@ -132,6 +132,7 @@ pub async fn create(
         trace_of(&request_headers),
         false,
         band,
+        Queued::Here,
     )
     .await?;
 
@@ -295,10 +296,24 @@ pub fn trace_of(headers: &HeaderMap) -> TraceContext {
         .unwrap_or_else(TraceContext::new_root)
 }
 
-/// Publishes a validated job and stores its queued state beside it, so a read right after finds
-/// it; answers once JetStream has the submission. `Ok(false)` when the job already existed (a
-/// retried request with the same idempotency key). `stream`: the answer's text goes to the job's
-/// answer stream as it arrives. `band`: the class of service its calls wait in.
+/// Where a submitted job's queued state is first stored in the jobs bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queued {
+    /// By the edge, beside the submission: a read right after the answer finds the job, and a
+    /// retried request for the same job is told apart.
+    Here,
+    /// By the orchestrator, together with its first transition, in one write: for a caller
+    /// that waits for the answer and never reads the queued job (a chat completion). One
+    /// jobs-bucket write, one read and one stored snapshot fewer per job.
+    ByOrchestrator,
+}
+
+/// Publishes a validated job and, with [`Queued::Here`], stores its queued state beside it, so
+/// a read right after finds it; answers once JetStream has the submission. `Ok(false)` when the
+/// job already existed (a retried request with the same idempotency key). `stream`: the answer's
+/// text goes to the job's answer stream as it arrives. `band`: the class of service its calls
+/// wait in.
+#[allow(clippy::too_many_arguments)]
 pub async fn submit(
     state: &AppState,
     caller: &Caller,
@@ -307,18 +322,21 @@ pub async fn submit(
     trace: TraceContext,
     stream: bool,
     band: Band,
+    queued: Queued,
 ) -> Result<bool, ApiError> {
     let tenant = &caller.tenant;
     let now = now_millis();
-    let queued = JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
-        .streamed(stream)
-        .in_band(band)
-        .by_key(caller.key_id.clone());
+    let initial = (queued == Queued::Here).then(|| {
+        JobState::new(job, tenant.clone(), spec.clone(), now, Some(trace))
+            .streamed(stream)
+            .in_band(band)
+            .by_key(caller.key_id.clone())
+    });
     let submission = Submission {
         job_id: job,
         spec,
         submitted_at: now,
-        state_created: true,
+        state_created: queued == Queued::Here,
         origin: None,
         stream,
         band,
@@ -339,17 +357,21 @@ pub async fn submit(
     .for_job(job, tenant);
     crate::quota::within_budget(state, caller)?;
     crate::quota::admit(state, tenant, Load::new(1, message.size()))?;
-    let (published, created) = tokio::join!(
-        state.bus.publish_all_retrying(vec![message]),
-        state.jobs.create(&queued)
-    );
+    let publish = state.bus.publish_all_retrying(vec![message]);
+    let (published, created) = match &initial {
+        Some(initial) => {
+            let (published, created) = tokio::join!(publish, state.jobs.create(initial));
+            (published, Some(created))
+        }
+        None => (publish.await, None),
+    };
     published.map_err(ApiError::publish)?;
     state.bus.ring(&flow).await;
     Ok(match created {
-        Ok(Write::Stored(_)) => true,
-        Ok(Write::Conflict) => false,
+        None | Some(Ok(Write::Stored(_))) => true,
+        Some(Ok(Write::Conflict)) => false,
         // The submission is durable; the orchestrator creates the state when the bucket is back.
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::warn!(error = %e, %job, "could not store the queued state");
             true
         }
