@@ -257,7 +257,9 @@ impl Bus {
             let waiting = best.is_some();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
-                () = tokio::time::sleep(STOP_RECHECK), if stopping => {}
+                // An async block: select! builds every branch's future on each turn, enabled or
+                // not, and a timer per message would be work on the hot path for nothing.
+                () = async { tokio::time::sleep(STOP_RECHECK).await }, if stopping => {}
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
                 // `None`: the last request's stream ended, and the set is empty now.
                 arrival = requests.next(), if !requests.is_empty() => {

@@ -176,7 +176,9 @@ impl Bus {
             let waiting = !window.is_empty();
             tokio::select! {
                 _ = stop.cancelled(), if !stopping => stopping = true,
-                () = tokio::time::sleep(STOP_RECHECK), if stopping => {}
+                // An async block: select! builds every branch's future on each turn, enabled or
+                // not, and a timer per message would be work on the hot path for nothing.
+                () = async { tokio::time::sleep(STOP_RECHECK).await }, if stopping => {}
                 made = room.make(&stop), if !stopping && room.wanted(waiting) => stopping = made?,
                 next = async { request.as_mut()?.next().await }, if request.is_some() => match next {
                     Some(Ok(message)) => window.push(Delivery::new(message, &holding)),
