@@ -125,20 +125,23 @@ async fn concurrent_calls_never_spend_past_a_key_budget_through_a_crash() {
         RoleName::Persister,
     ];
     let app = TestApp::start_roles(config, &roles).await;
-    let mut pods = [
-        processes.spawn(&["serve", "--roles", "llm"]),
-        processes.spawn(&["serve", "--roles", "llm"]),
-    ];
+    // The process killed below is the only one when the first call goes through, so it pulls
+    // that call's flow when the load comes. (A process that starts later finds the flow by its
+    // doorbell or, having missed it, by discovery, up to 2 s later.)
+    let mut killed = processes.running(&["serve", "--roles", "llm"]);
+    killed.wait_for("chorus is running").await;
     let key = create_key(db.url(), "acme", "submit,read").await;
     let id = key_id(&key).to_owned();
     set_budget(&app, "key", &id, json!({"usd": LIMIT, "period": "month"})).await;
     let client = client_with_key(&key);
-    // Both llm processes are up once a call goes through (and is settled).
-    wait::until(Duration::from_secs(30), "the llm processes", || async {
+    // A call goes through (and is settled).
+    wait::until(Duration::from_secs(30), "a first call", || async {
         let (status, _) = chat(&client, &app.base, &ask("priced", "warm up", 20)).await;
         (status == 200).then_some(())
     })
     .await;
+    let mut other = processes.running(&["serve", "--roles", "llm"]);
+    other.wait_for("chorus is running").await;
     mock.reset();
     mock.script(
         "m",
@@ -160,9 +163,9 @@ async fn concurrent_calls_never_spend_past_a_key_budget_through_a_crash() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    pods[0].kill();
+    killed.kill().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    pods[0] = processes.spawn(&["serve", "--roles", "llm"]);
+    let _restarted = processes.running(&["serve", "--roles", "llm"]);
 
     let (mut answered, mut refused) = (0, 0);
     for request in requests {
@@ -231,7 +234,6 @@ async fn concurrent_calls_never_spend_past_a_key_budget_through_a_crash() {
         "the ledger's ${spent} is not the settled steps' ${settled} plus the expired holds' ${expired}"
     );
     assert!(expired > 0.0, "the killed process held no call");
-    drop(pods);
 }
 
 /// What a call of `prompt` with `max_tokens` holds at [`PRICE`].

@@ -223,20 +223,28 @@ impl Drop for TestApp {
 
 /// Polls `GET /v1/jobs/{id}` until the job is committed in a final state.
 pub async fn wait_done(base: &str, client: &reqwest::Client, id: &str, timeout: Duration) -> Value {
-    wait::until(timeout, &format!("job {id} to finish"), || async {
-        let response = client
-            .get(format!("{base}/v1/jobs/{id}"))
-            .send()
-            .await
-            .ok()?;
-        let body: Value = response.json().await.ok()?;
-        matches!(
-            body["status"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-        .then_some(body)
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The last answer seen, shown if the job never finishes.
+    let mut last = Value::Null;
+    loop {
+        let response = client.get(format!("{base}/v1/jobs/{id}")).send().await;
+        if let Ok(response) = response
+            && let Ok(body) = response.json::<Value>().await
+        {
+            if matches!(
+                body["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return body;
+            }
+            last = body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for job {id} to finish; it was {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// Waits until the pipeline is quiet: the submit, work and events streams hold nothing, and no
@@ -430,6 +438,16 @@ impl Processes {
         Chorus(child)
     }
 
+    /// `chorus <args>` as a [`Running`] child, its output read by the test.
+    pub fn running(&self, args: &[&str]) -> Running {
+        Running::spawn(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+                .arg("--config")
+                .arg(&self.config_path)
+                .args(args),
+        )
+    }
+
     /// Runs `chorus <args>` to completion. Async, so Chorus running in the test's own runtime
     /// keeps going meanwhile (a blocked runtime could hold SQLite's write lock the child needs).
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
@@ -440,6 +458,71 @@ impl Processes {
             .output()
             .await
             .expect("run chorus")
+    }
+}
+
+/// A `chorus` child whose output lines (stdout and stderr, logging at `info`) the test reads;
+/// killed when dropped.
+pub struct Running {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Running {
+    pub fn spawn(command: &mut tokio::process::Command) -> Running {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chorus");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for pipe in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut pipe = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = pipe.next_line().await {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Running { child, lines }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    /// Reads output until a line contains `needle`.
+    pub async fn wait_for(&mut self, needle: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(needle) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(found, Ok(true)), "chorus never printed {needle:?}");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        self.child.wait().await.expect("wait")
+    }
+
+    /// SIGKILL, and reap it.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL");
     }
 }
 

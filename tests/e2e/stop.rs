@@ -6,84 +6,29 @@
 //! issue's, the aim about a second.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chorus_testkit::database::TestDatabase;
 use chorus_testkit::nats::NatsServer;
 use chorus_testkit::wait;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 
 use crate::helpers::*;
 
 /// How long an idle process may take to exit after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
-/// A `chorus` child whose output lines (stdout and stderr) the test reads.
-struct Running {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+/// SIGTERM, then how long the process took to exit; it must exit 0 within [`STOP_WITHIN`].
+async fn stop(process: &mut Running) -> Duration {
+    let sent = Instant::now();
+    signal(process.pid(), nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::time::timeout(STOP_WITHIN, process.wait())
+        .await
+        .unwrap_or_else(|_| panic!("still running {STOP_WITHIN:?} after SIGTERM"));
+    let took = sent.elapsed();
+    assert!(status.success(), "exited with {status}");
+    took
 }
-
-impl Running {
-    fn spawn(command: &mut Command) -> Running {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn chorus");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        for pipe in [
-            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-            Box::new(stderr),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut pipe = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = pipe.next_line().await {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Running { child, lines }
-    }
-
-    /// Reads output until a line contains `needle`.
-    async fn wait_for(&mut self, needle: &str) {
-        let found = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(needle) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(matches!(found, Ok(true)), "chorus never printed {needle:?}");
-    }
-
-    /// SIGTERM, then how long the process took to exit; it must exit 0 within [`STOP_WITHIN`].
-    async fn stop(&mut self) -> Duration {
-        let pid = self.child.id().expect("running") as i32;
-        let sent = Instant::now();
-        signal(pid, nix::sys::signal::Signal::SIGTERM);
-        let status = tokio::time::timeout(STOP_WITHIN, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("still running {STOP_WITHIN:?} after SIGTERM"))
-            .expect("wait");
-        let took = sent.elapsed();
-        assert!(status.success(), "exited with {status}");
-        took
-    }
-}
-
 fn signal(pid: i32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal");
 }
@@ -103,14 +48,9 @@ async fn an_idle_process_exits_soon_after_sigterm_whatever_its_roles() {
         "persister",
         "edge,orchestrator,llm,evaluator,persister",
     ] {
-        let mut serve = Running::spawn(
-            Command::new(env!("CARGO_BIN_EXE_chorus"))
-                .arg("--config")
-                .arg(&processes.config_path)
-                .args(["serve", "--roles", roles]),
-        );
+        let mut serve = processes.running(&["serve", "--roles", roles]);
         serve.wait_for("chorus is running").await;
-        let took = serve.stop().await;
+        let took = stop(&mut serve).await;
         eprintln!("serve --roles {roles}: exited {took:?} after SIGTERM");
     }
 }
@@ -121,23 +61,18 @@ async fn a_process_whose_nats_server_is_gone_still_exits_soon_after_sigterm() {
     let db = TestDatabase::sqlite();
     let processes = Processes::new(&test_config(&nats, &db));
     assert!(processes.run(&["migrate"]).await.status.success());
-    let mut serve = Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg("--config")
-            .arg(&processes.config_path)
-            .args([
-                "serve",
-                "--roles",
-                "edge,orchestrator,llm,evaluator,persister",
-            ]),
-    );
+    let mut serve = processes.running(&[
+        "serve",
+        "--roles",
+        "edge,orchestrator,llm,evaluator,persister",
+    ]);
     serve.wait_for("chorus is running").await;
 
     // As `podman-compose stop` does it: NATS goes at the same moment as the roles. Open pull
     // requests can never end then, nor a flush succeed; neither may hold up the exit.
     nats.stop().await;
     serve.wait_for("disconnected").await;
-    let took = serve.stop().await;
+    let took = stop(&mut serve).await;
     eprintln!("serve, every role, NATS gone: exited {took:?} after SIGTERM");
 }
 
@@ -201,7 +136,7 @@ async fn chorus_dev_stops_soon_owns_its_folder_and_takes_its_nats_server_down_wi
     );
     assert_eq!(live_nats_servers(dir.path()), servers);
 
-    let took = first.stop().await;
+    let took = stop(&mut first).await;
     eprintln!("chorus dev: exited {took:?} after SIGTERM");
     assert_eq!(live_nats_servers(dir.path()), Vec::<u32>::new());
 
@@ -210,7 +145,7 @@ async fn chorus_dev_stops_soon_owns_its_folder_and_takes_its_nats_server_down_wi
     killed.wait_for("Press ctrl-c to stop").await;
     let servers = live_nats_servers(dir.path());
     assert_eq!(servers.len(), 1, "one nats-server child: {servers:?}");
-    killed.child.kill().await.expect("SIGKILL");
+    killed.kill().await;
     wait::until(
         Duration::from_secs(10),
         "the nats-server child to die with its parent",
@@ -220,5 +155,5 @@ async fn chorus_dev_stops_soon_owns_its_folder_and_takes_its_nats_server_down_wi
 
     let mut again = Running::spawn(&mut dev(dir.path()));
     again.wait_for("Press ctrl-c to stop").await;
-    again.stop().await;
+    stop(&mut again).await;
 }
