@@ -11,6 +11,7 @@
 //! holding one gives it back within [`LEASE_TTL`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -26,12 +27,27 @@ use crate::{Bus, BusError, BusErrorKind};
 /// How long a concurrency lease outlives the process that stops renewing it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
+/// How long a process trusts the last pause it read before reading the route's state again: a
+/// pause another process sets (after a provider's 429) holds calls here at most this much later;
+/// one this process sets holds them at once. Saves a KV round trip per call on a route without a
+/// request rate, whose admission is only the pause.
+pub const PAUSE_FRESH: Duration = Duration::from_millis(200);
+
 /// The limits of one route; `None` is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteLimits {
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
     pub max_concurrency: Option<u32>,
+}
+
+impl RouteLimits {
+    /// Whether admission takes a slot processes contend for (a request rate, a concurrency
+    /// cap): all that band claims ([`crate::claims`]) can order. Without either, admission only
+    /// waits out a pause, which holds every process alike.
+    pub fn has_slots(&self) -> bool {
+        self.rpm.is_some() || self.max_concurrency.is_some()
+    }
 }
 
 /// The limits bucket.
@@ -90,6 +106,7 @@ impl Limits {
                 route: name.to_owned(),
                 limits,
                 serial: Mutex::new(()),
+                pause: PauseSeen::default(),
             }),
         }
     }
@@ -111,6 +128,28 @@ struct Inner {
     /// here instead of racing each other on the bucket. Writes that never wait (a pause, a
     /// reconciliation) do not take it: a pause must land at once, not behind queued waiters.
     serial: Mutex<()>,
+    pause: PauseSeen,
+}
+
+/// The route's pause as this process last knew it, in microseconds since the epoch.
+#[derive(Default)]
+struct PauseSeen {
+    until: AtomicI64,
+    read_at: AtomicI64,
+}
+
+impl PauseSeen {
+    /// The pause's end if it was read less than [`PAUSE_FRESH`] ago.
+    fn fresh(&self, now: i64) -> Option<i64> {
+        let fresh = i64::try_from(PAUSE_FRESH.as_micros()).unwrap_or(i64::MAX);
+        (now - self.read_at.load(Ordering::Relaxed) < fresh)
+            .then(|| self.until.load(Ordering::Relaxed))
+    }
+
+    fn note(&self, until: i64, now: i64) {
+        self.until.fetch_max(until, Ordering::Relaxed);
+        self.read_at.store(now, Ordering::Relaxed);
+    }
 }
 
 /// How often a process holding back for another's claim looks again.
@@ -249,25 +288,35 @@ impl RouteLimiter {
             state.paused_until = state.paused_until.max(until);
             None
         })
-        .await
-        .map(|_| ())
+        .await?;
+        self.inner.pause.note(until, now_micros());
+        Ok(())
     }
 
-    /// Waits for the end of any pause of the route; the time waited.
+    /// Waits for the end of any pause of the route; the time waited. The pause is read from the
+    /// bucket at most once per [`PAUSE_FRESH`].
     pub async fn wait_pause(&self) -> Result<Duration, BusError> {
         let started = tokio::time::Instant::now();
         loop {
-            let entry = self
-                .inner
-                .bucket
-                .kv
-                .entry(self.key())
-                .await
-                .map_err(|e| BusError::request("read a route's pause", e))?;
-            let paused_until = entry
-                .filter(|e| e.operation == Operation::Put)
-                .and_then(|e| serde_json::from_slice::<RateState>(&e.value).ok())
-                .map_or(0, |s| s.paused_until);
+            let now = now_micros();
+            let paused_until = match self.inner.pause.fresh(now) {
+                Some(until) => until,
+                None => {
+                    let entry = self
+                        .inner
+                        .bucket
+                        .kv
+                        .entry(self.key())
+                        .await
+                        .map_err(|e| BusError::request("read a route's pause", e))?;
+                    let until = entry
+                        .filter(|e| e.operation == Operation::Put)
+                        .and_then(|e| serde_json::from_slice::<RateState>(&e.value).ok())
+                        .map_or(0, |s| s.paused_until);
+                    self.inner.pause.note(until, now);
+                    until
+                }
+            };
             let now = now_micros();
             if paused_until <= now {
                 return Ok(started.elapsed());
@@ -498,6 +547,21 @@ mod tests {
         );
         assert!(without_rpm >= until, "{} ms early", until - without_rpm);
         assert!(with_rpm >= until, "{} ms early", until - with_rpm);
+    }
+
+    #[tokio::test]
+    async fn a_pause_set_elsewhere_holds_this_process_once_its_last_read_is_stale() {
+        let server = NatsServer::start_new().await;
+        let here = bucket(&server).await.route("r", RouteLimits::default());
+        let elsewhere = bucket(&server).await.route("r", RouteLimits::default());
+        // Read here: no pause.
+        here.admit_request().await.expect("admit");
+        let until = now_millis() + 1_000;
+        elsewhere.pause_until(until).await.expect("pause");
+        tokio::time::sleep(PAUSE_FRESH).await;
+        here.admit_request().await.expect("admit");
+        let admitted = now_millis();
+        assert!(admitted >= until, "{} ms early", until - admitted);
     }
 
     #[tokio::test]

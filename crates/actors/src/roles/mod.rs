@@ -328,14 +328,21 @@ impl Gate for RouteGate {
                 self.limiter.admit_request_unless(&defer).await?;
                 Ok::<_, BusError>(lease)
             };
-            let claimed = AtomicBool::new(false);
-            let lease = tokio::select! {
-                lease = admitted => lease?,
-                () = self.claim(&waiting, &claimed) => unreachable!("a claim lasts until admitted"),
+            // Claims order processes contending for slots; without slots there is nothing to
+            // order, and a claim would only be messages.
+            let lease = if self.limiter.limits().has_slots() {
+                let claimed = AtomicBool::new(false);
+                let lease = tokio::select! {
+                    lease = admitted => lease?,
+                    () = self.claim(&waiting, &claimed) => unreachable!("a claim lasts until admitted"),
+                };
+                if claimed.load(Ordering::Relaxed) {
+                    self.claims.release().await;
+                }
+                lease
+            } else {
+                admitted.await?
             };
-            if claimed.load(Ordering::Relaxed) {
-                self.claims.release().await;
-            }
             metrics::histogram!(chorus_telemetry::names::LLM_LIMITER_WAIT, "route" => self.route.clone())
                 .record(started.elapsed().as_secs_f64());
             Ok(Ticket(Box::new(lease)))
