@@ -155,6 +155,14 @@ impl TestApp {
     }
 
     pub async fn start_roles(config: Config, roles: &[RoleName]) -> TestApp {
+        // `TEST_LOG=<filter>` logs what runs in this process too (to stderr, every test's alike),
+        // as it does for the `chorus` children.
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            chorus_telemetry::init(&chorus_core::config::LogConfig {
+                level,
+                ..config.log.clone()
+            });
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
