@@ -63,6 +63,14 @@ pub const PARK_AFTER: u32 = (PARK_IDLE.as_millis() / REQUEST_EXPIRES.as_millis()
 /// A flow consumer no pod pulled for this long is removed by the server.
 pub const FLOW_INACTIVE: Duration = Duration::from_secs(3600);
 
+/// How long a flow's consumer may fail to be made or read before it is deleted and made anew. A
+/// consumer created while its cluster was losing its quorum can stay without a leader after the
+/// quorum is back (seen on nats-server 2.15: "JetStream system temporarily unavailable" for
+/// minutes, every other asset healthy); the flow's messages would wait for ever behind it. Its
+/// streams keep work-queue retention, so a new consumer is delivered everything not yet
+/// acknowledged, which every stage takes idempotently.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
 /// A stage's work split into flows, and how they share the stage.
 #[derive(Clone, Debug)]
 pub struct Flows {
@@ -179,6 +187,7 @@ impl Bus {
         let capacity = pull.batch.max(1);
         let mut scheduler = Scheduler::new(flows.policy.clone());
         let mut pulling: HashMap<Flow, Pulling> = HashMap::new();
+        let mut stalled = Stalled::default();
         let mut requests: SelectAll<BoxStream<'static, Arrival>> = SelectAll::new();
         let doorbells = self.subjects.doorbell(&flows.subjects.heads());
         let mut doorbell = self
@@ -271,14 +280,14 @@ impl Bus {
                 // or electing a leader) must not hold up the stop for its timeout.
                 Some(rung) = doorbell.next(), if !stopping => {
                     if let Some(flow) = flows.subjects.flow_of_head(&self.subject_of_doorbell(&rung.subject)) {
-                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling);
+                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling, &mut stalled);
                         stopping = stop.run_until_cancelled(started).await.is_none();
                     }
                 }
                 _ = discover.tick(), if !stopping => {
                     let found = self.flows_with_work(&pull.stream, flows);
                     for flow in stop.run_until_cancelled(found).await.unwrap_or_default() {
-                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling);
+                        let started = self.start_pulling(&pull.stream, flows, flow, &mut pulling, &mut stalled);
                         if stop.run_until_cancelled(started).await.is_none() {
                             stopping = true;
                             break;
@@ -329,13 +338,15 @@ impl Bus {
         })
     }
 
-    /// Makes sure `flow`'s consumer exists and pulls it, if not already.
+    /// Makes sure `flow`'s consumer exists and pulls it, if not already; deletes a consumer that
+    /// has failed for [`STALLED_AFTER`] so the next attempt makes it anew.
     async fn start_pulling(
         &self,
         stream: &str,
         flows: &Flows,
         flow: Flow,
         pulling: &mut HashMap<Flow, Pulling>,
+        stalled: &mut Stalled,
     ) {
         if let Some(state) = pulling.get_mut(&flow) {
             state.empty = 0;
@@ -350,6 +361,7 @@ impl Bus {
         };
         match started.await {
             Ok(consumer) => {
+                stalled.recovered(&flow);
                 tracing::debug!(consumer = %def.name(), "pulling a new flow");
                 pulling.insert(
                     flow,
@@ -362,10 +374,50 @@ impl Bus {
                     },
                 );
             }
+            Err(e) if stalled.failed(&flow) >= STALLED_AFTER => {
+                tracing::warn!(consumer = %def.name(), error = %e, "a flow's consumer has failed for {STALLED_AFTER:?}; deleting it to make it anew (what it held unacknowledged is delivered again)");
+                let deleted = async {
+                    let stream = self.js.get_stream_no_info(stream).await?;
+                    stream.delete_consumer(def.name()).await?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                };
+                match deleted.await {
+                    Ok(()) => stalled.recovered(&flow),
+                    Err(e) => {
+                        tracing::warn!(consumer = %def.name(), error = %e, "cannot delete a stalled flow consumer yet; discovery retries")
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(consumer = %def.name(), error = %e, "cannot pull a flow yet; discovery retries")
             }
         }
+    }
+}
+
+/// Flows whose consumer could not be made or read lately: since when they have failed.
+#[derive(Default)]
+struct Stalled(HashMap<Flow, (Instant, Instant)>);
+
+impl Stalled {
+    /// Notes a failure of `flow`'s consumer now; how long it has failed.
+    fn failed(&mut self, flow: &Flow) -> Duration {
+        self.failed_at(flow, Instant::now())
+    }
+
+    /// Failures further apart than half of [`STALLED_AFTER`] are not one stall (a failing attempt
+    /// can itself take a request timeout, and discovery comes every [`DISCOVER_EVERY`]).
+    fn failed_at(&mut self, flow: &Flow, now: Instant) -> Duration {
+        let apart = STALLED_AFTER / 2;
+        self.0
+            .retain(|_, (_, last)| now.saturating_duration_since(*last) <= apart);
+        let (since, last) = self.0.entry(flow.clone()).or_insert((now, now));
+        *last = now;
+        now.saturating_duration_since(*since)
+    }
+
+    fn recovered(&mut self, flow: &Flow) {
+        self.0.remove(flow);
     }
 }
 
@@ -446,4 +498,37 @@ fn arrivals(
         })
         .chain(futures::stream::once(async move { (end, None) }))
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(tenant: &str) -> Flow {
+        Flow {
+            lane: None,
+            band: Band::Standard,
+            tenant: Tenant::new(tenant).expect("tenant"),
+        }
+    }
+
+    #[test]
+    fn a_stall_is_failures_close_together_until_the_consumer_is_back() {
+        let (a, b) = (flow("a"), flow("b"));
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut stalled = Stalled::default();
+        // Failing every 10 s (attempts that time out): one stall, as long as it lasts.
+        for secs in [0, 10, 20] {
+            assert_eq!(stalled.failed_at(&a, at(secs)), Duration::from_secs(secs));
+        }
+        assert!(stalled.failed_at(&a, at(30)) >= STALLED_AFTER);
+        // Back: a later failure starts a new stall.
+        stalled.recovered(&a);
+        assert_eq!(stalled.failed_at(&a, at(31)), Duration::ZERO);
+        // Failures further apart than half the bound are not one stall; each flow its own.
+        assert_eq!(stalled.failed_at(&b, at(31)), Duration::ZERO);
+        assert_eq!(stalled.failed_at(&a, at(50)), Duration::ZERO);
+        assert_eq!(stalled.failed_at(&b, at(55)), Duration::ZERO);
+    }
 }
