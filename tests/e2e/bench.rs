@@ -1,5 +1,5 @@
-//! `chorus bench` and `chorus bench chat` run end to end with a small N so they cannot rot. Their
-//! figures are printed for whoever reads the log; they are not asserted.
+//! `chorus bench`, `chorus bench chat` and `chorus bench inflight` run end to end with a small N so
+//! they cannot rot. Their figures are printed for whoever reads the log; they are not asserted.
 
 use crate::helpers::Processes;
 
@@ -88,4 +88,51 @@ async fn chorus_bench_chat_measures_the_mock_and_chorus() {
             "p50 overhead missing: {level}"
         );
     }
+}
+
+/// `chorus bench inflight` with 200 calls answered after 1 s: every job succeeds and the report
+/// has its memory figures. How many calls overlap at the mock depends on how fast they are fed,
+/// so only a clear share of them is asserted; figures are printed, not asserted.
+#[tokio::test]
+async fn chorus_bench_inflight_reports_memory_per_call() {
+    let processes = Processes::new(&chorus_core::config::Config::default());
+    let output = processes
+        .run(&[
+            "bench",
+            "inflight",
+            "--calls",
+            "200",
+            "--latency",
+            "1s",
+            "--json",
+        ])
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench inflight failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["calls"], 200);
+    assert_eq!(report["workers"], 200);
+    assert_eq!(report["succeeded"], 200);
+    let peak = report["peak_in_flight"].as_u64().expect("peak_in_flight");
+    assert!((20..=200).contains(&peak), "{report}");
+    assert!(
+        report["sampled_in_flight"]
+            .as_u64()
+            .is_some_and(|n| n <= peak),
+        "{report}"
+    );
+    let baseline = report["baseline_rss_kib"].as_u64().expect("baseline");
+    let rss_peak = report["peak_rss_kib"].as_u64().expect("peak RSS");
+    assert!(baseline > 0 && rss_peak >= baseline, "{report}");
+    assert!(
+        report["rss_per_call_kib"]
+            .as_f64()
+            .is_some_and(|kib| kib.is_finite() && kib > 0.0),
+        "{report}"
+    );
 }

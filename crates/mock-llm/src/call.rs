@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::behaviour::{Fault, RetryAfter, ToolCall};
-use crate::record::{Models, RecordedRequest, unix_secs};
+use crate::record::{ModelState, Models, RecordedRequest, unix_secs};
 use crate::wire::{Answer, Api};
 
 /// How long a [`Fault::Hang`] holds its connection before closing it.
@@ -33,6 +33,19 @@ struct Plan {
     fault: Option<Fault>,
     answer: Option<String>,
     tool_calls: Vec<ToolCall>,
+}
+
+/// A call [`ModelState::record`] counted in flight, until this is dropped: when its handler
+/// returns the response, or is itself dropped (a closed connection, a reset).
+struct InFlight {
+    models: Arc<Models>,
+    model: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.models.with_model(&self.model, ModelState::finished);
+    }
 }
 
 /// Answers one call to `api`'s endpoint; `deployment` is Azure's, which names the model.
@@ -72,6 +85,10 @@ pub(crate) async fn call(
         answer: m.behaviour.answer.clone(),
         tool_calls: m.behaviour.tool_calls.clone(),
     });
+    let _in_flight = InFlight {
+        models: models.clone(),
+        model: model.clone(),
+    };
     if let Some(refusal) = refused {
         return api.error(refusal.status, &model, None, Some(refusal.message));
     }

@@ -1,6 +1,6 @@
 //! What the mock keeps of each model: its scripted behaviour, the requests it received
-//! ([`RecordedRequest`], all their headers included) and its counts ([`ModelStats`]: per second
-//! and by outcome); and [`most_in_window`], the figure a rate limit is judged by.
+//! ([`RecordedRequest`], all their headers included) and its counts ([`ModelStats`]: per second,
+//! by outcome, and in flight); and [`most_in_window`], the figure a rate limit is judged by.
 //!
 //! Everything is in memory and shared by the server's handlers and its [`MockLlm`] handle.
 //! Requests are capped per model; their arrival times are not, since a rate check needs them all.
@@ -30,6 +30,13 @@ pub struct ModelStats {
     /// What the mock did → how often: `ok`, `slow`, a status (`429`), `hang`, `reset`,
     /// `malformed`, `truncated`, `content_filter`, or `invalid` for a request the real API refuses.
     pub outcomes: BTreeMap<String, u64>,
+    /// Calls received and not yet answered: from their arrival until their response (the head
+    /// of a streamed one) is handed to the server, or the call is dropped.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The most calls that were in flight at once.
+    #[serde(default)]
+    pub most_in_flight: u64,
 }
 
 impl ModelStats {
@@ -101,6 +108,8 @@ impl ModelState {
     pub(crate) fn record(&mut self, request: RecordedRequest, refused: bool) -> Option<Fault> {
         let received_at = request.received_at;
         self.stats.requests += 1;
+        self.stats.in_flight += 1;
+        self.stats.most_in_flight = self.stats.most_in_flight.max(self.stats.in_flight);
         *self
             .stats
             .per_second
@@ -122,6 +131,11 @@ impl ModelState {
         };
         *self.stats.outcomes.entry(outcome).or_default() += 1;
         fault
+    }
+
+    /// A call [`Self::record`] counted in flight is over: answered, or dropped.
+    pub(crate) fn finished(&mut self) {
+        self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
     }
 }
 

@@ -52,6 +52,31 @@ async fn answers_from_the_last_user_message_and_counts_tokens() {
 }
 
 #[tokio::test]
+async fn calls_are_in_flight_from_their_arrival_until_answered() {
+    let mock = MockLlm::start().await.unwrap();
+    mock.script(
+        "m",
+        Behaviour::answer("ok").with_latency(Duration::from_secs(2)),
+    );
+    let calls = (0..3).map(|i| {
+        let body = chat("m", &format!("call {i}"));
+        let mock = &mock;
+        async move { raw_post(mock, "/v1/chat/completions", "", &body).await }
+    });
+    let all_arrived = async {
+        while mock.stats("m").requests < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        mock.stats("m")
+    };
+    let (answers, arrived) = tokio::join!(futures::future::join_all(calls), all_arrived);
+    assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 200")));
+    assert_eq!((arrived.in_flight, arrived.most_in_flight), (3, 3));
+    let stats = mock.stats("m");
+    assert_eq!((stats.in_flight, stats.most_in_flight), (0, 3));
+}
+
+#[tokio::test]
 async fn queued_faults_come_first_then_the_default() {
     let mock = MockLlm::start().await.unwrap();
     mock.script(
@@ -108,6 +133,7 @@ async fn a_reset_closes_the_connection_without_a_byte() {
         raw_post(&mock, "/v1/chat/completions", "", &chat("m", "x")).await,
         ""
     );
+    assert_eq!(mock.stats("m").in_flight, 0, "a reset call is over");
     let response = raw_post(&mock, "/v1/chat/completions", "", &chat("m", "x")).await;
     assert!(
         response.starts_with("HTTP/1.1 200"),

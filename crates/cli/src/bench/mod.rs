@@ -7,6 +7,8 @@
 //! - [`fairness`]: three tenants on one limited route: two batch backlogs and interactive calls.
 //! - [`chat`]: `/v1/chat/completions` through Chorus beside the mock provider alone, at several
 //!   concurrencies; or against a Chorus already running (`--url`).
+//! - [`inflight`]: one llm process holding thousands of calls to a slow provider at once: its
+//!   memory per call in flight.
 //!
 //! The scenarios on a limited route share the pieces here: llm worker processes
 //! ([`spawn_worker`], [`stop`], [`exited`]), JetStream submissions ([`submit`]) and the most
@@ -14,6 +16,7 @@
 
 mod chat;
 mod fairness;
+mod inflight;
 mod pipeline;
 mod ratelimit;
 
@@ -55,6 +58,9 @@ enum Scenario {
     /// concurrent callers: req/s, p50/p99 and Chorus's ratio to the mock; `--url` for a Chorus
     /// already running.
     Chat(chat::ChatArgs),
+    /// One llm process holding `--calls` calls to a mock provider answering in `--latency`, all
+    /// at once: its resident memory before and at the peak, and the memory per call in flight.
+    Inflight(inflight::InflightArgs),
 }
 
 /// Where the server and database come from.
@@ -76,6 +82,7 @@ pub async fn run(config_file: Option<&Path>, args: BenchArgs) -> anyhow::Result<
         Some(Scenario::Ratelimit(args)) => ratelimit::run(config, args).await,
         Some(Scenario::Fairness(args)) => fairness::run(config, args).await,
         Some(Scenario::Chat(args)) => chat::run(config, args).await,
+        Some(Scenario::Inflight(args)) => inflight::run(config, args).await,
     }
 }
 
@@ -251,10 +258,18 @@ fn show<R: serde::Serialize>(report: &R, json: bool, text: fn(&R)) -> anyhow::Re
 
 /// Peak resident memory of a process (`self` or a pid), from /proc.
 fn peak_rss_mib(pid: &str) -> Option<f64> {
+    memory_kib(pid, "VmHWM").map(|kib| kib as f64 / 1024.0)
+}
+
+/// A memory figure of a process (`self` or a pid) in KiB, from /proc/<pid>/status: `VmRSS`
+/// (resident now), `VmHWM` (its peak so far).
+fn memory_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn rand_u32() -> u32 {
