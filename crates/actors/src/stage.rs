@@ -482,7 +482,12 @@ impl<H: Handler> Actor for WorkerActor<H> {
                     tracing::debug!(?next, "message handled");
                     next
                 };
-                if handled.instrument(span).await == Next::FlushSoon && !state.flush_pending {
+                // On the heap, allocated per message: a handler's future is large (the llm
+                // role's about 11 KiB), and inline it would make every idle worker that large
+                // for as long as it waits (`llm.workers` of them; see README, "chorus bench
+                // inflight").
+                let handled = Box::pin(handled.instrument(span));
+                if handled.await == Next::FlushSoon && !state.flush_pending {
                     state.flush_pending = true;
                     myself.cast(WorkerMsg::Flush)?;
                 }
