@@ -377,9 +377,17 @@ impl Bus {
             Err(e) if stalled.failed(&flow) >= STALLED_AFTER => {
                 tracing::warn!(consumer = %def.name(), error = %e, "a flow's consumer has failed for {STALLED_AFTER:?}; deleting it to make it anew (what it held unacknowledged is delivered again)");
                 let deleted = async {
-                    let stream = self.js.get_stream_no_info(stream).await?;
-                    stream.delete_consumer(def.name()).await?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                    let what = "delete a stalled flow consumer";
+                    let stream = self
+                        .js
+                        .get_stream_no_info(stream)
+                        .await
+                        .map_err(|e| BusError::new(what, BusErrorKind::Unavailable, e))?;
+                    stream
+                        .delete_consumer(def.name())
+                        .await
+                        .map_err(|e| BusError::new(what, BusErrorKind::Unavailable, e))?;
+                    Ok::<_, BusError>(())
                 };
                 match deleted.await {
                     Ok(()) => stalled.recovered(&flow),
