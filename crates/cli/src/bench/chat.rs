@@ -199,10 +199,10 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
     let report = match &args.url {
         Some(url) => measure(&args, Chorus::Running(url.trim_end_matches('/'))).await?,
         None => {
-            let bench = Bench::prepare(config, &args.target).await?;
-            let result = measure(&args, Chorus::Own(&bench)).await;
-            bench.finish().await;
-            result?
+            Bench::with(config, &args.target, async |bench| {
+                measure(&args, Chorus::Own(bench)).await
+            })
+            .await?
         }
     };
     show(&report, args.json, print_report)?;

@@ -188,10 +188,10 @@ pub(super) async fn run(config: Config, args: FairnessArgs) -> anyhow::Result<()
         args.interactive_rate.is_finite() && args.interactive_rate > 0.0,
         "--interactive-rate must be above zero"
     );
-    let bench = Bench::prepare(config, &args.target).await?;
-    let result = measure(&bench, &args).await;
-    bench.finish().await;
-    let report = result?;
+    let report = Bench::with(config, &args.target, async |bench| {
+        measure(bench, &args).await
+    })
+    .await?;
     show(&report, args.json, print_report)?;
     ensure!(
         report.missed.is_empty(),

@@ -134,6 +134,19 @@ impl Bench {
         })
     }
 
+    /// Prepares a bench, runs `measure` on it, and tears the bench down whatever `measure`
+    /// returned: what every scenario does around its measuring.
+    async fn with<R>(
+        config: Config,
+        target: &Target,
+        measure: impl AsyncFnOnce(&Bench) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let bench = Self::prepare(config, target).await?;
+        let result = measure(&bench).await;
+        bench.finish().await;
+        result
+    }
+
     fn nats_pid(&self) -> Option<u32> {
         self.nats.as_ref().and_then(NatsProcess::pid)
     }

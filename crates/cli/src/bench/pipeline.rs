@@ -67,16 +67,16 @@ const PIPELINE_WINDOW: usize = 1024;
 const IDLE_JOBS: usize = 200;
 
 pub(super) async fn run(config: Config, args: PipelineArgs) -> anyhow::Result<()> {
-    let bench = Bench::prepare(config, &args.target).await?;
-    let result = measure(
-        bench.config.clone(),
-        &args,
-        bench.database,
-        bench.nats_pid(),
-    )
-    .await;
-    bench.finish().await;
-    let report = result?;
+    let report = Bench::with(config, &args.target, async |bench| {
+        measure(
+            bench.config.clone(),
+            &args,
+            bench.database,
+            bench.nats_pid(),
+        )
+        .await
+    })
+    .await?;
     show(&report, args.json, print_report)?;
     Ok(())
 }

@@ -66,10 +66,10 @@ pub(super) async fn run(config: Config, args: RatelimitArgs) -> anyhow::Result<(
         !args.duration.is_zero(),
         "--duration must be longer than zero"
     );
-    let bench = Bench::prepare(config, &args.target).await?;
-    let result = measure(&bench, &args).await;
-    bench.finish().await;
-    let report = result?;
+    let report = Bench::with(config, &args.target, async |bench| {
+        measure(bench, &args).await
+    })
+    .await?;
     show(&report, args.json, print_report)?;
     ensure!(
         report.most_in_window <= report.ceiling,
